@@ -1,0 +1,1 @@
+"""Reference models used by the lightning-flops examples, tests and benchmarks."""
