@@ -1,0 +1,54 @@
+"""lightning-flops: trustworthy MACs, FLOPs and parameter counts for PyTorch Lightning.
+
+Public names load lazily, so ``lightning_flops.FlopsReport`` and the ``compare`` CLI work without importing torch,
+Lightning, thop or fvcore. FLOPs are always 2 x MACs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "CounterError",
+    "CounterResult",
+    "FlopsConfigError",
+    "FlopsGapError",
+    "FlopsMonitor",
+    "FlopsReport",
+    "Gap",
+    "ParamCount",
+    "ReportFormatError",
+    "profile_model",
+]
+
+_LOCATIONS = {
+    "CounterError": "lightning_flops.errors",
+    "FlopsConfigError": "lightning_flops.errors",
+    "FlopsGapError": "lightning_flops.errors",
+    "ReportFormatError": "lightning_flops.errors",
+    "CounterResult": "lightning_flops.report",
+    "FlopsReport": "lightning_flops.report",
+    "Gap": "lightning_flops.report",
+    "ParamCount": "lightning_flops.report",
+    "profile_model": "lightning_flops.profiling",
+    "FlopsMonitor": "lightning_flops.callback",
+}
+
+if TYPE_CHECKING:
+    from lightning_flops.callback import FlopsMonitor
+    from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+    from lightning_flops.profiling import profile_model
+    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LOCATIONS:
+        raise AttributeError(f"module 'lightning_flops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LOCATIONS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,98 @@
+"""fvcore, as users run it: ``FlopCountAnalysis`` over a JIT trace. fvcore's "flops" are MACs.
+
+fvcore traces with ``torch.jit.trace``, so it takes a tuple of tensors (a :class:`PositionalCall` wrapper turns
+keyword inputs into positional ones) and needs tensors, tuples, lists or dicts as outputs. It cannot trace
+convolutions on the meta device (torch 2.13: "cond must be a bool"), so models with convs count on real tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lightning_flops.counters.base import RawCount
+from lightning_flops.counters.tracing import PositionalCall, quiet
+
+__all__ = ["FvcoreCounter", "make_counter"]
+
+_PREFIX = "model."
+
+
+def operator_of_fvcore(name: str) -> str:
+    """Map an fvcore operator name (``conv``, ``addmm``, ``batch_norm``, ``upsample_bilinear2d``, ...) to ours."""
+    name = name.removeprefix("aten::")
+    if "conv" in name:
+        return "conv"
+    if name in ("linear", "addmm", "mm"):
+        return "linear"
+    if name in ("matmul", "bmm", "baddbmm"):
+        return "matmul"
+    if name == "einsum":
+        return "einsum"
+    if "attention" in name:
+        return "attention"
+    if name in ("lstm", "gru", "rnn_tanh", "rnn_relu") or "rnn" in name:
+        return "rnn"
+    if "norm" in name:
+        return "norm"
+    if "upsample" in name or "interpolate" in name:
+        return "interpolate"
+    if "pool" in name:
+        return "pool"
+    if "softmax" in name:
+        return "softmax"
+    if name in ("relu", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardswish", "prelu"):
+        return "activation"
+    return "other"
+
+
+def _strip(name: str) -> str:
+    if name == "model":
+        return ""
+    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+
+
+class FvcoreCounter:
+    """Counts with ``fvcore.nn.FlopCountAnalysis`` (MACs; misses SDPA, LSTM and the MHA fast path)."""
+
+    name = "fvcore"
+
+    def can_count_on_meta(self, model: nn.Module) -> bool:
+        return not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+    def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
+        try:
+            from fvcore.nn import FlopCountAnalysis
+        except ImportError as err:
+            raise ImportError(f"fvcore is not installed ({err}); install it with `pip install fvcore`") from err
+        wrapper = PositionalCall(model, args, kwargs)
+        with quiet():
+            analysis = FlopCountAnalysis(wrapper, wrapper.tensors)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            total = analysis.total()
+            per_module = analysis.by_module_and_operator()
+            unsupported = analysis.unsupported_ops()
+        module_operators: dict[str, dict[str, int]] = {}
+        for name, ops in per_module.items():
+            if name == "":
+                continue  # the wrapper; "model" is the user's root
+            bucket: dict[str, int] = {}
+            for op, value in ops.items():
+                if value:
+                    operator = operator_of_fvcore(op)
+                    bucket[operator] = bucket.get(operator, 0) + int(value)
+            if bucket or name == "model":
+                module_operators[_strip(name)] = bucket
+        module_operators.setdefault("", {})
+        uncounted = [
+            f"{op.removeprefix('aten::')} (unsupported by fvcore, {n}x)" for op, n in sorted(unsupported.items())
+        ]
+        return RawCount(macs=int(total), module_operators=module_operators, uncounted=uncounted)
+
+
+def make_counter() -> FvcoreCounter:
+    """A fresh fvcore counter."""
+    return FvcoreCounter()

@@ -1,0 +1,124 @@
+"""thop, as users run it: per-module forward hooks with thop's own rules, converted to explicit MACs.
+
+Works with the MIT ``thop`` package and with the AGPL fork ``ultralytics-thop`` (same import name) when a user has
+it installed; :func:`thop_variant` tells which one is present from package metadata. thop's ``profile`` calls
+``eval()``/``train()`` on the model it is given and registers ``total_ops``/``total_params`` buffers on every module:
+we hand it a :class:`PositionalCall` wrapper whose ``train()`` does nothing, and remove every buffer it leaves.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from torch import nn
+
+from lightning_flops.counters.base import RawCount, inclusive_counts
+from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, PositionalCall, operator_of_module, quiet
+
+__all__ = ["ThopCounter", "make_counter", "thop_variant"]
+
+_PREFIX = "model."
+_THOP_BUFFERS = ("total_ops", "total_params")
+
+
+def thop_variant() -> tuple[str, str] | None:
+    """``("mit" | "ultralytics", version)`` of the installed thop, or ``None`` when neither is installed."""
+    for distribution, variant in (("ultralytics-thop", "ultralytics"), ("thop", "mit")):
+        try:
+            return variant, metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _remove_thop_buffers(model: nn.Module) -> None:
+    for module in model.modules():
+        for key in _THOP_BUFFERS:
+            module._buffers.pop(key, None)
+
+
+class ThopCounter:
+    """Counts with ``thop.profile`` (MACs, module rules only; the MIT version misses functional ops)."""
+
+    name = "thop"
+
+    def can_count_on_meta(self, model: nn.Module) -> bool:
+        return True
+
+    def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
+        try:
+            with quiet():
+                import thop
+                from thop.profile import register_hooks
+        except ImportError as err:
+            raise ImportError(f"thop is not installed ({err}); install it with `pip install thop`") from err
+        variant = (thop_variant() or ("mit", "?"))[0]
+        wrapper = PositionalCall(model, args, kwargs)
+        stack = ModuleStack(wrapper, prefix=_PREFIX)
+        watch = _BlindSpotWatch(stack, register_hooks)
+        try:
+            with quiet(), stack, watch:
+                total, _params, layers = thop.profile(
+                    wrapper, inputs=wrapper.tensors, verbose=False, ret_layer_info=True, report_missing=False
+                )
+        finally:
+            _remove_thop_buffers(wrapper)
+
+        own: dict[str, dict[str, int]] = {}
+        modules = dict(wrapper.named_modules())
+
+        def walk(tree: dict[str, Any], prefix: str) -> None:
+            for child, (ops, _p, sub) in tree.items():
+                name = f"{prefix}{child}"
+                if sub:
+                    walk(sub, name + ".")
+                elif ops:
+                    operator = operator_of_module(modules[name])
+                    stripped = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+                    own.setdefault(stripped, {})[operator] = round(ops)
+
+        walk(layers, "")
+        total = round(total)
+        module_sum = sum(v for ops in own.values() for v in ops.values())
+        if total > module_sum:  # the fork also counts functional ops, into the total only
+            own.setdefault("", {})["other"] = total - module_sum
+
+        uncounted = []
+        if variant == "mit":
+            uncounted += [f"{label} (functional call, {n}x)" for label, n in sorted(watch.blind.items())]
+        uncounted += _modules_without_rule(wrapper, stack.called, register_hooks)
+        return RawCount(macs=total, module_operators=inclusive_counts(own), uncounted=uncounted)
+
+
+class _BlindSpotWatch(FunctionLabeler):
+    """Records labelled torch functions (matmul, einsum, linear, sdpa, ...) called outside any module thop counts."""
+
+    def __init__(self, stack: ModuleStack, rules: dict[type, Any]) -> None:
+        super().__init__()
+        self.stack, self.rules = stack, rules
+        self.blind: dict[str, int] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        label = self._labels.get(func)
+        if label is not None and self.label is None and not any(type(m) in self.rules for _, m in self.stack.stack):
+            key = f"{label} in {self.stack.current[0] or '<root>'}"
+            self.blind[key] = self.blind.get(key, 0) + 1
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _modules_without_rule(wrapper: nn.Module, called: set[str], rules: dict[type, Any]) -> list[str]:
+    """Called leaf modules with parameters whose type thop has no rule for (thop counts them as 0)."""
+    found: dict[str, int] = {}
+    for name, module in wrapper.named_modules():
+        stripped = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+        if stripped not in called or type(module) in rules or isinstance(module, nn.Embedding):
+            continue
+        if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
+            found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
+    return [f"module {name} (no thop rule, {n}x)" for name, n in sorted(found.items())]
+
+
+def make_counter() -> ThopCounter:
+    """A fresh thop counter."""
+    return ThopCounter()

@@ -1,0 +1,356 @@
+"""The profile of one model as data: frozen dataclasses with a JSON round-trip. No torch import.
+
+Every count stored here is for the **whole call** (all samples of the example input), as an exact integer, in MACs
+(multiply-accumulates). FLOPs are always ``2 * MACs``. Per-sample numbers are derived with ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from lightning_flops.counters.base import CORE_OPERATORS, flops_from_macs
+from lightning_flops.errors import ReportFormatError
+
+__all__ = ["SCHEMA_VERSION", "CounterResult", "FlopsReport", "Gap", "InputSpec", "ParamCount", "human_count"]
+
+#: Version of the JSON layout; readers refuse newer versions.
+SCHEMA_VERSION = 1
+
+
+def human_count(value: float | None, unit: str) -> str:
+    """Format ``value`` with a k/M/G/T prefix and a unit, e.g. ``human_count(4.11e9, "MACs") == "4.11 GMACs"``."""
+    if value is None:
+        return "-"
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}" if float(value).is_integer() else f"{value:.2f} {unit}"
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameter counts from ``model.parameters()`` (shared weights once, never-called modules included).
+
+    Args:
+        total: number of parameter elements.
+        trainable: elements of parameters with ``requires_grad``.
+    """
+
+    total: int
+    trainable: int
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Shape and dtype of one tensor of the example input; ``name`` is its position (``"0"``) or keyword."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class CounterResult:
+    """What one counter measured for one forward call (all samples), in MACs.
+
+    Args:
+        name: ``"thop"``, ``"fvcore"`` or ``"torch"``.
+        ok: whether the counter ran.
+        macs: MACs of the whole call after ``custom_ops`` rules; ``None`` when the counter failed.
+        raw_macs: MACs as the library counted them, before our rules.
+        error: ``"<Type>: <message>"`` when the counter failed.
+        device: where it counted: ``"meta"`` for a meta copy, else the model's own device (counted in place).
+        module_operators: inclusive MACs per module name (``""`` is the root) and vocabulary operator.
+        uncounted: operators or modules the counter saw and did not count.
+        seconds: wall time of the counter.
+        sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+
+    Example::
+
+        result = report.counters["torch"]
+        result.macs, result.flops, result.by_module["encoder"], result.by_operator["conv"]
+    """
+
+    name: str
+    ok: bool
+    macs: int | None = None
+    raw_macs: int | None = None
+    error: str | None = None
+    device: str | None = None
+    module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
+    uncounted: tuple[str, ...] = ()
+    seconds: float = 0.0
+    sample_scale: int = 1
+
+    @property
+    def flops(self) -> int | None:
+        """FLOPs of the whole call: ``2 * macs``."""
+        return None if self.macs is None else flops_from_macs(self.macs)
+
+    @property
+    def by_module(self) -> dict[str, int]:
+        """Inclusive MACs per qualified module name (``""`` is the whole model)."""
+        return {name: sum(ops.values()) for name, ops in self.module_operators.items()}
+
+    @property
+    def by_operator(self) -> dict[str, int]:
+        """MACs per vocabulary operator (``conv``, ``linear``, ``einsum``, ``norm``, ...) over the whole model."""
+        return dict(self.module_operators.get("", {}))
+
+    @property
+    def core_macs(self) -> int | None:
+        """MACs of the core operators (conv, linear, matmul, einsum, attention, rnn)."""
+        if not self.ok:
+            return None
+        return sum(v for op, v in self.by_operator.items() if op in CORE_OPERATORS)
+
+    @property
+    def convention_macs(self) -> int | None:
+        """MACs of the convention operators (norms, activations, pooling, ...): counters differ by design."""
+        return None if self.macs is None else self.macs - (self.core_macs or 0)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Relative disagreement of counters ``a`` and ``b``: ``|a - b| / max(a, b)`` (0 when both are 0).
+
+    Args:
+        a: first counter name.
+        b: second counter name.
+        relative: gap of the totals.
+        core_relative: gap of the MAC core only.
+        flagged: whether the gap used for flagging (core by default) is above the limit.
+        module: the module that holds most of the gap (``named_modules()`` name, ``""`` for the root).
+        operators: the operators in that module where the counters differ, largest first.
+    """
+
+    a: str
+    b: str
+    relative: float
+    core_relative: float
+    flagged: bool
+    module: str | None = None
+    operators: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``"{a}_vs_{b}"``, as used in metric names."""
+        return f"{self.a}_vs_{self.b}"
+
+
+@dataclass(frozen=True)
+class FlopsReport:
+    """The profile of one model on one example input, with every counter side by side.
+
+    Args:
+        model: class name of the profiled model.
+        params: parameter counts.
+        counters: one :class:`CounterResult` per requested counter, in the order requested.
+        batch_size: samples in the example input; per-sample numbers divide by it.
+        mode: ``"eval"`` or ``"train"``.
+        limit: relative gap above which a pair is flagged.
+        flag_on: ``"core"`` or ``"total"``.
+        gaps: one :class:`Gap` per pair of successful counters.
+        inputs: shapes and dtypes of the example input's tensors.
+        rules: ``custom_ops`` rules applied, as ``"Type: rule"``.
+        versions: versions of torch, thop (and which thop), fvcore, lightning, lightning-flops.
+        fingerprint: hash of parameter names, shapes and dtypes (reuse of a report on resume).
+        train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
+        logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
+        schema_version: JSON layout version.
+
+    Example::
+
+        report = lf.profile_model(model, torch.randn(8, 3, 224, 224))
+        print(report.to_markdown())
+        same = lf.FlopsReport.from_json(report.to_json())
+    """
+
+    model: str
+    params: ParamCount
+    counters: dict[str, CounterResult]
+    batch_size: int
+    mode: str = "eval"
+    limit: float = 0.01
+    flag_on: str = "core"
+    gaps: tuple[Gap, ...] = ()
+    inputs: tuple[InputSpec, ...] = ()
+    rules: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+    train_step_flops: int | None = None
+    logger: dict[str, str] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any gap is flagged."""
+        return any(gap.flagged for gap in self.gaps)
+
+    def macs_per_sample(self, counter: str) -> float | None:
+        """MACs of one sample for ``counter``; ``None`` when it failed or was not run."""
+        result = self.counters.get(counter)
+        if result is None or result.macs is None:
+            return None
+        return result.macs / max(self.batch_size, 1)
+
+    def flops_per_sample(self, counter: str) -> float | None:
+        """FLOPs (= 2 x MACs) of one sample for ``counter``."""
+        macs = self.macs_per_sample(counter)
+        return None if macs is None else 2 * macs
+
+    def largest_gap(self) -> Gap | None:
+        """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""
+        if not self.gaps:
+            return None
+        return max(self.gaps, key=lambda gap: gap.core_relative if self.flag_on == "core" else gap.relative)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; counters also carry derived ``flops`` and per-sample values for readers without us."""
+        data = asdict(self)
+        for name, result in self.counters.items():
+            entry = data["counters"][name]
+            entry["uncounted"] = list(result.uncounted)
+            entry["flops"] = result.flops
+            entry["macs_per_sample"] = self.macs_per_sample(name)
+            entry["flops_per_sample"] = self.flops_per_sample(name)
+            entry["core_macs"] = result.core_macs
+        data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
+        data["flagged"] = self.flagged
+        data["units"] = "counts are per whole call (batch_size samples); macs = multiply-accumulates; flops = 2 * macs"
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise to JSON text (exact integers)."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlopsReport:
+        """Build a report from :meth:`to_dict` output; raises :class:`ReportFormatError` on a bad or newer layout."""
+        if not isinstance(data, dict):
+            raise ReportFormatError(f"a report must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise ReportFormatError("`schema_version` is missing or not an integer: not a lightning-flops report")
+        if version > SCHEMA_VERSION:
+            raise ReportFormatError(
+                f"report schema_version {version} is newer than this lightning-flops reads ({SCHEMA_VERSION}):"
+                " upgrade lightning-flops"
+            )
+        try:
+            counters = {name: _counter_from_dict(entry) for name, entry in data["counters"].items()}
+            known = {f.name for f in fields(cls)}
+            kwargs = {k: v for k, v in data.items() if k in known}
+            kwargs.update(
+                params=ParamCount(**data["params"]),
+                counters=counters,
+                gaps=tuple(_gap_from_dict(g) for g in data.get("gaps", ())),
+                inputs=tuple(
+                    InputSpec(name=str(i["name"]), shape=tuple(i["shape"]), dtype=str(i["dtype"]))
+                    for i in data.get("inputs", ())
+                ),
+                rules=tuple(data.get("rules", ())),
+            )
+            return cls(**kwargs)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ReportFormatError(f"malformed report: {type(err).__name__}: {err}") from err
+
+    @classmethod
+    def from_json(cls, text: str) -> FlopsReport:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ReportFormatError(f"not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    # -------------------------------------------------------------- Markdown
+    def to_markdown(self, top_modules: int = 8) -> str:
+        """A Markdown summary: counters as columns (per sample, human units), top modules, uncounted ops, gaps."""
+        names = list(self.counters)
+        lines = [
+            f"### {self.model}: compute per sample (batch {self.batch_size}, mode {self.mode})",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+
+        def row(label: str, cells: list[str]) -> None:
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+        per = max(self.batch_size, 1)
+        results = [self.counters[n] for n in names]
+        row("MACs", [human_count(r.macs / per, "MACs") if r.ok and r.macs is not None else "failed" for r in results])
+        row("FLOPs (2 x MACs)", [human_count(r.flops / per, "FLOPs") if r.flops is not None else "-" for r in results])
+        row("core MACs", [human_count(r.core_macs / per, "MACs") if r.core_macs is not None else "-" for r in results])
+        row(
+            "convention MACs",
+            [human_count(r.convention_macs / per, "MACs") if r.convention_macs is not None else "-" for r in results],
+        )
+        row("counted on", [r.device or "-" for r in results])
+        row("seconds", [f"{r.seconds:.2f}" for r in results])
+        lines += [
+            "",
+            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable "
+            f"({human_count(self.params.total, '')}). FLOPs = 2 x MACs.",
+        ]
+        if self.train_step_flops is not None:
+            lines.append(
+                f"Training step (forward + backward, per batch): {human_count(self.train_step_flops, 'FLOPs')}"
+            )
+        failed = [r for r in results if not r.ok]
+        if failed:
+            lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
+        lines += self._top_modules_markdown(top_modules)
+        uncounted = [(r.name, u) for r in results for u in r.uncounted]
+        if uncounted:
+            lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
+        if self.gaps:
+            lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
+            lines.append("|---|---|---|---|---|")
+            for gap in self.gaps:
+                where = (
+                    f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.module is not None else "-"
+                )
+                lines.append(
+                    f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
+                    f"{'**yes**' if gap.flagged else 'no'} | {where} |"
+                )
+        return "\n".join(lines)
+
+    def _top_modules_markdown(self, top: int) -> list[str]:
+        reference = next((r for r in reversed(list(self.counters.values())) if r.ok), None)
+        if reference is None or top <= 0:
+            return []
+        depth_one = {m: v for m, v in reference.by_module.items() if m and "." not in m}
+        ranked = sorted(depth_one.items(), key=lambda kv: -kv[1])[:top]
+        if not ranked:
+            return []
+        names = list(self.counters)
+        per = max(self.batch_size, 1)
+        lines = ["", "| top modules (MACs per sample) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for module, _ in ranked:
+            cells = []
+            for n in names:
+                value = self.counters[n].by_module.get(module) if self.counters[n].ok else None
+                cells.append(human_count(value / per, "MACs") if value is not None else "-")
+            lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
+        return lines
+
+
+def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:
+    known = {f.name for f in fields(CounterResult)}
+    kwargs = {k: v for k, v in entry.items() if k in known}
+    kwargs["uncounted"] = tuple(entry.get("uncounted", ()))
+    kwargs["module_operators"] = {m: dict(ops) for m, ops in entry.get("module_operators", {}).items()}
+    return CounterResult(**kwargs)
+
+
+def _gap_from_dict(entry: dict[str, Any]) -> Gap:
+    known = {f.name for f in fields(Gap)}
+    kwargs = {k: v for k, v in entry.items() if k in known}
+    kwargs["operators"] = tuple(entry.get("operators", ()))
+    return Gap(**kwargs)
