@@ -101,6 +101,8 @@ class ModelSnapshot:
                 current = getattr(module, key)
                 current.clear()
                 current.update(saved)
+            if not isinstance(module._parameters, dict):
+                continue  # a ScriptModule (torch 2.13 `OrderedDictWrapper`): its names are fixed and it has no clear()
             if module._parameters.keys() != params.keys():
                 module._parameters.clear()
                 module._parameters.update(params)
