@@ -34,6 +34,8 @@ def thop_variant() -> tuple[str, str] | None:
 
 def _remove_thop_buffers(model: nn.Module) -> None:
     for module in model.modules():
+        if not isinstance(module._buffers, dict):
+            continue  # a ScriptModule (torch 2.13): thop could not add buffers to it, and it has no pop()
         for key in _THOP_BUFFERS:
             module._buffers.pop(key, None)
 
@@ -69,14 +71,16 @@ class ThopCounter:
         modules = dict(wrapper.named_modules())
 
         def walk(tree: dict[str, Any], prefix: str) -> None:
-            for child, (ops, _p, sub) in tree.items():
+            # each node is (inclusive ops, params, children); a module's own ops are what its children do not hold
+            for child, (ops, _params, sub) in tree.items():
                 name = f"{prefix}{child}"
                 if sub:
                     walk(sub, name + ".")
-                elif ops:
-                    operator = operator_of_module(modules[name])
+                own_ops = round(ops - sum(node[0] for node in sub.values()))
+                if own_ops:
                     stripped = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
-                    own.setdefault(stripped, {})[operator] = round(ops)
+                    operator = operator_of_module(modules[name])
+                    own.setdefault(stripped, {})[operator] = own.get(stripped, {}).get(operator, 0) + own_ops
 
         walk(layers, "")
         total = round(total)
