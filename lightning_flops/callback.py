@@ -1,0 +1,359 @@
+"""``FlopsMonitor``: the Lightning callback that profiles the model on the first batch and logs MACs/FLOPs/params."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
+
+from lightning_flops import sinks
+from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+from lightning_flops.isolation import to_device
+from lightning_flops.profiling import model_fingerprint, profile_model, split_input, validate_options
+from lightning_flops.report import FlopsReport
+from lightning_flops.train_step import train_step_flops
+
+__all__ = ["FlopsMonitor"]
+
+ON_GAP = ("warn", "raise", "ignore")
+
+
+class _NoInput(Exception):
+    """No model input could be taken from the batch; the message says why."""
+
+
+class FlopsMonitor(Callback):
+    r"""Profile the model once, on the first real batch, and log its MACs, FLOPs and parameters.
+
+    On the first training batch (not the sanity check; the first batch of the loop in a run that only validates,
+    tests or predicts) the callback takes the model input from the batch, runs
+    :func:`~lightning_flops.profiling.profile_model` with every counter, and sends the report to every logger as
+    scalars (per sample, keys ``{prefix}/{counter}/macs``, ``.../flops``, ``{prefix}/params/*``, ``{prefix}/gap/*``,
+    ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``), to the TensorBoard hparams table (the columns
+    are declared in ``setup``, before Lightning's own hparams summary), to TensorBoard text, to
+    ``flops_report.json`` in ``trainer.log_dir`` and to the console. The model and the training are not changed,
+    except that ``pl_module.flops_per_batch`` (forward + backward FLOPs of one training batch) is set when the
+    module does not define it, for Lightning's ``ThroughputMonitor``. After the first batch the hooks do nothing.
+
+    Input rules: ``input_fn(batch)`` when given; else ``example_input`` when given; else a Tensor batch is the
+    input, a tuple/list batch gives as many leading elements as ``forward`` has required positional parameters, a
+    dict batch gives the keys that match ``forward``'s parameter names; else ``pl_module.example_input_array``.
+    When none fits, one warning asks for ``input_fn`` and training goes on (``strict=True`` raises).
+
+    Args:
+        counters: counters to run, from ``("thop", "fvcore", "torch")``; ``torch`` is the exact reference.
+        limit: relative gap between two counters above which the pair is flagged.
+        flag_on: ``"core"`` compares only the MAC core (conv, linear, matmul, einsum, attention, RNN); ``"total"``.
+        on_gap: what a flagged gap does: ``"warn"`` (one warning), ``"raise"`` (:class:`FlopsGapError`) or
+            ``"ignore"``. ``{prefix}/flagged`` is logged in every case.
+        mode: ``"eval"`` (inference cost, as papers report it) or ``"train"`` (the training-mode forward).
+        input_fn: ``input_fn(batch)`` returns the model input (Tensor, tuple/list of positional args, or dict).
+        example_input: a fixed input to profile instead of the batch (variable-length or multi-scale batches).
+        batch_size_fn: ``batch_size_fn(batch)`` returns the samples in the batch (default: dim 0 of the input).
+        prefix: first component of every metric key.
+        custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
+        strict: raise when a counter fails or no input can be found, instead of warning.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_flops import FlopsMonitor
+
+        trainer = Trainer(callbacks=[FlopsMonitor()], max_steps=100)
+        trainer.fit(model, datamodule)  # then: tensorboard --logdir lightning_logs
+    """
+
+    def __init__(
+        self,
+        counters: Sequence[str] = COUNTER_NAMES,
+        limit: float = 0.01,
+        flag_on: str = "core",
+        on_gap: str = "warn",
+        mode: str = "eval",
+        input_fn: Callable[[Any], Any] | None = None,
+        example_input: Any = None,
+        batch_size_fn: Callable[[Any], int] | None = None,
+        prefix: str = "compute",
+        custom_ops: Mapping[type, Callable[..., float]] | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.counters = validate_options(counters, limit, flag_on, mode, custom_ops)
+        if on_gap not in ON_GAP:
+            raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}")
+        for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn)):
+            if fn is not None and not callable(fn):
+                raise FlopsConfigError(f"`{name}` must be None or a callable taking the batch, got {fn!r}")
+        if example_input is not None:
+            if input_fn is not None:
+                raise FlopsConfigError("`example_input` and `input_fn` exclude each other: pass one, got both")
+            try:
+                split_input(example_input)
+            except FlopsConfigError as err:
+                raise FlopsConfigError(str(err)) from None
+        if not isinstance(prefix, str) or not prefix.strip("/ "):
+            raise FlopsConfigError(f"`prefix` must be a non-empty str such as 'compute', got {prefix!r}")
+        if not isinstance(strict, bool):
+            raise FlopsConfigError(f"`strict` must be True or False, got {strict!r}")
+        self.limit = float(limit)
+        self.flag_on = flag_on
+        self.on_gap = on_gap
+        self.mode = mode
+        self.input_fn = input_fn
+        self.example_input = example_input
+        self.batch_size_fn = batch_size_fn
+        self.prefix = prefix.strip("/ ")
+        self.custom_ops = custom_ops
+        self.strict = strict
+        self.report: FlopsReport | None = None
+        self._pending = False
+        self._published_dirs: set[str] = set()
+        self._owns_flops_attr = False
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._pending = True
+        if not trainer.is_global_zero:
+            return
+        params, hp_metric = _run_hparams(trainer)
+        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
+        for logger in trainer.loggers:
+            if sinks.is_tensorboard(logger):
+                # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
+                sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending:
+            self._run(trainer, pl_module, batch, training=True)
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._pending and not trainer.sanity_checking and trainer.state.fn != "fit":
+            self._run(trainer, pl_module, batch, training=False)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._pending:
+            self._run(trainer, pl_module, batch, training=False)
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._pending:
+            self._run(trainer, pl_module, batch, training=False)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"report": self.report.to_json() if self.report is not None else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        text = state_dict.get("report")
+        try:
+            self.report = FlopsReport.from_json(text) if text else None
+        except ReportFormatError as err:
+            rank_zero_warn(f"FlopsMonitor: the stored report cannot be read ({err}); the model is profiled again.")
+            self.report = None
+
+    # ---------------------------------------------------------------- the work
+    def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
+        """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
+        self._pending = False
+        directory = str(trainer.log_dir)  # a collective under DDP: every rank asks
+        report, failure = self._reusable_report(pl_module), None
+        if report is None:
+            try:
+                report = self._profile(pl_module, batch)
+            except Exception as err:  # a profiling failure never stops training unless strict
+                failure = err
+        if training and report is not None:
+            report = self._with_train_step(pl_module, batch, report)
+            if report.train_step_flops is not None and (
+                self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch")
+            ):
+                pl_module.flops_per_batch = report.train_step_flops
+                self._owns_flops_attr = True
+        local_failure = failure is not None and self.strict
+        local_gap = report is not None and report.flagged and self.on_gap == "raise"
+        any_failure = trainer.strategy.reduce_boolean_decision(local_failure, all=False)
+        any_gap = trainer.strategy.reduce_boolean_decision(local_gap, all=False)
+        if report is not None:
+            self.report = report
+            if trainer.is_global_zero and directory not in self._published_dirs:
+                self._publish(trainer, report, directory)
+            self._published_dirs.add(directory)
+        if any_failure:
+            if failure is not None:
+                raise failure
+            raise CounterError("FlopsMonitor: profiling failed on another rank (strict=True); see that rank's error")
+        if failure is not None:
+            rank_zero_warn(
+                f"FlopsMonitor: profiling failed, training goes on without compute metrics: {_describe(failure)}"
+            )
+        if report is not None and report.flagged:
+            self._on_gap(report, any_gap)
+        elif any_gap:
+            raise FlopsGapError("FlopsMonitor: counters disagree above the limit on another rank (on_gap='raise')")
+
+    def _reusable_report(self, pl_module: LightningModule) -> FlopsReport | None:
+        report = self.report
+        if report is None:
+            return None
+        same = (
+            report.fingerprint == model_fingerprint(pl_module)
+            and tuple(report.counters) == self.counters
+            and report.mode == self.mode
+            and report.limit == self.limit
+            and report.flag_on == self.flag_on
+        )
+        return report if same else None
+
+    def _profile(self, pl_module: LightningModule, batch: Any) -> FlopsReport | None:
+        try:
+            example = self._input(pl_module, batch)
+        except _NoInput as err:
+            message = (
+                f"FlopsMonitor could not find the model input in the batch ({err}); pass "
+                "`FlopsMonitor(input_fn=lambda batch: ...)` returning the input of `forward` "
+                "(a Tensor, a tuple of positional arguments or a dict of keyword arguments)."
+            )
+            if self.strict:
+                raise FlopsConfigError(message) from None
+            rank_zero_warn(message + " No compute metrics are logged for this run.")
+            return None
+        batch_size = None
+        if self.batch_size_fn is not None and self.example_input is None:
+            batch_size = self.batch_size_fn(batch)
+        return profile_model(
+            pl_module,
+            example,
+            counters=self.counters,
+            limit=self.limit,
+            flag_on=self.flag_on,
+            mode=self.mode,
+            custom_ops=self.custom_ops,
+            batch_size=batch_size,
+            strict=self.strict,
+        )
+
+    def _input(self, pl_module: LightningModule, batch: Any) -> Any:
+        """The model input: ``example_input``, else from the batch, else ``example_input_array``."""
+        if self.example_input is not None:
+            return to_device(self.example_input, pl_module.device)
+        try:
+            return self._batch_input(pl_module, batch)
+        except _NoInput:
+            fallback = pl_module.example_input_array
+            if fallback is None or self.input_fn is not None:
+                raise
+            return to_device(fallback, pl_module.device)
+
+    def _batch_input(self, pl_module: LightningModule, batch: Any) -> Any:
+        """``input_fn(batch)``, else the default batch rules; raises :class:`_NoInput` saying why nothing fits."""
+        if self.input_fn is not None:
+            return to_device(self.input_fn(batch), pl_module.device)
+        return to_device(batch_to_input(pl_module, batch), pl_module.device)
+
+    def _with_train_step(self, pl_module: LightningModule, batch: Any, report: FlopsReport) -> FlopsReport:
+        if report.train_step_flops is not None:
+            return report
+        try:
+            example = self._batch_input(pl_module, batch)
+        except Exception:  # no training input: the eval profile may still come from example_input
+            return report
+        try:
+            flops = train_step_flops(pl_module, example)
+        except Exception as err:
+            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {_describe(err)}")
+            return report
+        return dataclasses.replace(report, train_step_flops=flops)
+
+    def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
+        if trainer.loggers:
+            first = trainer.loggers[0]
+            report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
+        sinks.publish(report, trainer.loggers, directory, self.prefix, trainer.global_step)
+
+    def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
+        lines = [
+            f"{gap.a} vs {gap.b}: {gap.relative:.2%} total, {gap.core_relative:.2%} core (limit {report.limit:.2%}), "
+            f"mostly in module `{gap.module or '<root>'}` ({', '.join(gap.operators) or 'no operator named'})"
+            for gap in report.gaps
+            if gap.flagged
+        ]
+        message = f"FlopsMonitor: counters disagree on {report.model}: " + "; ".join(lines) + "."
+        if raise_now:
+            raise FlopsGapError(message + " (on_gap='raise')")
+        if self.on_gap == "warn":
+            rank_zero_warn(message + " The torch counter is the reference; set on_gap='ignore' to silence this.")
+
+
+def batch_to_input(pl_module: torch.nn.Module, batch: Any) -> Any:
+    """The default input rules for a batch (see :class:`FlopsMonitor`); raises :class:`_NoInput` when none fits."""
+    if type(pl_module).forward is LightningModule.forward:
+        raise _NoInput(f"{type(pl_module).__name__} does not implement `forward`")
+    if isinstance(batch, torch.Tensor):
+        return batch
+    parameters = list(inspect.signature(pl_module.forward).parameters.values())
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if isinstance(batch, (tuple, list)) and not hasattr(batch, "_fields"):
+        if not required:
+            raise _NoInput("`forward` has no required positional parameter to fill from a tuple/list batch")
+        if len(required) > len(batch):
+            raise _NoInput(f"`forward` needs {len(required)} positional arguments, the batch has {len(batch)} items")
+        return tuple(batch[: len(required)])
+    if isinstance(batch, Mapping):
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return dict(batch)
+        names = {p.name for p in parameters if p.kind != p.VAR_POSITIONAL}
+        chosen = {k: v for k, v in batch.items() if k in names}
+        missing = [p.name for p in required if p.name not in chosen]
+        if not chosen or missing:
+            raise _NoInput(
+                f"the dict batch keys {sorted(map(str, batch))} do not cover `forward`'s parameters "
+                f"{[p.name for p in parameters]}"
+            )
+        return chosen
+    raise _NoInput(f"a batch of type {type(batch).__name__} has no default rule")
+
+
+def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
+    """The hyperparameters Lightning logs for this run, and whether Lightning will log them (with ``hp_metric``).
+
+    Mirrors ``lightning.pytorch.loggers.utilities._log_hyperparams`` (lightning 2.6.6): the module's and the
+    datamodule's ``hparams_initial`` unless they were saved with ``logger=False`` (the private ``_log_hyperparams``
+    flags, read here only), without LightningCLI's ``_class_path``.
+    """
+    pl_module = trainer.lightning_module
+    datamodule = trainer.datamodule
+    params: dict[str, Any] = {}
+    logged = False
+    if getattr(pl_module, "_log_hyperparams", False):
+        params.update(pl_module.hparams_initial)
+        logged = True
+    if datamodule is not None and getattr(datamodule, "_log_hyperparams", False):
+        params.update(datamodule.hparams_initial)
+        logged = True
+    params.pop("_class_path", None)
+    return params, logged and trainer.enable_autolog_hparams
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"
