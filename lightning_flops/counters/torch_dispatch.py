@@ -110,6 +110,18 @@ class _Recorder:
         return {packet: self.wrap(packet, formula) for packet, formula in formulas.items()}
 
 
+class _GlobalOnlyTracker:
+    """Stands in for FlopCounterMode's ModuleTracker: books every FLOP to ``"Global"``, registers no hooks."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalOnlyTracker:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
 def count_flops(
     fn: Callable[[], Any], model: torch.nn.Module | None = None
 ) -> tuple[int, dict[str, dict[str, int]], dict[str, int]]:
@@ -126,6 +138,11 @@ def count_flops(
     stack = ModuleStack(model) if model is not None else None
     recorder = _Recorder(stack, labeler)
     counter = FlopCounterMode(display=False, custom_mapping=recorder.mapping())
+    # Private attribute, checked against torch 2.13 (the only place we touch it): FlopCounterMode's ModuleTracker puts
+    # grad hooks on module inputs and raises "Expected gradient function to be set" when a module gets a view of a
+    # parameter made under no_grad (`self.query.expand(...)`). Its per-module table is unused (ModuleStack books
+    # modules), and the total it keeps under "Global" is the same without it.
+    counter.mod_tracker = _GlobalOnlyTracker()
     if stack is not None:
         stack.__enter__()
     try:
