@@ -1,0 +1,142 @@
+"""LightningModules and synthetic DataModules around the reference models, for the examples and the LightningCLI config.
+
+* :class:`LitSmallCNN` + :class:`SyntheticImages` -- :class:`~examples.models.SmallCNN` on random CIFAR-sized images.
+* :class:`LitTinyAttention` + :class:`SyntheticTokens` -- :class:`~examples.models.TinyAttention` on random token ids.
+
+Everything runs on CPU in seconds; the data is seeded, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from examples.models import SmallCNN, TinyAttention
+
+__all__ = ["LitSmallCNN", "LitTinyAttention", "SyntheticImages", "SyntheticTokens"]
+
+
+class _Classifier(LightningModule):
+    """Cross-entropy classification on ``(input, label)`` batches with SGD + momentum."""
+
+    model: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the wrapped model."""
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch
+        loss = nn.functional.cross_entropy(self(inputs), labels)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        inputs, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(inputs), labels))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+class LitSmallCNN(_Classifier):
+    """:class:`~examples.models.SmallCNN` as a LightningModule.
+
+    Args:
+        width: channels of the first conv (the second has ``2 * width``).
+        num_classes: classes of the linear head.
+        lr: SGD learning rate.
+
+    Example::
+
+        Trainer(max_steps=5, callbacks=[FlopsMonitor()]).fit(LitSmallCNN(), SyntheticImages())
+    """
+
+    def __init__(self, width: int = 16, num_classes: int = 10, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = SmallCNN(width=width, num_classes=num_classes)
+
+
+class LitTinyAttention(_Classifier):
+    """:class:`~examples.models.TinyAttention` (einsum attention, which thop does not count) as a LightningModule.
+
+    Args:
+        vocab: token vocabulary size.
+        dim: model width.
+        heads: attention heads.
+        num_classes: classes of the linear head.
+        lr: SGD learning rate.
+
+    Example::
+
+        Trainer(max_steps=5, callbacks=[FlopsMonitor()]).fit(LitTinyAttention(), SyntheticTokens())
+    """
+
+    def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, num_classes: int = 4, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = TinyAttention(vocab=vocab, dim=dim, heads=heads, num_classes=num_classes)
+
+
+class _Synthetic(LightningDataModule):
+    dataset: TensorDataset
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size)
+
+
+class SyntheticImages(_Synthetic):
+    """Seeded random images ``[3, size, size]`` with random labels.
+
+    Args:
+        batch_size: images per batch.
+        samples: dataset length.
+        size: image side.
+        num_classes: label range.
+        seed: generator seed.
+    """
+
+    def __init__(self, batch_size: int = 8, samples: int = 64, size: int = 32, num_classes: int = 10, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randn(samples, 3, size, size, generator=generator)
+        labels = torch.randint(0, num_classes, (samples,), generator=generator)
+        self.dataset = TensorDataset(images, labels)
+
+
+class SyntheticTokens(_Synthetic):
+    """Seeded random token ids ``[seq]`` with random labels.
+
+    Args:
+        batch_size: sequences per batch.
+        samples: dataset length.
+        seq: tokens per sequence.
+        vocab: token id range.
+        num_classes: label range.
+        seed: generator seed.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        samples: int = 64,
+        seq: int = 16,
+        vocab: int = 100,
+        num_classes: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        generator = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, vocab, (samples, seq), generator=generator)
+        labels = torch.randint(0, num_classes, (samples,), generator=generator)
+        self.dataset = TensorDataset(tokens, labels)
