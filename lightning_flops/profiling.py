@@ -248,6 +248,8 @@ def _run_counter(name: str, session: _Session, device: str | None, strict: bool)
                 raw = _checked(raw)
             except Exception as err:
                 errors.append(f"{_error_text(err)} (on {placement})" if len(placements) > 1 else _error_text(err))
+                if len(errors) > 1 and errors[0] == f"{_error_text(err)} (on {placements[0]})":
+                    errors = [_error_text(err)]  # the same failure everywhere: "<Type>: <message>" once
                 continue
             if name == "torch" and where == "meta" and scale == 1:
                 session.torch_meta_macs = int(raw.macs)
