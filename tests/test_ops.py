@@ -1,0 +1,223 @@
+"""The torch counter equals hand-written arithmetic for every op of research/ops_table.md, on CPU and on meta.
+
+``device="model"`` counts on the real CPU tensors (this exercises the fixups for the fused CPU kernels: SDPA's
+flash kernel, the ``nn.MultiheadAttention`` fast path under ``no_grad`` and ``mkldnn_rnn_layer``);
+``device="meta"`` counts on a meta copy, where those kernels decompose.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightning_flops as lf
+
+DEVICES = ("model", "meta")
+
+
+class Fn(nn.Module):
+    """Wraps a function of the inputs as a module (no parameters)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+class FunctionalLinear(nn.Module):
+    """``F.linear`` on its own parameters (64 -> 128): no ``nn.Linear`` for module hooks to see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(128, 64))
+        self.bias = nn.Parameter(torch.randn(128))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Attend(nn.Module):
+    """``nn.MultiheadAttention(64, 4, batch_first=True)``: self-attention, or cross-attention when ``kv`` is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(64, 4, batch_first=True)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        kv = q if kv is None else kv
+        return self.mha(q, kv, kv)[0]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One row of the ops table: a module factory, an input factory, the analytic MACs and our operator name."""
+
+    id: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[], Any]
+    macs: int
+    operator: str | None = None
+
+
+def _randn(*shapes: tuple[int, ...]) -> Callable[[], Any]:
+    def make() -> Any:
+        tensors = tuple(torch.randn(*shape) for shape in shapes)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    return make
+
+
+# fmt: off
+CORE_OPS = [
+    Op("linear_bias", lambda: nn.Linear(64, 128), _randn((2, 10, 64)),
+       2 * 10 * 64 * 128, "linear"),  # batch * seq * in * out
+    Op("linear_no_bias", lambda: nn.Linear(64, 128, bias=False), _randn((2, 10, 64)),
+       2 * 10 * 64 * 128, "linear"),
+    Op("conv2d_bias", lambda: nn.Conv2d(16, 32, 3, padding=1), _randn((2, 16, 32, 32)),
+       2 * 32 * 32 * 32 * 16 * 3 * 3, "conv"),  # batch * out_ch * H_out * W_out * in_ch * k * k
+    Op("conv2d_no_bias", lambda: nn.Conv2d(16, 32, 3, padding=1, bias=False), _randn((2, 16, 32, 32)),
+       2 * 32 * 32 * 32 * 16 * 3 * 3, "conv"),
+    Op("conv2d_groups4", lambda: nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False), _randn((2, 16, 32, 32)),
+       2 * 32 * 32 * 32 * (16 // 4) * 3 * 3, "conv"),  # each output channel sees in_ch / groups inputs
+    Op("conv2d_depthwise", lambda: nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), _randn((2, 16, 32, 32)),
+       2 * 16 * 32 * 32 * 1 * 3 * 3, "conv"),
+    Op("conv2d_stride2", lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), _randn((2, 16, 32, 32)),
+       2 * 32 * 16 * 16 * 16 * 3 * 3, "conv"),  # output is 16 x 16
+    Op("conv_transpose2d_no_bias", lambda: nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, bias=False),
+       _randn((2, 16, 16, 16)), 2 * 16 * 16 * 16 * 8 * 4 * 4, "conv"),  # input elements * out_ch * k * k
+    Op("conv_transpose2d_bias", lambda: nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1),
+       _randn((2, 16, 16, 16)), 2 * 16 * 16 * 16 * 8 * 4 * 4, "conv"),
+    Op("torch_matmul_4d", lambda: Fn(torch.matmul), _randn((2, 4, 32, 16), (2, 4, 16, 24)),
+       2 * 4 * 32 * 16 * 24, "matmul"),  # batch * heads * n * k * m
+    Op("matmul_operator", lambda: Fn(lambda a, b: a @ b), _randn((2, 4, 32, 16), (2, 4, 16, 24)),
+       2 * 4 * 32 * 16 * 24, "matmul"),
+    Op("tensor_matmul_method", lambda: Fn(lambda a, b: a.matmul(b)), _randn((2, 4, 32, 16), (2, 4, 16, 24)),
+       2 * 4 * 32 * 16 * 24, "matmul"),
+    Op("matmul_3d_by_2d", lambda: Fn(torch.matmul), _randn((2, 32, 64), (64, 48)),
+       2 * 32 * 64 * 48, "matmul"),
+    Op("bmm", lambda: Fn(torch.bmm), _randn((8, 32, 16), (8, 16, 24)),
+       8 * 32 * 16 * 24, "matmul"),
+    Op("einsum_scores", lambda: Fn(lambda q, k: torch.einsum("bhnd,bhmd->bhnm", q, k)),
+       _randn((2, 4, 32, 16), (2, 4, 24, 16)), 2 * 4 * 32 * 24 * 16, "einsum"),  # b * h * n * m * d
+    Op("functional_linear", FunctionalLinear, _randn((2, 10, 64)),
+       2 * 10 * 64 * 128, "linear"),
+    Op("sdpa", lambda: Fn(F.scaled_dot_product_attention), _randn((2, 4, 32, 16), (2, 4, 24, 16), (2, 4, 24, 16)),
+       2 * (2 * 4 * 32 * 24 * 16), "attention"),  # q k^T and p v, each b * h * n * m * d
+    Op("mha_self_attention", Attend, _randn((2, 32, 64)),
+       4 * (2 * 32 * 64 * 64)  # q, k, v and out projections: batch * seq * dim * dim each
+       + 2 * (2 * 32 * 32 * 64), "attention"),  # q k^T and p v: batch * seq * seq * dim each
+    Op("mha_cross_attention", Attend, _randn((2, 32, 64), (2, 24, 64)),
+       2 * (2 * 32 * 64 * 64)  # q and out projections on 32 query tokens
+       + 2 * (2 * 24 * 64 * 64)  # k and v projections on 24 source tokens
+       + 2 * (2 * 32 * 24 * 64), "attention"),  # q k^T and p v
+    Op("lstm", lambda: nn.LSTM(64, 128, batch_first=True), _randn((2, 10, 64)),
+       2 * 10 * 4 * 128 * (64 + 128), "rnn"),  # batch * seq * gates * hidden * (in + hidden)
+    Op("gru", lambda: nn.GRU(64, 128, batch_first=True), _randn((2, 10, 64)),
+       2 * 10 * 3 * 128 * (64 + 128), "rnn"),
+    Op("lstm_2_layers_bidirectional", lambda: nn.LSTM(64, 128, num_layers=2, bidirectional=True, batch_first=True),
+       _randn((2, 10, 64)),
+       2 * (2 * 10 * 4 * 128 * (64 + 128))  # layer 0, two directions
+       + 2 * (2 * 10 * 4 * 128 * (2 * 128 + 128)), "rnn"),  # layer 1 reads both directions (2 * hidden)
+]
+
+ZERO_OPS = [
+    Op("layer_norm", lambda: nn.LayerNorm(64), _randn((2, 32, 64)), 0),
+    Op("batch_norm_eval", lambda: nn.BatchNorm2d(16), _randn((2, 16, 32, 32)), 0),
+    Op("group_norm", lambda: nn.GroupNorm(4, 16), _randn((2, 16, 32, 32)), 0),
+    Op("relu_module", nn.ReLU, _randn((2, 16, 32, 32)), 0),
+    Op("relu_functional", lambda: Fn(F.relu), _randn((2, 16, 32, 32)), 0),
+    Op("gelu", nn.GELU, _randn((2, 16, 32, 32)), 0),
+    Op("silu", nn.SiLU, _randn((2, 16, 32, 32)), 0),
+    Op("tensor_softmax", lambda: Fn(lambda x: x.softmax(-1)), _randn((2, 4, 32, 24)), 0),
+    Op("softmax_module", lambda: nn.Softmax(-1), _randn((2, 4, 32, 24)), 0),
+    Op("normalize", lambda: Fn(lambda x: F.normalize(x, dim=-1)), _randn((2, 32, 64)), 0),
+    Op("interpolate_bilinear", lambda: Fn(lambda x: F.interpolate(x, scale_factor=2, mode="bilinear")),
+       _randn((2, 16, 16, 16)), 0),
+    Op("upsample_nearest", lambda: nn.Upsample(scale_factor=2), _randn((2, 16, 16, 16)), 0),
+    Op("adaptive_avg_pool", lambda: nn.AdaptiveAvgPool2d(1), _randn((2, 16, 32, 32)), 0),
+    Op("max_pool", lambda: nn.MaxPool2d(2), _randn((2, 16, 32, 32)), 0),
+    Op("embedding", lambda: nn.Embedding(1000, 64), lambda: torch.randint(0, 1000, (2, 32)), 0),
+    Op("add_operator", lambda: Fn(lambda x, y: x + y), _randn((2, 16, 32, 32), (2, 16, 32, 32)), 0),
+    Op("torch_add", lambda: Fn(torch.add), _randn((2, 16, 32, 32), (2, 16, 32, 32)), 0),
+    Op("mul_operator", lambda: Fn(lambda x, y: x * y), _randn((2, 16, 32, 32), (2, 16, 32, 32)), 0),
+    Op("torch_mul", lambda: Fn(torch.mul), _randn((2, 16, 32, 32), (2, 16, 32, 32)), 0),
+    Op("topk", lambda: Fn(lambda x: torch.topk(x, 5, dim=-1).values), _randn((2, 16, 32, 32)), 0),
+]
+# fmt: on
+
+ALL_OPS = CORE_OPS + ZERO_OPS
+
+
+def _ids(ops: list[Op]) -> list[str]:
+    return [op.id for op in ops]
+
+
+@functools.cache
+def _torch_result(op: Op, device: str, mode: str = "eval") -> lf.CounterResult:
+    """The torch counter's (frozen) result for ``op``; cached so that several assertions share one profile."""
+    report = lf.profile_model(op.build(), op.inputs(), counters=("torch",), device=device, mode=mode, strict=True)
+    return report.counters["torch"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", CORE_OPS, ids=_ids(CORE_OPS))
+def test_torch_macs_equal_analytic_count(op: Op, device: str) -> None:
+    result = _torch_result(op, device)
+    assert result.macs == op.macs
+    assert result.flops == 2 * op.macs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", CORE_OPS, ids=_ids(CORE_OPS))
+def test_torch_books_core_op_to_its_operator_and_the_root(op: Op, device: str) -> None:
+    result = _torch_result(op, device)
+    assert result.by_operator == {op.operator: op.macs}
+    assert result.by_module[""] == op.macs
+    assert result.core_macs == op.macs
+    assert result.uncounted == ()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ZERO_OPS, ids=_ids(ZERO_OPS))
+def test_torch_counts_zero_macs_for_ops_without_multiply_accumulates(op: Op, device: str) -> None:
+    result = _torch_result(op, device)
+    assert result.core_macs == 0
+    assert result.macs == 0
+    assert result.flops == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", [o for o in CORE_OPS if o.id.startswith("mha_")], ids=lambda o: o.id)
+def test_torch_counts_mha_in_train_mode_like_eval_mode(op: Op, device: str) -> None:
+    # train mode skips the CPU fast path (_native_multi_head_attention): both paths must give the analytic count
+    assert _torch_result(op, device, mode="train").macs == op.macs
+
+
+def test_torch_reports_the_device_it_counted_on() -> None:
+    op = CORE_OPS[0]
+    assert _torch_result(op, "model").device == "cpu"
+    assert _torch_result(op, "meta").device == "meta"
+
+
+def test_torch_counts_the_fused_cpu_multi_head_attention_kernel() -> None:
+    # nn.MultiheadAttention never reaches this kernel under our counter (an active TorchFunctionMode disables the
+    # fast path), but a direct call does: its formula must give the self-attention count of the table.
+    from lightning_flops.counters.torch_dispatch import count_flops
+
+    mha = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    x = torch.randn(2, 32, 64)
+    w_qkv, b_qkv, w_out, b_out = mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias
+    with torch.no_grad():
+        flops, _, _ = count_flops(
+            lambda: torch._native_multi_head_attention(x, x, x, 64, 4, w_qkv, b_qkv, w_out, b_out, need_weights=False)
+        )
+    assert flops == 2 * (4 * (2 * 32 * 64 * 64) + 2 * (2 * 32 * 32 * 64))  # 2 FLOPs per MAC: projections + products
