@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -223,8 +224,15 @@ def _sorted(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict
     """Rows ordered by ``key``; runs without a value (a failed counter) come last either way."""
     present = [r for r in rows if r.get(key) is not None]
     missing = [r for r in rows if r.get(key) is None]
-    present.sort(key=lambda r: (r[key], r["run"]), reverse=descending)
+    present.sort(key=lambda r: (_natural(r[key]), _natural(r["run"])), reverse=descending)
     return present + missing
+
+
+def _natural(value: Any) -> Any:
+    """Sort key that orders text with numbers naturally (``cnn_w8`` before ``cnn_w16``); other values as they are."""
+    if not isinstance(value, str):
+        return value
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", value) if part)
 
 
 def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[str]:
@@ -410,7 +418,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     if plot_path is not None:
         _plot(rows, counters, plot_path, args.log_scale)
-    print(text)
+    print(text, flush=True)
     if plot_path is not None:
         print(f"{PROG}: wrote {plot_path}", file=sys.stderr)
     if errors:
@@ -562,7 +570,7 @@ def _profile(args: argparse.Namespace) -> int:
     if json_path is not None:
         text = report.to_json()
         _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
-    print(report.to_markdown())
+    print(report.to_markdown(), flush=True)
     if json_path is not None:
         print(f"{PROG}: wrote {json_path}", file=sys.stderr)
     if not any(result.ok for result in report.counters.values()):

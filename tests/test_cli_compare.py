@@ -183,6 +183,13 @@ def test_sort_orders_rows_by_the_key(
     assert [row["run"] for row in json.loads(out)["runs"]] == order
 
 
+def test_run_names_sort_numbers_naturally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("w16", "w8", "w128"):
+        write_report(tmp_path / name / "flops_report.json", {"torch": 4})
+    _, out, _ = run_cli(capsys, "compare", str(tmp_path), "--format", "json")
+    assert [row["run"] for row in json.loads(out)["runs"]] == ["w8", "w16", "w128"]
+
+
 # ------------------------------------------------------------------------------------------------------ run names
 def test_single_report_is_named_by_its_logger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_report(tmp_path / "x" / "flops_report.json", {"torch": 4}, logger={"name": "exp", "version": "3"})
