@@ -38,3 +38,15 @@ def test_cli_config_runs_the_example_with_the_monitor(
     assert "compute/torch/macs" in read_scalars(log_dir)
     columns, values = hparams_session(log_dir)
     assert "compute/torch/macs" in columns and hparam in values and "_class_path" not in values
+
+
+def test_train_script_prints_the_report_and_the_tensorboard_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.train import main
+
+    assert main(["--model", "cnn", "--steps", "2", "--logdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| MACs |" in out
+    assert f"tensorboard --logdir {tmp_path}" in out
+    assert (tmp_path / "cnn" / "version_0" / "flops_report.json").exists()

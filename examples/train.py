@@ -1,0 +1,68 @@
+"""Train a small example model for a few CPU steps with ``FlopsMonitor`` and show where the TensorBoard logs are.
+
+Usage::
+
+    python examples/train.py --model attention --steps 20 --logdir runs
+    tensorboard --logdir runs
+
+``--model cnn`` trains :class:`~examples.models.SmallCNN` on synthetic images; ``--model attention`` trains
+:class:`~examples.models.TinyAttention` (einsum attention: thop misses it, so FlopsMonitor flags the gap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `examples` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from examples.lit_models import LitSmallCNN, LitTinyAttention, SyntheticImages, SyntheticTokens
+from lightning_flops import FlopsMonitor
+
+MODELS = {
+    "cnn": (LitSmallCNN, SyntheticImages),
+    "attention": (LitTinyAttention, SyntheticTokens),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, train, print the report's Markdown and the ``tensorboard`` command."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn", help="example model to train")
+    parser.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
+    parser.add_argument("--logdir", default="runs", help="TensorBoard log root (default runs)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+
+    seed_everything(0, verbose=False)
+    module_cls, data_cls = MODELS[args.model]
+    monitor = FlopsMonitor()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=args.steps,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=TensorBoardLogger(args.logdir, name=args.model),
+        callbacks=[monitor],
+    )
+    trainer.fit(module_cls(), data_cls())
+    if monitor.report is not None:
+        print(monitor.report.to_markdown())
+    print(f"\nReport: {Path(trainer.log_dir) / 'flops_report.json'}")
+    print(f"TensorBoard logs: {trainer.log_dir}")
+    print(f"  tensorboard --logdir {args.logdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
