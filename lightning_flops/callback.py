@@ -128,8 +128,11 @@ class FlopsMonitor(Callback):
         keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
         for logger in trainer.loggers:
             if sinks.is_tensorboard(logger):
-                # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
-                sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
+                try:
+                    # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
+                    sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
+                except Exception as err:  # a table without our columns must not stop training
+                    rank_zero_warn(f"FlopsMonitor: could not declare the hparams metric columns: {_describe(err)}")
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -195,7 +198,12 @@ class FlopsMonitor(Callback):
         if report is not None:
             self.report = report
             if trainer.is_global_zero and directory not in self._published_dirs:
-                self._publish(trainer, report, directory)
+                try:
+                    self._publish(trainer, report, directory)
+                except Exception as err:  # an output failure must not stop training unless strict
+                    if self.strict:
+                        raise
+                    rank_zero_warn(f"FlopsMonitor: could not write the report: {_describe(err)}")
             self._published_dirs.add(directory)
         if any_failure:
             if failure is not None:
