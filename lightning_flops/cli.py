@@ -112,12 +112,38 @@ def _load_reports(files: Sequence[Path]) -> tuple[list[tuple[Path, FlopsReport]]
     errors: list[str] = []
     for file in files:
         try:
-            report = FlopsReport.from_json(file.read_text(encoding="utf-8"))
+            report = _checked_numbers(FlopsReport.from_json(file.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, ReportFormatError) as err:
             errors.append(f"{file}: {err}")
             continue
         loaded.append((file, report))
     return loaded, errors
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _checked_numbers(report: FlopsReport) -> FlopsReport:
+    """Refuse a report whose counts are not whole numbers (the reader checks the layout, not the values' types)."""
+    bad = []
+    if not (_is_count(report.batch_size) and report.batch_size >= 1):
+        bad.append(f"batch_size={report.batch_size!r}")
+    if not (_is_count(report.params.total) and _is_count(report.params.trainable)):
+        bad.append(f"params={report.params!r}")
+    for name, result in report.counters.items():
+        if result.macs is not None and not _is_count(result.macs):
+            bad.append(f"counters.{name}.macs={result.macs!r}")
+    if report.train_step_flops is not None and not _is_count(report.train_step_flops):
+        bad.append(f"train_step_flops={report.train_step_flops!r}")
+    for gap in report.gaps:
+        if not all(isinstance(v, (int, float)) for v in (gap.relative, gap.core_relative)):
+            bad.append(f"gaps.{gap.key}={gap.relative!r}, {gap.core_relative!r}")
+    if bad:
+        raise ReportFormatError(
+            f"malformed report: counts must be integers >= 0 (batch_size >= 1), got {', '.join(bad)}"
+        )
+    return report
 
 
 def _run_names(loaded: Sequence[tuple[Path, FlopsReport]]) -> list[str]:

@@ -256,6 +256,11 @@ def test_plot_refuses_an_existing_file_without_force(tmp_path: Path, capsys: pyt
         ('{"schema_version": 99, "model": "Net"}', "schema_version 99 is newer"),
         ("[1, 2]", "must be a JSON object"),
         ('{"schema_version": 1, "model": "Net"}', "malformed report"),
+        (
+            '{"schema_version": 1, "model": "Net", "params": {"total": 1, "trainable": 1}, "batch_size": "4",'
+            ' "counters": {"torch": {"name": "torch", "ok": true, "macs": 8}}}',
+            "malformed report: counts must be integers >= 0 (batch_size >= 1), got batch_size='4'",
+        ),
     ],
 )
 def test_bad_report_exits_2_naming_the_file(

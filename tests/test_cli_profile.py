@@ -200,3 +200,36 @@ def test_bad_profile_input_exits_2_with_a_message(
     assert status == 2
     assert message in err
     assert out == ""
+
+
+def test_target_file_that_fails_to_import_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "broken.py"
+    source.write_text("def build(:\n")
+    status, out, err = run_cli(capsys, "profile", f"{source}:build", "--input", "1,2")
+    assert status == 2 and f"cannot import `{source}:build`: SyntaxError" in err and out == ""
+
+
+def test_profile_exits_1_when_every_counter_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "failing.py"
+    source.write_text(
+        "from torch import nn\n\n\n"
+        "class Failing(nn.Linear):\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('boom')\n"
+    )
+    status, out, err = run_cli(
+        capsys,
+        "profile",
+        f"{source}:Failing",
+        "--kwargs",
+        "in_features=2",
+        "out_features=3",
+        "--input",
+        "1,2",
+        "--counters",
+        "torch",
+        "thop",
+    )
+    assert status == 1
+    assert "every counter failed" in err
+    assert "RuntimeError: boom" in out  # the report is still printed, with the reason
