@@ -312,9 +312,7 @@ class FlopsReport:
             lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
             lines.append("|---|---|---|---|---|")
             for gap in self.gaps:
-                where = (
-                    f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.module is not None else "-"
-                )
+                where = f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.flagged else "-"
                 lines.append(
                     f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
                     f"{'**yes**' if gap.flagged else 'no'} | {where} |"
@@ -325,8 +323,15 @@ class FlopsReport:
         reference = next((r for r in reversed(list(self.counters.values())) if r.ok), None)
         if reference is None or top <= 0:
             return []
-        depth_one = {m: v for m, v in reference.by_module.items() if m and "." not in m}
-        ranked = sorted(depth_one.items(), key=lambda kv: -kv[1])[:top]
+        by_module = reference.by_module
+        parent = ""
+        while True:  # skip wrappers (a LightningModule's `model`): list the first level with several modules
+            prefix = f"{parent}." if parent else ""
+            level = {m: v for m, v in by_module.items() if m.startswith(prefix) and m and "." not in m[len(prefix) :]}
+            if len(level) != 1:
+                break
+            parent = next(iter(level))
+        ranked = sorted(level.items(), key=lambda kv: -kv[1])[:top]
         if not ranked:
             return []
         names = list(self.counters)

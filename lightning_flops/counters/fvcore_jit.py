@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_flops.counters.base import RawCount
+from lightning_flops.counters.base import CORE_OPERATORS, RawCount
 from lightning_flops.counters.tracing import PositionalCall, quiet
 
 __all__ = ["FvcoreCounter", "make_counter"]
@@ -45,6 +45,20 @@ def operator_of_fvcore(name: str) -> str:
     if name in ("relu", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardswish", "prelu"):
         return "activation"
     return "other"
+
+
+def _uncounted(unsupported: dict[str, int]) -> list[str]:
+    """Unsupported ops that may hide real MACs one by one (core, attention, RNN), the convention ones in one line."""
+    core, other = [], []
+    for op, n in sorted(unsupported.items()):
+        name = op.removeprefix("aten::")
+        if operator_of_fvcore(name) in CORE_OPERATORS:
+            core.append(f"{name} (unsupported by fvcore, {n}x)")
+        else:
+            other.append(name)
+    if other:
+        core.append(f"{len(other)} convention/elementwise op types not counted by fvcore: {', '.join(other)}")
+    return core
 
 
 def _strip(name: str) -> str:
@@ -87,10 +101,7 @@ class FvcoreCounter:
             if bucket or name == "model":
                 module_operators[_strip(name)] = bucket
         module_operators.setdefault("", {})
-        uncounted = [
-            f"{op.removeprefix('aten::')} (unsupported by fvcore, {n}x)" for op, n in sorted(unsupported.items())
-        ]
-        return RawCount(macs=int(total), module_operators=module_operators, uncounted=uncounted)
+        return RawCount(macs=int(total), module_operators=module_operators, uncounted=_uncounted(unsupported))
 
 
 def make_counter() -> FvcoreCounter:
