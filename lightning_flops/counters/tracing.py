@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -205,7 +206,11 @@ class PositionalCall(nn.Module):
                 args[key] = tensor
             else:
                 kwargs[key] = tensor
-        return self.model(*args, **kwargs)
+        output = self.model(*args, **kwargs)
+        if dataclasses.is_dataclass(output) and not isinstance(output, type):
+            # JIT tracers (fvcore) accept tensors, tuples, lists and dicts only: hand them the fields in order
+            return tuple(getattr(output, f.name) for f in dataclasses.fields(output))
+        return output
 
     def train(self, mode: bool = True) -> PositionalCall:
         return self
