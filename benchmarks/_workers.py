@@ -1,0 +1,237 @@
+"""Measurements that ``benchmarks/run.py`` runs each in a fresh Python process.
+
+Each worker is called as ``python benchmarks/_workers.py NAME '{"json": "kwargs"}'`` and prints one line
+``RESULT {...}`` with its figures. A fresh process per measurement keeps first-call costs honest (nothing warmed by
+an earlier case) and makes the peak resident set size (``ru_maxrss``) belong to that measurement alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+RESULT_PREFIX = "RESULT "
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------ first batch
+def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
+    """Cost of ``profile_model`` (all three counters) in units of one warm plain forward of the same batch.
+
+    In one process: two warm-up forwards, one more forward, the first ``profile_model`` call (cold), then ``rounds``
+    rounds of (plain forward, ``profile_model``, the three libraries run by hand on the real model). Each round's
+    ratio divides by that round's forward, so that load from other processes hits numerator and denominator alike.
+    """
+    import lightning_flops as lf
+    from examples.models import resnet50, vit_b16
+
+    torch.manual_seed(0)
+    net = {"resnet50": resnet50, "vit_b16": vit_b16}[model]()
+    net.eval()
+    x = torch.randn(batch, 3, 224, 224)
+    by_hand = copy.deepcopy(net)  # thop leaves buffers on what it profiles: keep them off the measured model
+
+    def forward() -> None:
+        with torch.no_grad():
+            net(x)
+
+    def profile() -> None:
+        lf.profile_model(net, x)
+
+    def three_by_hand() -> None:
+        import thop
+        from fvcore.nn import FlopCountAnalysis
+        from torch.utils.flop_counter import FlopCounterMode
+
+        thop.profile(by_hand, inputs=(x,), verbose=False)
+        analysis = FlopCountAnalysis(by_hand, x)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.total()
+        with torch.no_grad(), FlopCounterMode(display=False):
+            by_hand(x)
+
+    for _ in range(2):
+        forward()
+    cold_forward = _timed(forward)
+    cold = _timed(profile)
+    forwards, profiles, hands = [], [], []
+    for _ in range(rounds):
+        forwards.append(_timed(forward))
+        profiles.append(_timed(profile))
+        hands.append(_timed(three_by_hand))
+    report = lf.profile_model(net, x)
+    return {
+        "model": model,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "forward_s": statistics.median([cold_forward, *forwards]),
+        "cold_s": cold,
+        "cold_ratio": cold / statistics.median([cold_forward, *forwards]),
+        "warm_s": statistics.median(profiles),
+        "warm_ratio": statistics.median(p / f for p, f in zip(profiles, forwards, strict=True)),
+        "by_hand_s": statistics.median(hands),
+        "by_hand_ratio": statistics.median(h / f for h, f in zip(hands, forwards, strict=True)),
+        "devices": {name: result.device for name, result in report.counters.items()},
+        "forwards": forwards,
+        "profiles": profiles,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- steady state
+def steady_state(with_callback: bool, steps: int, width: int, depth: int, batch: int) -> dict[str, Any]:
+    """One ``Trainer.fit`` of an MLP whose weights dominate the process memory, with or without ``FlopsMonitor``.
+
+    Returns training steps/s after the first batch (end of batch 0 to end of the last batch) and the peak RSS of
+    the process, which holds exactly one fit.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = []
+            for _ in range(depth):
+                layers += [nn.Linear(width, width), nn.ReLU()]
+            self.net = nn.Sequential(*layers, nn.Linear(width, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=1e-3)  # no momentum: no optimizer state beside the grads
+
+    class StepClock(Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            self.ends.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    model = MLP()
+    data = TensorDataset(torch.randn(steps * batch, width), torch.randint(0, 10, (steps * batch,)))
+    clock = StepClock()
+    callbacks: list[Callback] = []
+    if with_callback:
+        from lightning_flops import FlopsMonitor
+
+        callbacks.append(FlopsMonitor())
+    callbacks.append(clock)  # last: batch 0 ends after FlopsMonitor's own batch-0 work
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            devices=1,
+            logger=TensorBoardLogger(tmp),
+            callbacks=callbacks,
+            limit_val_batches=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, DataLoader(data, batch_size=batch))
+        total = time.perf_counter() - start
+    ends = clock.ends
+    return {
+        "with_callback": with_callback,
+        "params": sum(p.numel() for p in model.parameters()),
+        "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "steps": len(ends),
+        "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]),
+        "first_batch_s": ends[0] - start,
+        "fit_s": total,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- meta scale
+def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
+    """``profile_model`` with all three counters on a ``TransformerLM`` built on the meta device."""
+    import lightning_flops as lf
+    from examples.models import transformer_lm, transformer_lm_macs, transformer_lm_params
+
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = transformer_lm(layers=layers)
+    build_s = time.perf_counter() - start
+    tokens = torch.zeros(batch, seq, dtype=torch.long)
+    start = time.perf_counter()
+    report = lf.profile_model(model, tokens)
+    profile_s = time.perf_counter() - start
+    return {
+        "layers": layers,
+        "params": report.params.total,
+        "analytic_params": transformer_lm_params(layers=layers),
+        "build_s": build_s,
+        "profile_s": profile_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "analytic_macs": transformer_lm_macs(batch, seq, layers=layers),
+        "counters": {
+            name: {
+                "ok": result.ok,
+                "macs": result.macs,
+                "device": result.device,
+                "seconds": result.seconds,
+                "error": result.error,
+                "uncounted": list(result.uncounted),
+                "by_operator": result.by_operator if result.ok else {},
+            }
+            for name, result in report.counters.items()
+        },
+    }
+
+
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "first_batch": first_batch,
+    "steady_state": steady_state,
+    "meta_scale": meta_scale,
+}
+
+
+def main() -> None:
+    """``python benchmarks/_workers.py NAME JSON_KWARGS``: run one worker, print ``RESULT {json}``."""
+    name, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    threads = os.environ.get("BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    result = WORKERS[name](**kwargs)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

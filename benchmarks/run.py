@@ -1,0 +1,254 @@
+"""Benchmarks of issue 6: what profiling costs, in ratios measured side by side, printed as one table.
+
+Cases (``--case``):
+
+* ``first_batch``: extra wall time of ``profile_model`` with all three counters divided by one warm plain forward
+  (``eval()``, ``no_grad()``) of the same batch, for ResNet-50 and ViT-B/16 at batch 8, 224x224, CPU; the first call
+  in a fresh process (cold) and the median of the later calls (warm, target <= 1.5). For reference: thop + fvcore +
+  FlopCounterMode run by hand on the real model.
+* ``steady_state``: training steps/s after the first batch with ``FlopsMonitor()`` vs without (median of interleaved
+  fits, target >= 0.98), and the peak RSS of the whole fit (target <= 1.05), each fit in a fresh process, on an MLP
+  whose weights dominate the process memory.
+* ``meta_scale``: ``profile_model`` on an 8.3B-parameter ``transformer_lm(layers=40)`` built on the meta device, seq
+  2048: seconds (< 10), peak RSS (< 1 GB), torch MACs exactly the analytic count; thop and fvcore reported.
+
+Usage::
+
+    python benchmarks/run.py                 # every case, full size (about 5-8 minutes on 2 cores)
+    python benchmarks/run.py --quick         # smoke run: fewer repeats and shorter fits
+    python benchmarks/run.py --case meta_scale --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "_workers.py"
+RESULT_PREFIX = "RESULT "
+CASES = ("first_batch", "steady_state", "meta_scale")
+
+FIRST_BATCH_WARM_TARGET = 1.5
+STEADY_SPEED_TARGET = 0.98
+STEADY_RSS_TARGET = 1.05
+META_SECONDS_TARGET = 10.0
+META_RSS_TARGET_MB = 1e9 / 2**20  # 1 GB = 10^9 bytes, in MiB
+
+
+@dataclass
+class Row:
+    """One line of the result table.
+
+    Args:
+        case: what was measured.
+        measured: the raw figures (seconds, MiB, MACs) behind the ratio.
+        ratio: the number compared with the target, formatted.
+        target: the target, e.g. ``"<= 1.5"``; ``"info"`` for reference rows.
+        result: ``"pass"``, ``"FAIL"``, ``"info"``, ``"skip"`` or ``"ERROR"``.
+    """
+
+    case: str
+    measured: str
+    ratio: str
+    target: str
+    result: str
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Run ``benchmarks/_workers.py NAME`` in a fresh Python process and return its ``RESULT`` JSON."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), name, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    raise RuntimeError(f"worker {name} exited with {proc.returncode}: {tail[0]}")
+
+
+# ------------------------------------------------------------------------------------------------------ cases
+def case_first_batch(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """First-batch cost of ``profile_model`` for ResNet-50 and ViT-B/16 (one fresh process per model)."""
+    batch, rounds = 8, (2 if quick else 5)  # the target is defined at batch 8: --quick only repeats less
+    rows, raw = [], {}
+    for model in ("resnet50", "vit_b16"):
+        log(f"first_batch: {model}, batch {batch}, {rounds} warm rounds")
+        r = run_worker("first_batch", model=model, batch=batch, rounds=rounds)
+        raw[model] = r
+        fwd = f"forward {r['forward_s']:.3f} s"
+        where = ", ".join(f"{k}@{v}" for k, v in r["devices"].items())
+        rows += [
+            Row(f"first_batch {model} b{batch}: cold (1st call)", f"{r['cold_s']:.3f} s / {fwd}",
+                f"{r['cold_ratio']:.2f}", "info", "info"),
+            Row(f"first_batch {model} b{batch}: warm (later calls)", f"{r['warm_s']:.3f} s / {fwd} ({where})",
+                f"{r['warm_ratio']:.2f}", f"<= {FIRST_BATCH_WARM_TARGET}",
+                _verdict(r["warm_ratio"] <= FIRST_BATCH_WARM_TARGET)),
+            Row(f"first_batch {model} b{batch}: thop+fvcore+FCM by hand", f"{r['by_hand_s']:.3f} s / {fwd}",
+                f"{r['by_hand_ratio']:.2f}", "info (~3.2)", "info"),
+        ]  # fmt: skip
+    return rows, raw
+
+
+def _callback_available() -> bool:
+    try:
+        if importlib.util.find_spec("lightning_flops.callback") is None:
+            return False
+        import lightning_flops
+
+        lightning_flops.FlopsMonitor  # noqa: B018
+    except Exception:
+        return False
+    return True
+
+
+def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """Steps/s and peak RSS of fits with vs without ``FlopsMonitor``, interleaved, each fit in a fresh process."""
+    if not _callback_available():
+        reason = "callback not available (lightning_flops.FlopsMonitor cannot be imported)"
+        return [
+            Row("steady_state: steps/s with / without FlopsMonitor", reason, "-", f">= {STEADY_SPEED_TARGET}", "skip"),
+            Row("steady_state: peak RSS with / without FlopsMonitor", reason, "-", f"<= {STEADY_RSS_TARGET}", "skip"),
+        ], {"skipped": reason}
+    pairs, steps = (3, 12) if quick else (5, 30)
+    # ~144 MB of weights (+ as much in gradients) and a small batch: memory is the weights', the steps are short,
+    # so per-step overhead of the callback's hooks would show
+    shape = {"width": 2048, "depth": 9, "batch": 8, "steps": steps}
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)  # ABBA: drift in machine load cancels
+        for with_callback in order:
+            log(f"steady_state: pair {i + 1}/{pairs}, {'with' if with_callback else 'without'} FlopsMonitor")
+            runs[with_callback].append(run_worker("steady_state", with_callback=with_callback, **shape))
+    speed = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in runs.items()}
+    rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
+    first = {k: statistics.median(r["first_batch_s"] for r in v) for k, v in runs.items()}
+    weights = runs[False][0]["weights_mb"]
+    speed_ratio, rss_ratio = speed[True] / speed[False], rss[True] / rss[False]
+    rows = [
+        Row(f"steady_state MLP {weights:.0f} MB weights: steps/s after batch 0 (median of {pairs})",
+            f"{speed[True]:.2f} / {speed[False]:.2f} steps/s", f"{speed_ratio:.3f}", f">= {STEADY_SPEED_TARGET}",
+            _verdict(speed_ratio >= STEADY_SPEED_TARGET)),
+        Row(f"steady_state MLP {weights:.0f} MB weights: peak RSS of the fit (median of {pairs})",
+            f"{rss[True]:.0f} / {rss[False]:.0f} MB", f"{rss_ratio:.3f}", f"<= {STEADY_RSS_TARGET}",
+            _verdict(rss_ratio <= STEADY_RSS_TARGET)),
+        Row("steady_state: first batch (fit start to end of batch 0)", f"{first[True]:.2f} / {first[False]:.2f} s",
+            f"{first[True] / first[False]:.2f}", "info", "info"),
+    ]  # fmt: skip
+    return rows, {"with": runs[True], "without": runs[False]}
+
+
+def case_meta_scale(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """``profile_model`` on an 8.3B-parameter TransformerLM built on meta, in a fresh process."""
+    del quick  # the full 8.3B model takes seconds: the smoke run measures the real target
+    layers, seq = 40, 2048
+    log(f"meta_scale: transformer_lm(layers={layers}) on meta, seq {seq}")
+    r = run_worker("meta_scale", layers=layers, seq=seq, batch=1)
+    name = f"meta_scale {r['params'] / 1e9:.1f}B params, seq {seq}"
+    torch_result = r["counters"]["torch"]
+    exact = torch_result["ok"] and torch_result["macs"] == r["analytic_macs"]
+    torch_ratio = f"{torch_result['macs'] / r['analytic_macs']:.6f}" if torch_result["ok"] else "-"
+    rows = [
+        Row(f"{name}: profile_model seconds", f"{r['profile_s']:.2f} s (build on meta {r['build_s']:.2f} s)",
+            f"{r['profile_s']:.2f}", f"< {META_SECONDS_TARGET:.0f} s", _verdict(r["profile_s"] < META_SECONDS_TARGET)),
+        Row(f"{name}: peak RSS of the process", f"{r['peak_rss_mb']:.0f} MB",
+            f"{r['peak_rss_mb']:.0f}", f"< {META_RSS_TARGET_MB:.0f} MB (1 GB)",
+            _verdict(r["peak_rss_mb"] < META_RSS_TARGET_MB)),
+        Row(f"{name}: torch MACs / analytic", f"{torch_result['macs']} / {r['analytic_macs']} MACs",
+            torch_ratio, "== 1 exactly", _verdict(exact)),
+    ]  # fmt: skip
+    for counter in ("thop", "fvcore"):
+        c = r["counters"][counter]
+        if c["ok"]:
+            missing = [u for u in c["uncounted"] if "attention" in u] or c["uncounted"]
+            why = f"; does not count {missing[0]}" if missing else ""
+            why += f" and {len(missing) - 1} more like it" if len(missing) > 1 else ""
+            rows.append(
+                Row(f"{name}: {counter} MACs / torch", f"{c['macs']} MACs on {c['device']}{why}",
+                    f"{c['macs'] / torch_result['macs']:.4f}" if torch_result["ok"] else "-", "reported", "pass")
+            )  # fmt: skip
+        else:
+            rows.append(Row(f"{name}: {counter}", f"failed: {c['error']}", "-", "reported", _verdict(bool(c["error"]))))
+    return rows, r
+
+
+CASE_FUNCTIONS: dict[str, Callable[[bool, Callable[[str], None]], tuple[list[Row], dict[str, Any]]]] = {
+    "first_batch": case_first_batch,
+    "steady_state": case_steady_state,
+    "meta_scale": case_meta_scale,
+}
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table of ``rows``: case, measured, ratio, target, result."""
+    lines = ["| case | measured | ratio | target | result |", "|---|---|---|---|---|"]
+    lines += [f"| {r.case} | {r.measured} | {r.ratio} | {r.target} | {r.result} |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """Date, CPU, cores, torch threads and versions, for the record."""
+    import torch
+
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, load average {load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected cases and print one table; exit status 1 when a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats, shorter fits")
+    parser.add_argument("--case", choices=CASES, action="append", help="run only this case (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write every raw figure to this JSON file")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"... {message}", file=sys.stderr, flush=True)
+
+    start_line = machine_line()
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
+    for case in args.case or CASES:
+        try:
+            case_rows, raw[case] = CASE_FUNCTIONS[case](args.quick, log)
+        except Exception as err:  # one broken case must not hide the others
+            case_rows, raw[case] = [Row(case, f"{type(err).__name__}: {err}", "-", "-", "ERROR")], {"error": str(err)}
+        rows += case_rows
+    print(f"machine: {start_line}")
+    print(f"end load average: {', '.join(f'{v:.2f}' for v in os.getloadavg())}{' (--quick)' if args.quick else ''}")
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": start_line, "quick": args.quick, "cases": raw}, indent=2))
+    return 1 if any(r.result in ("FAIL", "ERROR") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
