@@ -8,6 +8,7 @@ we hand it a :class:`PositionalCall` wrapper whose ``train()`` does nothing, and
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 from typing import Any
 
@@ -19,6 +20,7 @@ from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, Posit
 __all__ = ["ThopCounter", "make_counter", "thop_variant"]
 
 _PREFIX = "model."
+_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
 _THOP_BUFFERS = ("total_ops", "total_params")
 
 
@@ -53,12 +55,13 @@ class ThopCounter:
             with quiet():
                 import thop
                 from thop.profile import register_hooks
+                from thop.vision.basic_hooks import zero_ops
         except ImportError as err:
             raise ImportError(f"thop is not installed ({err}); install it with `pip install thop`") from err
         variant = (thop_variant() or ("mit", "?"))[0]
         wrapper = PositionalCall(model, args, kwargs)
         stack = ModuleStack(wrapper, prefix=_PREFIX)
-        watch = _BlindSpotWatch(stack, register_hooks)
+        watch = _BlindSpotWatch(stack, register_hooks, zero_ops)
         try:
             with quiet(), stack, watch:
                 total, _params, layers = thop.profile(
@@ -96,17 +99,24 @@ class ThopCounter:
 
 
 class _BlindSpotWatch(FunctionLabeler):
-    """Records labelled torch functions (matmul, einsum, linear, sdpa, ...) called outside any module thop counts."""
+    """Records labelled torch functions (matmul, einsum, linear, sdpa, ...) that no thop rule counts.
 
-    def __init__(self, stack: ModuleStack, rules: dict[type, Any]) -> None:
+    A call is counted only when the innermost running module has a rule of its own (``nn.Linear`` for its
+    ``F.linear``); containers such as ``nn.Sequential`` carry thop's ``zero_ops`` rule and count nothing.
+    """
+
+    def __init__(self, stack: ModuleStack, rules: dict[type, Any], zero_rule: Any) -> None:
         super().__init__()
-        self.stack, self.rules = stack, rules
+        self.stack, self.rules, self.zero_rule = stack, rules, zero_rule
         self.blind: dict[str, int] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         label = self._labels.get(func)
-        if label is not None and self.label is None and not any(type(m) in self.rules for _, m in self.stack.stack):
-            key = f"{label} in {self.stack.current[0] or '<root>'}"
+        _, innermost = self.stack.current
+        counted_here = innermost is not None and self.rules.get(type(innermost)) not in (None, self.zero_rule)
+        if label is not None and self.label is None and not counted_here:
+            where = _REPEATED_INDEX.sub(".*", "." + self.stack.current[0])[1:]  # blocks.0.attn -> blocks.*.attn
+            key = f"{label} in {where or '<root>'}"
             self.blind[key] = self.blind.get(key, 0) + 1
         return super().__torch_function__(func, types, args, kwargs)
 
