@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import warnings
 from contextlib import redirect_stdout
@@ -15,13 +14,15 @@ from torch import nn
 import lightning_flops as lf
 
 
-@dataclasses.dataclass
 class Output:
-    logits: torch.Tensor
+    """A plain object holding the logits (not a tuple, list, dict or dataclass)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
 
 
-class DataclassOutput(nn.Module):
-    """Returns a dataclass, which fvcore's JIT trace refuses."""
+class ObjectOutput(nn.Module):
+    """Returns a plain object, which fvcore's JIT trace refuses."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,7 +58,7 @@ def fvcore_error_text(model: nn.Module, x: torch.Tensor) -> str:
 
 @pytest.mark.parametrize("device", [None, "model"])
 def test_failing_counter_is_reported_with_type_and_message(device: str | None) -> None:
-    model, x = DataclassOutput(), torch.randn(2, 16)
+    model, x = ObjectOutput(), torch.randn(2, 16)
     result = lf.profile_model(model, x, device=device).counters["fvcore"]
     assert not result.ok
     assert result.error == fvcore_error_text(model, x)
@@ -66,13 +67,13 @@ def test_failing_counter_is_reported_with_type_and_message(device: str | None) -
 
 
 def test_other_counters_still_run_when_one_fails() -> None:
-    report = lf.profile_model(DataclassOutput(), torch.randn(2, 16))
+    report = lf.profile_model(ObjectOutput(), torch.randn(2, 16))
     assert [n for n, r in report.counters.items() if r.ok] == ["thop", "torch"]
     assert report.counters["thop"].macs == report.counters["torch"].macs == 2 * 16 * 32  # batch * in * out
 
 
 def test_gaps_skip_the_failed_counter() -> None:
-    report = lf.profile_model(DataclassOutput(), torch.randn(2, 16))
+    report = lf.profile_model(ObjectOutput(), torch.randn(2, 16))
     assert [g.key for g in report.gaps] == ["thop_vs_torch"]
     assert report.macs_per_sample("fvcore") is None
     assert report.macs_per_sample("torch") == 16 * 32
@@ -80,7 +81,7 @@ def test_gaps_skip_the_failed_counter() -> None:
 
 def test_strict_raises_counter_error_naming_the_counter() -> None:
     with pytest.raises(lf.CounterError, match=r"counter 'fvcore' failed: RuntimeError: Only tuples"):
-        lf.profile_model(DataclassOutput(), torch.randn(2, 16), strict=True)
+        lf.profile_model(ObjectOutput(), torch.randn(2, 16), strict=True)
 
 
 def test_strict_does_not_raise_when_every_counter_succeeds() -> None:

@@ -195,11 +195,16 @@ def test_torch_counts_zero_macs_for_ops_without_multiply_accumulates(op: Op, dev
     assert result.flops == 0
 
 
+MODE_DEPENDENT_OPS = [o for o in CORE_OPS if o.operator in ("attention", "rnn")]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", [o for o in CORE_OPS if o.id.startswith("mha_")], ids=lambda o: o.id)
-def test_torch_counts_mha_in_train_mode_like_eval_mode(op: Op, device: str) -> None:
-    # train mode skips the CPU fast path (_native_multi_head_attention): both paths must give the analytic count
-    assert _torch_result(op, device, mode="train").macs == op.macs
+@pytest.mark.parametrize("op", MODE_DEPENDENT_OPS, ids=_ids(MODE_DEPENDENT_OPS))
+def test_torch_counts_attention_and_rnn_in_train_mode_like_eval_mode(op: Op, device: str) -> None:
+    # training mode picks other kernels (no MHA fast path, RNN kernels that keep state for backward)
+    result = _torch_result(op, device, mode="train")
+    assert result.macs == op.macs
+    assert result.by_operator == {op.operator: op.macs}
 
 
 def test_torch_reports_the_device_it_counted_on() -> None:
