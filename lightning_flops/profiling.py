@@ -136,7 +136,7 @@ def _model_device(model: nn.Module) -> str:
 def _batch_coupled(model: nn.Module, mode: str) -> bool:
     """Whether samples of a batch affect each other's compute (BatchNorm statistics in training mode)."""
     return mode == "train" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not model.training) for m in model.modules()
     )
 
 
@@ -172,6 +172,8 @@ class _Session:
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
             target.eval()
+        elif not target.training:  # "train" on an eval-mode model: train it all, as fit would (restored after)
+            target.train()
 
     def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
         rule_macs: dict[str, float] = {}
