@@ -260,3 +260,19 @@ def test_profiling_does_not_move_or_copy_the_model_parameters() -> None:
     lf.profile_model(model, torch.randn(2, 3, 16, 16))
     assert [p.data_ptr() for p in model.parameters()] == pointers
     assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshot.items())
+
+
+@pytest.mark.parametrize("device", [None, "model"])
+def test_train_mode_runs_an_eval_mode_model_in_training_mode_and_restores_it(device: str | None) -> None:
+    # fvcore counts BatchNorm differently in training mode: that makes the mode each counter ran in visible
+    from examples.models import SmallCNN
+
+    x = torch.randn(4, 3, 32, 32)
+
+    def fvcore_macs(model: nn.Module, mode: str) -> int:
+        return lf.profile_model(model, x, counters=("fvcore",), mode=mode, device=device).counters["fvcore"].macs
+
+    model = SmallCNN().eval()
+    assert fvcore_macs(SmallCNN().train(), "train") != fvcore_macs(SmallCNN().train(), "eval")
+    assert fvcore_macs(model, "train") == fvcore_macs(SmallCNN().train(), "train")
+    assert not any(m.training for m in model.modules())
