@@ -184,6 +184,11 @@ class FlopsMonitor(Callback):
                 report = self._profile(pl_module, batch)
             except Exception as err:  # a profiling failure never stops training unless strict
                 failure = err
+        # a batch without samples gives 0 MACs "per sample": every rank (a collective) waits for the next batch
+        if trainer.strategy.reduce_boolean_decision(report is not None and report.batch_size == 0, all=False):
+            self._pending = True
+            rank_zero_warn("FlopsMonitor: the batch has no samples (batch size 0); profiling the next batch instead.")
+            return
         if training and report is not None:
             report = self._with_train_step(pl_module, batch, report)
             if report.train_step_flops is not None and (
