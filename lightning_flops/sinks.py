@@ -177,7 +177,11 @@ def _claim(tmp: Path, target: Path) -> bool:
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             return False
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            target.unlink(missing_ok=True)  # release the reserved name: never leave an empty report behind
+            raise
         return True
 
 
