@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,8 +116,9 @@ class FlopsMonitor(Callback):
         self.strict = strict
         self.report: FlopsReport | None = None
         self._pending = False
-        self._published_dirs: set[str] = set()
+        self._published: dict[str, Path | None] = {}  # log dir -> the report file this callback wrote there
         self._owns_flops_attr = False
+        self._declared_dirs: set[str] = set()
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -127,7 +129,9 @@ class FlopsMonitor(Callback):
         params, hp_metric = _run_hparams(trainer)
         keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
         for logger in trainer.loggers:
-            if sinks.is_tensorboard(logger):
+            # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
+            if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
+                self._declared_dirs.add(logger.log_dir)
                 try:
                     # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
                     sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
@@ -202,14 +206,14 @@ class FlopsMonitor(Callback):
         any_gap = trainer.strategy.reduce_boolean_decision(local_gap, all=False)
         if report is not None:
             self.report = report
-            if trainer.is_global_zero and directory not in self._published_dirs:
+            if trainer.is_global_zero:
                 try:
                     self._publish(trainer, report, directory)
                 except Exception as err:  # an output failure must not stop training unless strict
                     if self.strict:
                         raise
                     rank_zero_warn(f"FlopsMonitor: could not write the report: {_describe(err)}")
-            self._published_dirs.add(directory)
+            self._published.setdefault(directory, None)
         if any_failure:
             if failure is not None:
                 raise failure
@@ -297,10 +301,22 @@ class FlopsMonitor(Callback):
         return dataclasses.replace(report, train_step_flops=flops)
 
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
+        """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""
         if trainer.loggers:
             first = trainer.loggers[0]
             report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
-        sinks.publish(report, trainer.loggers, directory, self.prefix, trainer.global_step)
+        if directory not in self._published:
+            self._published[directory] = sinks.publish(
+                report, trainer.loggers, directory, self.prefix, trainer.global_step
+            )
+            return
+        path = self._published[directory]
+        if path is None or report.train_step_flops is None or not path.exists():
+            return
+        if FlopsReport.from_json(path.read_text(encoding="utf-8")).train_step_flops is None:
+            key = f"{self.prefix}/train_step/flops_per_batch"
+            sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
+            sinks.rewrite_report(report, path)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
         lines = [

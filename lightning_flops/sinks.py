@@ -30,6 +30,7 @@ __all__ = [
     "metrics_from_report",
     "print_summary",
     "publish",
+    "rewrite_report",
     "write_report",
 ]
 
@@ -163,6 +164,20 @@ def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path
         raise FileExistsError(f"no free report name in {folder} (tried {REPORT_NAME} to .{_MAX_SUFFIX - 1}.json)")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def rewrite_report(report: FlopsReport, path: str | os.PathLike[str]) -> None:
+    """Atomically replace a report file that this run wrote itself (temp file + rename), e.g. to add a late field."""
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(report.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _claim(tmp: Path, target: Path) -> bool:

@@ -79,11 +79,6 @@ def test_fit_after_validate_keeps_the_report_and_trains(tmp_path: Path) -> None:
     assert monitor.report.train_step_flops is not None  # the fit added the training step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: after trainer.validate has published to a log dir, fit on the same trainer adds "
-    "train_step_flops to the callback's report but never publishes it (JSON and metric lack it)",
-)
 def test_fit_after_validate_publishes_the_training_step_flops(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, [FlopsMonitor()], limit_val_batches=1)
     model, data = LinearStack(), RandomDataModule()
