@@ -8,6 +8,7 @@ an earlier case) and makes the peak resident set size (``ru_maxrss``) belong to 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import resource
@@ -105,11 +106,19 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- steady state
-def steady_state(with_callback: bool, steps: int, width: int, depth: int, batch: int) -> dict[str, Any]:
+def steady_state(
+    with_callback: bool, steps: int, width: int, depth: int, batch: int, lockstep_block: int = 0
+) -> dict[str, Any]:
     """One ``Trainer.fit`` of an MLP whose weights dominate the process memory, with or without ``FlopsMonitor``.
 
-    Returns training steps/s after the first batch (end of batch 0 to end of the last batch) and the peak RSS of
-    the process, which holds exactly one fit.
+    Returns training steps/s after the first batch (one over the median time from the end of one batch to the end
+    of the next, batch 0 excluded; also the mean rate and the rate in process CPU time) and the peak RSS of the
+    process, which holds exactly one fit.
+
+    With ``lockstep_block > 0`` the fit runs in lockstep with a twin process, driven by ``run.py``: after batch 0
+    it prints ``READY`` and waits for a line on stdin; then after every ``lockstep_block`` batches it prints
+    ``BLOCK <seconds>`` (wall time of those batches) and waits again. Alternating the two fits block by block puts
+    both under the same load from other processes, which separate fits seconds apart are not.
     """
     import lightning as L
     from lightning.pytorch.callbacks import Callback
@@ -136,10 +145,20 @@ def steady_state(with_callback: bool, steps: int, width: int, depth: int, batch:
 
     class StepClock(Callback):
         def __init__(self) -> None:
-            self.ends: list[float] = []
+            self.ends: list[float] = []  # end of each batch
+            self.resumed: list[float] = []  # when the next batch could start (after a lockstep wait)
+            self.cpu_ends: list[float] = []
+            self.block_start = 0.0
 
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
+            now = time.perf_counter()
+            self.ends.append(now)
+            self.cpu_ends.append(time.process_time())
+            if lockstep_block and (len(self.ends) - 1) % lockstep_block == 0:
+                print(f"BLOCK {now - self.block_start}" if len(self.ends) > 1 else "READY", flush=True)
+                sys.stdin.readline()  # the twin runs its block meanwhile
+                now = self.block_start = time.perf_counter()
+            self.resumed.append(now)
 
     torch.manual_seed(0)
     model = MLP()
@@ -166,13 +185,18 @@ def steady_state(with_callback: bool, steps: int, width: int, depth: int, batch:
         start = time.perf_counter()
         trainer.fit(model, DataLoader(data, batch_size=batch))
         total = time.perf_counter() - start
-    ends = clock.ends
+    ends, cpu_ends = clock.ends, clock.cpu_ends
+    step_s = [end - start for start, end in zip(clock.resumed, ends[1:], strict=False)]
+    cpu_step_s = [b - a for a, b in itertools.pairwise(cpu_ends)]
     return {
         "with_callback": with_callback,
         "params": sum(p.numel() for p in model.parameters()),
         "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
         "steps": len(ends),
-        "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]),
+        # the median step is robust to bursts of load from other processes; the mean rate is kept for reference
+        "steps_per_s": 1 / statistics.median(step_s),
+        "mean_steps_per_s": len(step_s) / sum(step_s),
+        "cpu_steps_per_s": 1 / statistics.median(cpu_step_s),
         "first_batch_s": ends[0] - start,
         "fit_s": total,
         "peak_rss_mb": peak_rss_mb(),

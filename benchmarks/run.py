@@ -6,15 +6,15 @@ Cases (``--case``):
   (``eval()``, ``no_grad()``) of the same batch, for ResNet-50 and ViT-B/16 at batch 8, 224x224, CPU; the first call
   in a fresh process (cold) and the median of the later calls (warm, target <= 1.5). For reference: thop + fvcore +
   FlopCounterMode run by hand on the real model.
-* ``steady_state``: training steps/s after the first batch with ``FlopsMonitor()`` vs without (median of interleaved
-  fits, target >= 0.98), and the peak RSS of the whole fit (target <= 1.05), each fit in a fresh process, on an MLP
-  whose weights dominate the process memory.
+* ``steady_state``: training steps/s after the first batch with ``FlopsMonitor()`` vs without (two fits in fresh
+  processes taking turns block by block; median over the interleaved blocks, target >= 0.98), and the peak RSS of
+  the whole fit (target <= 1.05), on an MLP whose weights dominate the process memory.
 * ``meta_scale``: ``profile_model`` on an 8.3B-parameter ``transformer_lm(layers=40)`` built on the meta device, seq
   2048: seconds (< 10), peak RSS (< 1 GB), torch MACs exactly the analytic count; thop and fvcore reported.
 
 Usage::
 
-    python benchmarks/run.py                 # every case, full size (about 5-8 minutes on 2 cores)
+    python benchmarks/run.py                 # every case, full size (about 5-6 minutes on 2 cores)
     python benchmarks/run.py --quick         # smoke run: fewer repeats and shorter fits
     python benchmarks/run.py --case meta_scale --json results.json
 """
@@ -73,8 +73,7 @@ def _verdict(ok: bool) -> str:
 
 def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
     """Run ``benchmarks/_workers.py NAME`` in a fresh Python process and return its ``RESULT`` JSON."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = _worker_env()
     proc = subprocess.run(
         [sys.executable, str(WORKER), name, json.dumps(kwargs)],
         capture_output=True,
@@ -88,6 +87,63 @@ def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
             return json.loads(line[len(RESULT_PREFIX) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     raise RuntimeError(f"worker {name} exited with {proc.returncode}: {tail[0]}")
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _read_until(proc: subprocess.Popen[str], prefix: str) -> str:
+    """The rest of the next stdout line of ``proc`` that starts with ``prefix`` (other output is skipped)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise RuntimeError(f"steady_state worker exited with {proc.wait()} before printing {prefix.strip()!r}")
+
+
+def run_lockstep_pair(shape: dict[str, Any], blocks: int) -> tuple[dict[bool, list[float]], dict[bool, dict]]:
+    """Two ``steady_state`` fits (with and without the callback) that take turns, one block of steps at a time.
+
+    Returns:
+        Block wall times per fit (``True``: with ``FlopsMonitor``) and each fit's ``RESULT``.
+    """
+    procs = {
+        key: subprocess.Popen(
+            [sys.executable, str(WORKER), "steady_state", json.dumps({"with_callback": key, **shape})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=_worker_env(),
+            cwd=ROOT,
+        )
+        for key in (False, True)
+    }
+    try:
+        for proc in procs.values():
+            _read_until(proc, "READY")  # both have imported, built the model and finished batch 0
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(blocks):
+            for key in (False, True) if i % 2 == 0 else (True, False):  # ABBA
+                proc = procs[key]
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                times[key].append(float(_read_until(proc, "BLOCK ")))
+        for proc in procs.values():
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")  # release the last batch; the fit then ends
+            proc.stdin.flush()
+        results = {key: json.loads(_read_until(proc, RESULT_PREFIX)) for key, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return times, results
 
 
 # ------------------------------------------------------------------------------------------------------ cases
@@ -126,39 +182,50 @@ def _callback_available() -> bool:
 
 
 def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
-    """Steps/s and peak RSS of fits with vs without ``FlopsMonitor``, interleaved, each fit in a fresh process."""
+    """Steps/s and peak RSS of fits with vs without ``FlopsMonitor``, each fit in a fresh process.
+
+    The two fits of a pair run in lockstep: block by block, in ABBA order, so both see the same load from other
+    processes; the speed ratio is the median over all blocks of (block time without) / (block time with).
+    """
     if not _callback_available():
         reason = "callback not available (lightning_flops.FlopsMonitor cannot be imported)"
         return [
             Row("steady_state: steps/s with / without FlopsMonitor", reason, "-", f">= {STEADY_SPEED_TARGET}", "skip"),
             Row("steady_state: peak RSS with / without FlopsMonitor", reason, "-", f"<= {STEADY_RSS_TARGET}", "skip"),
         ], {"skipped": reason}
-    pairs, steps = (3, 12) if quick else (5, 30)
+    pairs, blocks, block = (2, 6, 3) if quick else (3, 12, 3)
     # ~144 MB of weights (+ as much in gradients) and a small batch: memory is the weights', the steps are short,
     # so per-step overhead of the callback's hooks would show
-    shape = {"width": 2048, "depth": 9, "batch": 8, "steps": steps}
+    shape = {"width": 2048, "depth": 9, "batch": 8, "steps": 1 + blocks * block, "lockstep_block": block}
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    block_ratios: list[float] = []
     for i in range(pairs):
-        order = (False, True) if i % 2 == 0 else (True, False)  # ABBA: drift in machine load cancels
-        for with_callback in order:
-            log(f"steady_state: pair {i + 1}/{pairs}, {'with' if with_callback else 'without'} FlopsMonitor")
-            runs[with_callback].append(run_worker("steady_state", with_callback=with_callback, **shape))
+        log(f"steady_state: pair {i + 1}/{pairs} of fits with and without FlopsMonitor, {blocks} blocks in lockstep")
+        times, results = run_lockstep_pair(shape, blocks)
+        block_ratios += [without / with_ for with_, without in zip(times[True], times[False], strict=True)]
+        for key in runs:
+            runs[key].append(results[key])
     speed = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in runs.items()}
+    cpu_speed = {k: statistics.median(r["cpu_steps_per_s"] for r in v) for k, v in runs.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
     first = {k: statistics.median(r["first_batch_s"] for r in v) for k, v in runs.items()}
     weights = runs[False][0]["weights_mb"]
-    speed_ratio, rss_ratio = speed[True] / speed[False], rss[True] / rss[False]
+    speed_ratio, rss_ratio = statistics.median(block_ratios), rss[True] / rss[False]
     rows = [
-        Row(f"steady_state MLP {weights:.0f} MB weights: steps/s after batch 0 (median of {pairs})",
-            f"{speed[True]:.2f} / {speed[False]:.2f} steps/s", f"{speed_ratio:.3f}", f">= {STEADY_SPEED_TARGET}",
-            _verdict(speed_ratio >= STEADY_SPEED_TARGET)),
+        Row(f"steady_state MLP {weights:.0f} MB weights: steps/s after batch 0, median of {len(block_ratios)} "
+            f"interleaved {block}-step blocks ({pairs} pairs of fits in lockstep)",
+            f"median step {speed[True]:.2f} / {speed[False]:.2f} steps/s", f"{speed_ratio:.3f}",
+            f">= {STEADY_SPEED_TARGET}", _verdict(speed_ratio >= STEADY_SPEED_TARGET)),
+        Row("steady_state: same, median step in process CPU time",
+            f"{cpu_speed[True]:.2f} / {cpu_speed[False]:.2f} steps/CPU-s", f"{cpu_speed[True] / cpu_speed[False]:.3f}",
+            "info", "info"),
         Row(f"steady_state MLP {weights:.0f} MB weights: peak RSS of the fit (median of {pairs})",
             f"{rss[True]:.0f} / {rss[False]:.0f} MB", f"{rss_ratio:.3f}", f"<= {STEADY_RSS_TARGET}",
             _verdict(rss_ratio <= STEADY_RSS_TARGET)),
         Row("steady_state: first batch (fit start to end of batch 0)", f"{first[True]:.2f} / {first[False]:.2f} s",
             f"{first[True] / first[False]:.2f}", "info", "info"),
     ]  # fmt: skip
-    return rows, {"with": runs[True], "without": runs[False]}
+    return rows, {"with": runs[True], "without": runs[False], "block_ratios": block_ratios}
 
 
 def case_meta_scale(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
