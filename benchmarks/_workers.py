@@ -164,11 +164,22 @@ def steady_state(
     model = MLP()
     data = TensorDataset(torch.randn(steps * batch, width), torch.randint(0, 10, (steps * batch,)))
     clock = StepClock()
+    hook_seconds: list[float] = []
     callbacks: list[Callback] = []
     if with_callback:
         from lightning_flops import FlopsMonitor
 
-        callbacks.append(FlopsMonitor())
+        monitor = FlopsMonitor()
+        real_hook = monitor.on_train_batch_start
+
+        def timed_hook(trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            start = time.perf_counter()
+            real_hook(trainer, pl_module, batch, batch_idx)
+            if batch_idx > 0:  # the callback's own per-step cost after the first batch
+                hook_seconds.append(time.perf_counter() - start)
+
+        monitor.on_train_batch_start = timed_hook  # type: ignore[method-assign]
+        callbacks.append(monitor)
     callbacks.append(clock)  # last: batch 0 ends after FlopsMonitor's own batch-0 work
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
@@ -198,6 +209,8 @@ def steady_state(
         "mean_steps_per_s": len(step_s) / sum(step_s),
         "cpu_steps_per_s": 1 / statistics.median(cpu_step_s),
         "first_batch_s": ends[0] - start,
+        "hook_s_per_step": statistics.mean(hook_seconds) if hook_seconds else 0.0,
+        "median_step_s": statistics.median(step_s),
         "fit_s": total,
         "peak_rss_mb": peak_rss_mb(),
     }

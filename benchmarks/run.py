@@ -104,12 +104,17 @@ def _read_until(proc: subprocess.Popen[str], prefix: str) -> str:
     raise RuntimeError(f"steady_state worker exited with {proc.wait()} before printing {prefix.strip()!r}")
 
 
-def run_lockstep_pair(shape: dict[str, Any], blocks: int) -> tuple[dict[bool, list[float]], dict[bool, dict]]:
+def run_lockstep_pair(
+    shape: dict[str, Any], blocks: int, start_with_callback_first: bool = False
+) -> tuple[dict[bool, list[float]], dict[bool, dict]]:
     """Two ``steady_state`` fits (with and without the callback) that take turns, one block of steps at a time.
 
     Returns:
         Block wall times per fit (``True``: with ``FlopsMonitor``) and each fit's ``RESULT``.
     """
+    # which fit starts (and so allocates its weights) first alternates between pairs: the first process to take
+    # memory may get it in larger pages, a machine effect that would otherwise favour one side
+    order = (True, False) if start_with_callback_first else (False, True)
     procs = {
         key: subprocess.Popen(
             [sys.executable, str(WORKER), "steady_state", json.dumps({"with_callback": key, **shape})],
@@ -120,11 +125,11 @@ def run_lockstep_pair(shape: dict[str, Any], blocks: int) -> tuple[dict[bool, li
             env=_worker_env(),
             cwd=ROOT,
         )
-        for key in (False, True)
+        for key in order
     }
     try:
-        for proc in procs.values():
-            _read_until(proc, "READY")  # both have imported, built the model and finished batch 0
+        for key in order:
+            _read_until(procs[key], "READY")  # both have imported, built the model and finished batch 0
         times: dict[bool, list[float]] = {False: [], True: []}
         for i in range(blocks):
             for key in (False, True) if i % 2 == 0 else (True, False):  # ABBA
@@ -193,15 +198,19 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
             Row("steady_state: steps/s with / without FlopsMonitor", reason, "-", f">= {STEADY_SPEED_TARGET}", "skip"),
             Row("steady_state: peak RSS with / without FlopsMonitor", reason, "-", f"<= {STEADY_RSS_TARGET}", "skip"),
         ], {"skipped": reason}
-    pairs, blocks, block = (2, 6, 3) if quick else (3, 12, 3)
+    pairs, blocks, block = (2, 6, 3) if quick else (6, 12, 3)
     # ~144 MB of weights (+ as much in gradients) and a small batch: memory is the weights', the steps are short,
     # so per-step overhead of the callback's hooks would show
     shape = {"width": 2048, "depth": 9, "batch": 8, "steps": 1 + blocks * block, "lockstep_block": block}
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     block_ratios: list[float] = []
+    pair_ratios: list[float] = []
     for i in range(pairs):
         log(f"steady_state: pair {i + 1}/{pairs} of fits with and without FlopsMonitor, {blocks} blocks in lockstep")
-        times, results = run_lockstep_pair(shape, blocks)
+        times, results = run_lockstep_pair(shape, blocks, start_with_callback_first=i % 2 == 1)
+        pair_ratios.append(statistics.median(w / c for c, w in zip(times[True], times[False], strict=True)))
+        started = "first" if i % 2 else "second"
+        log(f"steady_state: pair {i + 1} speed ratio {pair_ratios[-1]:.3f} (callback process started {started})")
         block_ratios += [without / with_ for with_, without in zip(times[True], times[False], strict=True)]
         for key in runs:
             runs[key].append(results[key])
@@ -211,6 +220,8 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
     first = {k: statistics.median(r["first_batch_s"] for r in v) for k, v in runs.items()}
     weights = runs[False][0]["weights_mb"]
     speed_ratio, rss_ratio = statistics.median(block_ratios), rss[True] / rss[False]
+    hook_us = 1e6 * statistics.median(r["hook_s_per_step"] for r in runs[True])
+    step_ms = 1e3 * statistics.median(r["median_step_s"] for r in runs[True])
     rows = [
         Row(f"steady_state MLP {weights:.0f} MB weights: steps/s after batch 0, median of {len(block_ratios)} "
             f"interleaved {block}-step blocks ({pairs} pairs of fits in lockstep)",
@@ -219,6 +230,8 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
         Row("steady_state: same, median step in process CPU time",
             f"{cpu_speed[True]:.2f} / {cpu_speed[False]:.2f} steps/CPU-s", f"{cpu_speed[True] / cpu_speed[False]:.3f}",
             "info", "info"),
+        Row("steady_state: FlopsMonitor's own hook time per step after batch 0 / median step (in-process)",
+            f"{hook_us:.1f} us / {step_ms:.1f} ms", f"{1 - hook_us * 1e-6 / (step_ms * 1e-3):.6f}", "info", "info"),
         Row(f"steady_state MLP {weights:.0f} MB weights: peak RSS of the fit (median of {pairs})",
             f"{rss[True]:.0f} / {rss[False]:.0f} MB", f"{rss_ratio:.3f}", f"<= {STEADY_RSS_TARGET}",
             _verdict(rss_ratio <= STEADY_RSS_TARGET)),
