@@ -148,12 +148,15 @@ def steady_state(
             self.ends: list[float] = []  # end of each batch
             self.resumed: list[float] = []  # when the next batch could start (after a lockstep wait)
             self.cpu_ends: list[float] = []
+            self.usage: list[tuple[float, float, int, int]] = []
             self.block_start = 0.0
 
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
             now = time.perf_counter()
             self.ends.append(now)
             self.cpu_ends.append(time.process_time())
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            self.usage.append((usage.ru_utime, usage.ru_stime, usage.ru_minflt, usage.ru_majflt))
             if lockstep_block and (len(self.ends) - 1) % lockstep_block == 0:
                 print(f"BLOCK {now - self.block_start}" if len(self.ends) > 1 else "READY", flush=True)
                 sys.stdin.readline()  # the twin runs its block meanwhile
@@ -209,6 +212,7 @@ def steady_state(
         "mean_steps_per_s": len(step_s) / sum(step_s),
         "cpu_steps_per_s": 1 / statistics.median(cpu_step_s),
         "first_batch_s": ends[0] - start,
+        "usage_after_batch0": [b - a for a, b in zip(clock.usage[1], clock.usage[-1], strict=True)],
         "hook_s_per_step": statistics.mean(hook_seconds) if hook_seconds else 0.0,
         "median_step_s": statistics.median(step_s),
         "fit_s": total,
