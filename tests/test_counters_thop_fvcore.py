@@ -219,3 +219,27 @@ def test_fvcore_by_operator_keeps_einsum_separate_from_linear() -> None:
     result = _profile(model, inputs, "fvcore")
     assert result.by_operator["einsum"] == by_operator["einsum"]
     assert result.by_operator["linear"] == by_operator["linear"]
+
+
+def test_the_agpl_fork_is_detected_from_package_metadata_and_its_blind_spot_list_adapted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Simulated: both packages install the same `thop` folder; only the distribution name tells them apart."""
+    import lightning_flops.counters.thop_hooks as thop_hooks
+
+    real_version = metadata.version
+
+    def fork_installed(name: str) -> str:
+        if name == "ultralytics-thop":
+            return "2.2.3"
+        if name == "thop":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    mit = lf.profile_model(TinyAttention(), torch.randint(0, 100, (2, 8)), counters=("thop",))
+    monkeypatch.setattr(thop_hooks.metadata, "version", fork_installed)
+    fork = lf.profile_model(TinyAttention(), torch.randint(0, 100, (2, 8)), counters=("thop",))
+    assert thop_hooks.thop_variant() == ("ultralytics", "2.2.3")
+    assert fork.versions["thop_variant"] == "ultralytics-thop (AGPL fork)" and fork.versions["thop"] == "2.2.3"
+    assert any("einsum in block.attn (functional call" in u for u in mit.counters["thop"].uncounted)
+    assert not any("functional call" in u for u in fork.counters["thop"].uncounted)  # the fork counts those
