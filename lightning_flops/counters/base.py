@@ -46,11 +46,6 @@ def macs_from_flops(flops: int) -> int:
     return flops // 2
 
 
-def is_core(operator: str) -> bool:
-    """Whether ``operator`` (a vocabulary name) belongs to the MAC core."""
-    return operator in CORE_OPERATORS
-
-
 @dataclass
 class RawCount:
     """What a counter adapter measured on one forward call, in MACs, before our rules are applied.

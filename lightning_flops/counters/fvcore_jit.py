@@ -12,11 +12,9 @@ from typing import Any
 from torch import nn
 
 from lightning_flops.counters.base import CORE_OPERATORS, RawCount
-from lightning_flops.counters.tracing import PositionalCall, quiet
+from lightning_flops.counters.tracing import PositionalCall, quiet, user_module_name
 
 __all__ = ["FvcoreCounter", "make_counter"]
-
-_PREFIX = "model."
 
 
 def operator_of_fvcore(name: str) -> str:
@@ -61,12 +59,6 @@ def _uncounted(unsupported: dict[str, int]) -> list[str]:
     return core
 
 
-def _strip(name: str) -> str:
-    if name == "model":
-        return ""
-    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
-
-
 class FvcoreCounter:
     """Counts with ``fvcore.nn.FlopCountAnalysis`` (MACs; misses SDPA, LSTM and the MHA fast path)."""
 
@@ -99,7 +91,7 @@ class FvcoreCounter:
                     operator = operator_of_fvcore(op)
                     bucket[operator] = bucket.get(operator, 0) + int(value)
             if bucket or name == "model":
-                module_operators[_strip(name)] = bucket
+                module_operators[user_module_name(name)] = bucket
         module_operators.setdefault("", {})
         return RawCount(macs=int(total), module_operators=module_operators, uncounted=_uncounted(unsupported))
 

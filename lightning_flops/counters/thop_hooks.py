@@ -15,11 +15,17 @@ from typing import Any
 from torch import nn
 
 from lightning_flops.counters.base import RawCount, inclusive_counts
-from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, PositionalCall, operator_of_module, quiet
+from lightning_flops.counters.tracing import (
+    FunctionLabeler,
+    ModuleStack,
+    PositionalCall,
+    operator_of_module,
+    quiet,
+    user_module_name,
+)
 
 __all__ = ["ThopCounter", "make_counter", "thop_variant"]
 
-_PREFIX = "model."
 _REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
 _THOP_BUFFERS = ("total_ops", "total_params")
 
@@ -60,7 +66,7 @@ class ThopCounter:
             raise ImportError(f"thop is not installed ({err}); install it with `pip install thop`") from err
         variant = (thop_variant() or ("mit", "?"))[0]
         wrapper = PositionalCall(model, args, kwargs)
-        stack = ModuleStack(wrapper, prefix=_PREFIX)
+        stack = ModuleStack(wrapper, wrapped=True)
         watch = _BlindSpotWatch(stack, register_hooks, zero_ops)
         try:
             with quiet(), stack, watch:
@@ -81,7 +87,7 @@ class ThopCounter:
                     walk(sub, name + ".")
                 own_ops = round(ops - sum(node[0] for node in sub.values()))
                 if own_ops:
-                    stripped = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+                    stripped = user_module_name(name)
                     operator = operator_of_module(modules[name])
                     own.setdefault(stripped, {})[operator] = own.get(stripped, {}).get(operator, 0) + own_ops
 
@@ -125,7 +131,7 @@ def _modules_without_rule(wrapper: nn.Module, called: set[str], rules: dict[type
     """Called leaf modules with parameters whose type thop has no rule for (thop counts them as 0)."""
     found: dict[str, int] = {}
     for name, module in wrapper.named_modules():
-        stripped = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+        stripped = user_module_name(name)
         if stripped not in called or type(module) in rules or isinstance(module, nn.Embedding):
             continue
         if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module"]
+__all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module", "user_module_name"]
 
 _MODULE_OPERATORS: tuple[tuple[tuple[type, ...], str], ...] = (
     ((nn.modules.conv._ConvNd,), "conv"),
@@ -130,12 +130,12 @@ class ModuleStack:
 
     Args:
         model: the module whose ``named_modules()`` names are reported.
-        prefix: a name prefix to strip (e.g. ``"model."`` for a wrapper's child).
+        wrapped: ``model`` is a :class:`PositionalCall`: report the names of the user's model inside it.
     """
 
-    def __init__(self, model: nn.Module, prefix: str = "") -> None:
+    def __init__(self, model: nn.Module, wrapped: bool = False) -> None:
         self.model = model
-        self.prefix = prefix
+        self.wrapped = wrapped
         self.stack: list[tuple[str, nn.Module]] = []
         self.called: set[str] = set()
         self._handles: list[Any] = []
@@ -145,14 +145,9 @@ class ModuleStack:
         """Name and module of the innermost running module (``""`` and ``None`` outside any)."""
         return self.stack[-1] if self.stack else ("", None)
 
-    def _strip(self, name: str) -> str:
-        if self.prefix and (name + ".").startswith(self.prefix):
-            return name[len(self.prefix) :]
-        return name
-
     def __enter__(self) -> ModuleStack:
         for name, module in self.model.named_modules(remove_duplicate=True):
-            stripped = self._strip(name)
+            stripped = user_module_name(name) if self.wrapped else name
 
             def push(mod: nn.Module, args: Any, name: str = stripped) -> None:
                 self.stack.append((name, mod))
@@ -172,6 +167,13 @@ class ModuleStack:
             handle.remove()
         self._handles.clear()
         self.stack.clear()  # `called` stays readable after exit
+
+
+def user_module_name(name: str) -> str:
+    """The user's ``named_modules()`` name of a module seen inside a :class:`PositionalCall` (``model.a`` -> ``a``)."""
+    if name in ("", "model"):
+        return ""
+    return name.removeprefix("model.")
 
 
 class PositionalCall(nn.Module):
