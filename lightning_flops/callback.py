@@ -18,7 +18,7 @@ from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.isolation import to_device
-from lightning_flops.profiling import model_fingerprint, profile_model, split_input, validate_options
+from lightning_flops.profiling import error_text, model_fingerprint, profile_model, split_input, validate_options
 from lightning_flops.report import FlopsReport
 from lightning_flops.train_step import train_step_flops
 
@@ -87,7 +87,7 @@ class FlopsMonitor(Callback):
         strict: bool = False,
     ) -> None:
         super().__init__()
-        self.counters = validate_options(counters, limit, flag_on, mode, custom_ops)
+        self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
         if on_gap not in ON_GAP:
             raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}")
         for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn)):
@@ -96,14 +96,9 @@ class FlopsMonitor(Callback):
         if example_input is not None:
             if input_fn is not None:
                 raise FlopsConfigError("`example_input` and `input_fn` exclude each other: pass one, got both")
-            try:
-                split_input(example_input)
-            except FlopsConfigError as err:
-                raise FlopsConfigError(str(err)) from None
+            split_input(example_input)
         if not isinstance(prefix, str) or not prefix.strip("/ "):
             raise FlopsConfigError(f"`prefix` must be a non-empty str such as 'compute', got {prefix!r}")
-        if not isinstance(strict, bool):
-            raise FlopsConfigError(f"`strict` must be True or False, got {strict!r}")
         self.limit = float(limit)
         self.flag_on = flag_on
         self.on_gap = on_gap
@@ -136,7 +131,7 @@ class FlopsMonitor(Callback):
                     # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
                     sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
                 except Exception as err:  # a table without our columns must not stop training
-                    rank_zero_warn(f"FlopsMonitor: could not declare the hparams metric columns: {_describe(err)}")
+                    rank_zero_warn(f"FlopsMonitor: could not declare the hparams metric columns: {error_text(err)}")
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -173,7 +168,7 @@ class FlopsMonitor(Callback):
         text = state_dict.get("report")
         try:
             self.report = FlopsReport.from_json(text) if text else None
-        except ReportFormatError as err:
+        except (ReportFormatError, TypeError) as err:
             rank_zero_warn(f"FlopsMonitor: the stored report cannot be read ({err}); the model is profiled again.")
             self.report = None
 
@@ -200,10 +195,6 @@ class FlopsMonitor(Callback):
             ):
                 pl_module.flops_per_batch = report.train_step_flops
                 self._owns_flops_attr = True
-        local_failure = failure is not None and self.strict
-        local_gap = report is not None and report.flagged and self.on_gap == "raise"
-        any_failure = trainer.strategy.reduce_boolean_decision(local_failure, all=False)
-        any_gap = trainer.strategy.reduce_boolean_decision(local_gap, all=False)
         if report is not None:
             self.report = report
             if trainer.is_global_zero:
@@ -211,16 +202,25 @@ class FlopsMonitor(Callback):
                     self._publish(trainer, report, directory)
                 except Exception as err:  # an output failure must not stop training unless strict
                     if self.strict:
-                        raise
-                    rank_zero_warn(f"FlopsMonitor: could not write the report: {_describe(err)}")
+                        failure = err  # raised below, after every rank has agreed to stop
+                    else:
+                        rank_zero_warn(f"FlopsMonitor: could not write the report: {error_text(err)}")
             self._published.setdefault(directory, None)
+        # every rank takes part in both decisions, so a failure on one rank alone never leaves the others waiting
+        local_failure = failure is not None and self.strict
+        local_gap = report is not None and report.flagged and self.on_gap == "raise"
+        any_failure = trainer.strategy.reduce_boolean_decision(local_failure, all=False)
+        any_gap = trainer.strategy.reduce_boolean_decision(local_gap, all=False)
         if any_failure:
             if failure is not None:
                 raise failure
-            raise CounterError("FlopsMonitor: profiling failed on another rank (strict=True); see that rank's error")
+            raise CounterError(
+                "FlopsMonitor: profiling or writing the report failed on another rank (strict=True); "
+                "see that rank's error"
+            )
         if failure is not None:
             rank_zero_warn(
-                f"FlopsMonitor: profiling failed, training goes on without compute metrics: {_describe(failure)}"
+                f"FlopsMonitor: profiling failed, training goes on without compute metrics: {error_text(failure)}"
             )
         if report is not None and report.flagged:
             self._on_gap(report, any_gap)
@@ -296,7 +296,7 @@ class FlopsMonitor(Callback):
         try:
             flops = train_step_flops(pl_module, example)
         except Exception as err:
-            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {_describe(err)}")
+            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
             return report
         return dataclasses.replace(report, train_step_flops=flops)
 
@@ -381,8 +381,3 @@ def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
         logged = True
     params.pop("_class_path", None)
     return params, logged and trainer.enable_autolog_hparams
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}"

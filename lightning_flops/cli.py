@@ -211,9 +211,9 @@ def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
     }
     for name in counters:
         result = report.counters.get(name)
-        macs = result.macs if result is not None and result.ok else None
-        row[f"{name}_macs"] = _per_sample(macs, report.batch_size)
-        row[f"{name}_flops"] = _per_sample(None if macs is None else 2 * macs, report.batch_size)
+        ok = result is not None and result.ok
+        row[f"{name}_macs"] = _per_sample(result.macs if ok else None, report.batch_size)
+        row[f"{name}_flops"] = _per_sample(result.flops if ok else None, report.batch_size)
     gap = report.largest_gap()
     row["largest_gap"] = gap.key if gap is not None else None
     if gap is None:
@@ -350,7 +350,9 @@ def _require_matplotlib() -> None:
         ) from err
 
 
-def _plot(rows: Sequence[dict[str, Any]], counters: Sequence[str], path: Path, log_scale: bool) -> None:
+def _plot(
+    rows: Sequence[dict[str, Any]], counters: Sequence[str], path: Path, log_scale: bool, overwrite: bool
+) -> None:
     """Grouped bar chart: one group per run, one bar per counter, MACs per sample; written atomically."""
     from matplotlib.figure import Figure
 
@@ -370,7 +372,7 @@ def _plot(rows: Sequence[dict[str, Any]], counters: Sequence[str], path: Path, l
     ax.legend(title="counter")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()), overwrite=True)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()), overwrite=overwrite)
 
 
 def _check_output(path_text: str, option: str, force: bool, suffixes: Sequence[str] | None = None) -> Path:
@@ -393,9 +395,14 @@ def _atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> 
     os.close(fd)
     try:
         write(tmp)
-        if not overwrite and path.exists():
-            raise CliError(f"{str(path)!r} appeared while writing; pass --force to overwrite it")
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # atomic and exclusive: never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise CliError(f"{str(path)!r} appeared while writing; pass --force to overwrite it") from None
+        Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -443,7 +450,7 @@ def _compare(args: argparse.Namespace) -> int:
         text = f"{caption}\n\n{render(headers, cells)}"
 
     if plot_path is not None:
-        _plot(rows, counters, plot_path, args.log_scale)
+        _plot(rows, counters, plot_path, args.log_scale, args.force)
     print(text, flush=True)
     if plot_path is not None:
         print(f"{PROG}: wrote {plot_path}", file=sys.stderr)

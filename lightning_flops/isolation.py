@@ -103,7 +103,9 @@ class ModelSnapshot:
                 current.update(saved)
             if not isinstance(module._parameters, dict):
                 continue  # a ScriptModule (torch 2.13 `OrderedDictWrapper`): its names are fixed and it has no clear()
-            if module._parameters.keys() != params.keys():
+            if module._parameters.keys() != params.keys() or any(
+                module._parameters[k] is not v for k, v in params.items()
+            ):
                 module._parameters.clear()
                 module._parameters.update(params)
             if module._buffers.keys() != buffers.keys() or any(module._buffers[k] is not v for k, v in buffers.items()):

@@ -36,6 +36,7 @@ def validate_options(
     custom_ops: Mapping[type, Rule] | None,
     device: str | None = None,
     batch_size: int | None = None,
+    strict: bool = False,
 ) -> tuple[str, ...]:
     """Check the options shared by :func:`profile_model` and ``FlopsMonitor``; raise :class:`FlopsConfigError`.
 
@@ -62,6 +63,8 @@ def validate_options(
         raise FlopsConfigError(f"`device` must be one of {DEVICES}, got {device!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise FlopsConfigError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}")
+    if not isinstance(strict, bool):
+        raise FlopsConfigError(f"`strict` must be True or False, got {strict!r}")
     if custom_ops is not None:
         if not isinstance(custom_ops, Mapping):
             raise FlopsConfigError(
@@ -214,7 +217,8 @@ class _Session:
         return _slice_batch(self.args, self.batch)[0], _slice_batch(self.kwargs, self.batch)[0]
 
 
-def _error_text(err: BaseException) -> str:
+def error_text(err: BaseException) -> str:
+    """``"<Type>: <first line of the message>"``, at most 400 characters of message."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if len(message) > 400:
         message = message[:400] + "..."
@@ -249,16 +253,16 @@ def _run_counter(name: str, session: _Session, device: str | None, strict: bool)
                 raw, rule_macs, where = session.count(counter, placement, args, kwargs)
                 raw = _checked(raw)
             except Exception as err:
-                errors.append(f"{_error_text(err)} (on {placement})" if len(placements) > 1 else _error_text(err))
-                if len(errors) > 1 and errors[0] == f"{_error_text(err)} (on {placements[0]})":
-                    errors = [_error_text(err)]  # the same failure everywhere: "<Type>: <message>" once
+                errors.append(f"{error_text(err)} (on {placement})" if len(placements) > 1 else error_text(err))
+                if len(errors) > 1 and errors[0] == f"{error_text(err)} (on {placements[0]})":
+                    errors = [error_text(err)]  # the same failure everywhere: "<Type>: <message>" once
                 continue
             if name == "torch" and where == "meta" and scale == 1:
                 session.torch_meta_macs = int(raw.macs)
             return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
         raise RuntimeError("; ".join(errors))
     except Exception as err:
-        text = "; ".join(errors) if errors else _error_text(err)
+        text = "; ".join(errors) if errors else error_text(err)
         if strict:
             raise CounterError(f"counter {name!r} failed: {text}") from err
         return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
@@ -363,7 +367,7 @@ def profile_model(
         report = profile_model(nn.Linear(64, 128), torch.randn(2, 10, 64))
         assert report.counters["torch"].macs == 2 * 10 * 64 * 128
     """
-    counters = validate_options(counters, limit, flag_on, mode, custom_ops, device, batch_size)
+    counters = validate_options(counters, limit, flag_on, mode, custom_ops, device, batch_size, strict)
     if not isinstance(model, nn.Module):
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = split_input(example_input)

@@ -198,8 +198,10 @@ class FlopsReport:
 
     def flops_per_sample(self, counter: str) -> float | None:
         """FLOPs (= 2 x MACs) of one sample for ``counter``."""
-        macs = self.macs_per_sample(counter)
-        return None if macs is None else 2 * macs
+        result = self.counters.get(counter)
+        if result is None or result.flops is None:
+            return None
+        return result.flops / max(self.batch_size, 1)
 
     def largest_gap(self) -> Gap | None:
         """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""

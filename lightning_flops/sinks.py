@@ -65,10 +65,10 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
     """
     metrics: dict[str, float] = {}
     for name in report.counters:
-        macs = report.macs_per_sample(name)
-        if macs is not None:
+        macs, flops = report.macs_per_sample(name), report.flops_per_sample(name)
+        if macs is not None and flops is not None:
             metrics[f"{prefix}/{name}/macs"] = float(macs)
-            metrics[f"{prefix}/{name}/flops"] = float(2 * macs)
+            metrics[f"{prefix}/{name}/flops"] = float(flops)
     metrics[f"{prefix}/params/total"] = float(report.params.total)
     metrics[f"{prefix}/params/trainable"] = float(report.params.trainable)
     for gap in report.gaps:
