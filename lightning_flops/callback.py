@@ -242,7 +242,7 @@ class FlopsMonitor(Callback):
 
     def _profile(self, pl_module: LightningModule, batch: Any) -> FlopsReport | None:
         try:
-            example = self._input(pl_module, batch)
+            example, from_batch = self._input(pl_module, batch)
         except _NoInput as err:
             message = (
                 f"FlopsMonitor could not find the model input in the batch ({err}); pass "
@@ -254,7 +254,7 @@ class FlopsMonitor(Callback):
             rank_zero_warn(message + " No compute metrics are logged for this run.")
             return None
         batch_size = None
-        if self.batch_size_fn is not None and self.example_input is None:
+        if self.batch_size_fn is not None and from_batch:
             batch_size = self.batch_size_fn(batch)
         return profile_model(
             pl_module,
@@ -268,17 +268,18 @@ class FlopsMonitor(Callback):
             strict=self.strict,
         )
 
-    def _input(self, pl_module: LightningModule, batch: Any) -> Any:
-        """The model input: ``example_input``, else from the batch, else ``example_input_array``."""
+    def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:
+        """The model input (``example_input``, else from the batch, else ``example_input_array``) and whether it
+        came from the batch (only then does ``batch_size_fn(batch)`` describe it)."""
         if self.example_input is not None:
-            return to_device(self.example_input, pl_module.device)
+            return to_device(self.example_input, pl_module.device), False
         try:
-            return self._batch_input(pl_module, batch)
+            return self._batch_input(pl_module, batch), True
         except _NoInput:
             fallback = pl_module.example_input_array
             if fallback is None or self.input_fn is not None:
                 raise
-            return to_device(fallback, pl_module.device)
+            return to_device(fallback, pl_module.device), False
 
     def _batch_input(self, pl_module: LightningModule, batch: Any) -> Any:
         """``input_fn(batch)``, else the default batch rules; raises :class:`_NoInput` saying why nothing fits."""

@@ -102,7 +102,9 @@ def test_module_without_forward_has_no_input() -> None:
 def test_example_input_array_is_used_when_the_batch_rules_fail() -> None:
     module = LinearStack()
     module.example_input_array = torch.zeros(5, IN_FEATURES)
-    assert torch.equal(FlopsMonitor()._input(module, {"unknown": X}), module.example_input_array)
+    example, from_batch = FlopsMonitor()._input(module, {"unknown": X})
+    assert torch.equal(example, module.example_input_array)
+    assert not from_batch  # so batch_size_fn(batch), which describes the batch, is not applied to it
 
 
 class _DictBatches(LinearStack):
