@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
@@ -19,7 +20,16 @@ from lightning_flops.errors import CounterError, FlopsConfigError
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, to_device, unwrap_compiled
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
-__all__ = ["DEVICES", "FLAG_ON", "MODES", "profile_model", "validate_options"]
+__all__ = [
+    "DEVICES",
+    "FLAG_ON",
+    "MODES",
+    "error_text",
+    "iter_tensors",
+    "profile_model",
+    "split_input",
+    "validate_options",
+]
 
 MODES = ("eval", "train")
 FLAG_ON = ("core", "total")
@@ -95,20 +105,24 @@ def split_input(example_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
-def _tensors(value: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside tuples, lists, dicts and dataclasses, with its path (``"0"``, ``"0.image"``, ``"mask"``)."""
     if isinstance(value, torch.Tensor):
         yield path, value
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            yield from _tensors(item, f"{path}.{i}" if path else str(i))
+            yield from iter_tensors(item, f"{path}.{i}" if path else str(i))
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _tensors(item, f"{path}.{key}" if path else str(key))
+            yield from iter_tensors(item, f"{path}.{key}" if path else str(key))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from iter_tensors(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
 
 
 def detect_batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """Size of dim 0 of the first tensor with a dimension (positional first); 1 when there is none."""
-    for _, tensor in (*_tensors(list(args), ""), *_tensors(kwargs, "")):
+    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
         if tensor.dim() > 0:
             return int(tensor.shape[0])
     return 1
@@ -389,7 +403,7 @@ def profile_model(
         gaps=compute_gaps(ordered, limit, flag_on),
         inputs=tuple(
             InputSpec(name=path, shape=tuple(t.shape), dtype=str(t.dtype).removeprefix("torch."))
-            for path, t in (*_tensors(list(args), ""), *_tensors(kwargs, ""))
+            for path, t in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, ""))
         ),
         rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
         versions=_versions(),

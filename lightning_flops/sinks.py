@@ -150,13 +150,8 @@ def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
+    tmp = _temporary_copy(report, folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(report.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
         for index in range(_MAX_SUFFIX):
             target = folder / (REPORT_NAME if index == 0 else f"flops_report.{index}.json")
             if _claim(tmp, target):
@@ -169,15 +164,25 @@ def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path
 def rewrite_report(report: FlopsReport, path: str | os.PathLike[str]) -> None:
     """Atomically replace a report file that this run wrote itself (temp file + rename), e.g. to add a late field."""
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=target.parent)
+    tmp = _temporary_copy(report, target.parent)
+    try:
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
+    """``report`` as JSON in a hidden temporary file of ``folder``, flushed to disk, ready to be renamed."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    finally:
+    except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return Path(tmp_name)
 
 
 def _claim(tmp: Path, target: Path) -> bool:

@@ -9,7 +9,6 @@ require grad, so the first layer's input gradient is not counted (as in the real
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -17,23 +16,9 @@ from torch import nn
 
 from lightning_flops.counters.torch_dispatch import count_flops
 from lightning_flops.isolation import meta_copy, preserved_rng, to_device, unwrap_compiled
-from lightning_flops.profiling import split_input
+from lightning_flops.profiling import iter_tensors, split_input
 
 __all__ = ["train_step_flops"]
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
-    elif hasattr(value, "__dataclass_fields__"):
-        for name in value.__dataclass_fields__:
-            yield from _tensors(getattr(value, name))
 
 
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
@@ -59,7 +44,7 @@ def train_step_flops(model: nn.Module, example_input: Any) -> int:
     def step() -> None:
         with torch.enable_grad():
             output = copy(*args, **kwargs)
-            losses = [t.sum() for t in _tensors(output) if t.is_floating_point() and t.requires_grad]
+            losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
             if losses:
                 torch.stack(losses).sum().backward()
 
