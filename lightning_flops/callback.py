@@ -18,7 +18,14 @@ from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.isolation import to_device
-from lightning_flops.profiling import error_text, model_fingerprint, profile_model, split_input, validate_options
+from lightning_flops.profiling import (
+    detect_batch_size,
+    error_text,
+    model_fingerprint,
+    profile_model,
+    split_input,
+    validate_options,
+)
 from lightning_flops.report import FlopsReport
 from lightning_flops.train_step import train_step_flops
 
@@ -296,10 +303,15 @@ class FlopsMonitor(Callback):
             return report
         try:
             flops = train_step_flops(pl_module, example)
+            samples = (
+                self.batch_size_fn(batch)
+                if self.batch_size_fn is not None
+                else detect_batch_size(*split_input(example))
+            )
         except Exception as err:
             rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
             return report
-        return dataclasses.replace(report, train_step_flops=flops)
+        return dataclasses.replace(report, train_step_flops=flops, train_step_batch_size=int(samples))
 
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
         """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""

@@ -222,7 +222,7 @@ def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
         row["largest_gap_relative"] = gap.core_relative if report.flag_on == "core" else gap.relative
     row["flag_on"] = report.flag_on
     row["flagged"] = report.flagged
-    row["train_step_flops"] = _per_sample(report.train_step_flops, report.batch_size)
+    row["train_step_flops"] = _per_sample(report.train_step_flops, report.train_step_batch_size or report.batch_size)
     return row
 
 

@@ -158,6 +158,8 @@ class FlopsReport:
         versions: versions of torch, thop (and which thop), fvcore, lightning, lightning-flops.
         fingerprint: hash of parameter names, shapes and dtypes (reuse of a report on resume).
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
+        train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
+            ``example_input`` was profiled).
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         schema_version: JSON layout version.
 
@@ -181,6 +183,7 @@ class FlopsReport:
     versions: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
     train_step_flops: int | None = None
+    train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import lightning_flops as lf
 from lightning_flops import FlopsMonitor
+from lightning_flops.cli import main
+from tests.lit_helpers import HIDDEN, IN_FEATURES, OUT_FEATURES, LinearStack, RandomDataModule, make_trainer
 
 
 @pytest.mark.parametrize("counter", ["thop", "fvcore", "torch"])
@@ -55,3 +60,19 @@ def test_a_parameter_rebound_during_counting_is_put_back() -> None:
     lf.profile_model(model, torch.randn(2, 4), device="model")
     assert model.weight is original
     assert torch.equal(model.weight, torch.ones(4, 4))
+
+
+def test_training_step_per_sample_uses_the_training_batch_not_a_fixed_example_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monitor = FlopsMonitor(counters=("torch",), example_input=torch.randn(1, IN_FEATURES))
+    trainer = make_trainer(tmp_path, [monitor])
+    trainer.fit(LinearStack(), RandomDataModule(batch_size=4))
+    data = json.loads((Path(trainer.log_dir) / "flops_report.json").read_text())
+    assert (data["batch_size"], data["train_step_batch_size"]) == (1, 4)
+    forward = 4 * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES)  # batch * (in*hidden + hidden*out)
+    assert data["train_step_flops"] == 2 * (3 * forward - 4 * IN_FEATURES * HIDDEN)  # no first-layer input grad
+    assert main(["compare", str(tmp_path), "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (row,) = printed if isinstance(printed, list) else printed["runs"]
+    assert row["train_step_flops"] == data["train_step_flops"] // 4
