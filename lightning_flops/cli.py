@@ -389,10 +389,17 @@ def _check_output(path_text: str, option: str, force: bool, suffixes: Sequence[s
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> None:
     """Write through a temporary file in the same directory, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output file gets the usual mode
     try:
         write(tmp)
         if overwrite:

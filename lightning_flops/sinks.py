@@ -175,6 +175,7 @@ def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
     """``report`` as JSON in a hidden temporary file of ``folder``, flushed to disk, ready to be renamed."""
     fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp_name, readable_mode())  # mkstemp makes 0600; a log file is as readable as its neighbours
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
             handle.flush()
@@ -183,6 +184,13 @@ def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
+
+
+def readable_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _claim(tmp: Path, target: Path) -> bool:

@@ -76,3 +76,18 @@ def test_training_step_per_sample_uses_the_training_batch_not_a_fixed_example_in
     printed = json.loads(capsys.readouterr().out)
     (row,) = printed if isinstance(printed, list) else printed["runs"]
     assert row["train_step_flops"] == data["train_step_flops"] // 4
+
+
+def test_the_report_file_gets_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from lightning_flops.sinks import write_report
+
+    report = lf.profile_model(nn.Linear(2, 2), torch.randn(1, 2), counters=("torch",))
+    mask = os.umask(0o022)
+    try:
+        path = write_report(report, tmp_path)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600: others may read the log dir
