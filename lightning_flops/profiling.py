@@ -210,25 +210,23 @@ class _Session:
             snapshot.restore()
         return raw, rule_macs, _model_device(self.model)
 
-    def linear_in_batch(self) -> bool:
-        """Whether one sample costs exactly 1/batch of the whole batch (checked with the torch counter on meta)."""
+    def one_sample_inputs(self) -> tuple[tuple, dict] | None:
+        """One sample of the input, when it costs exactly 1/batch of the whole batch (checked with the torch counter
+        on meta); ``None`` when the model couples samples, nothing can be sliced or the check cannot run."""
         if self.batch <= 1 or _batch_coupled(self.model, self.mode):
-            return False
+            return None
         one_args, sliced_a = _slice_batch(self.args, self.batch)
         one_kwargs, sliced_k = _slice_batch(self.kwargs, self.batch)
         if not (sliced_a or sliced_k):
-            return False
+            return None
         torch_counter = get_counter("torch")
         try:
             if self.torch_meta_macs is None:
                 self.torch_meta_macs = self.count(torch_counter, "meta", self.args, self.kwargs)[0].macs
             one = self.count(torch_counter, "meta", one_args, one_kwargs)[0].macs
         except Exception:
-            return False
-        return one * self.batch == self.torch_meta_macs and one > 0
-
-    def sliced_inputs(self) -> tuple[tuple, dict]:
-        return _slice_batch(self.args, self.batch)[0], _slice_batch(self.kwargs, self.batch)[0]
+            return None
+        return (one_args, one_kwargs) if one > 0 and one * self.batch == self.torch_meta_macs else None
 
 
 def error_text(err: BaseException) -> str:
@@ -258,22 +256,27 @@ def _run_counter(name: str, session: _Session, device: str | None, strict: bool)
             placements = ["model"]
         else:
             placements = ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
+        failures: list[tuple[str, str]] = []  # (placement, "<Type>: <message>")
         for placement in placements:
             args, kwargs, scale = session.args, session.kwargs, 1
-            if placement == "model" and device is None and name == "fvcore" and session.linear_in_batch():
-                args, kwargs = session.sliced_inputs()
-                scale = session.batch
+            one_sample = (
+                session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
+            )
+            if one_sample is not None:
+                (args, kwargs), scale = one_sample, session.batch
             try:
                 raw, rule_macs, where = session.count(counter, placement, args, kwargs)
                 raw = _checked(raw)
             except Exception as err:
-                errors.append(f"{error_text(err)} (on {placement})" if len(placements) > 1 else error_text(err))
-                if len(errors) > 1 and errors[0] == f"{error_text(err)} (on {placements[0]})":
-                    errors = [error_text(err)]  # the same failure everywhere: "<Type>: <message>" once
+                failures.append((placement, error_text(err)))
                 continue
             if name == "torch" and where == "meta" and scale == 1:
                 session.torch_meta_macs = int(raw.macs)
             return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
+        if len({text for _, text in failures}) == 1:
+            errors = [failures[0][1]]  # the same failure everywhere: "<Type>: <message>" once
+        else:
+            errors = [f"{text} (on {placement})" for placement, text in failures]
         raise RuntimeError("; ".join(errors))
     except Exception as err:
         text = "; ".join(errors) if errors else error_text(err)
@@ -289,14 +292,10 @@ def _result(
     module_operators = {m: {op: int(v) * scale for op, v in ops.items()} for m, ops in raw.module_operators.items()}
     module_operators.setdefault("", {})
     macs = raw_macs
-    if rule_macs:
-        ruled = {m: round(v) * scale for m, v in rule_macs.items()}
-        module_operators = apply_rules(module_operators, ruled)
-        macs = (
-            raw_macs
-            + sum(module_operators[""].values())
-            - sum(int(v) * scale for v in raw.module_operators.get("", {}).values())
-        )
+    if rule_macs:  # the rules change the root's count by what they add minus the subtrees they replace
+        raw_root = sum(module_operators[""].values())
+        module_operators = apply_rules(module_operators, {m: round(v) * scale for m, v in rule_macs.items()})
+        macs = raw_macs - raw_root + sum(module_operators[""].values())
     return CounterResult(
         name=name,
         ok=True,
