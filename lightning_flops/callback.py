@@ -118,7 +118,8 @@ class FlopsMonitor(Callback):
         self.strict = strict
         self.report: FlopsReport | None = None
         self._pending = False
-        self._published: dict[str, Path | None] = {}  # log dir -> the report file this callback wrote there
+        # log dir -> the report file this callback wrote there and the report it holds (rank zero only)
+        self._published: dict[str, tuple[Path, FlopsReport] | None] = {}
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
 
@@ -319,17 +320,17 @@ class FlopsMonitor(Callback):
             first = trainer.loggers[0]
             report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
         if directory not in self._published:
-            self._published[directory] = sinks.publish(
-                report, trainer.loggers, directory, self.prefix, trainer.global_step
-            )
+            path = sinks.publish(report, trainer.loggers, directory, self.prefix, trainer.global_step)
+            self._published[directory] = (path, report)
             return
-        path = self._published[directory]
-        if path is None or report.train_step_flops is None or not path.exists():
+        published = self._published[directory]
+        if published is None or report.train_step_flops is None or published[1].train_step_flops is not None:
             return
-        if FlopsReport.from_json(path.read_text(encoding="utf-8")).train_step_flops is None:
-            key = f"{self.prefix}/train_step/flops_per_batch"
-            sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
-            sinks.rewrite_report(report, path)
+        path = published[0]
+        key = f"{self.prefix}/train_step/flops_per_batch"
+        sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
+        sinks.rewrite_report(report, path)
+        self._published[directory] = (path, report)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
         lines = [
