@@ -7,13 +7,26 @@ Every count stored here is for the **whole call** (all samples of the example in
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lightning_flops.counters.base import CORE_OPERATORS, flops_from_macs
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.vocabulary import CORE_OPERATORS
 
-__all__ = ["SCHEMA_VERSION", "CounterResult", "FlopsReport", "Gap", "InputSpec", "ParamCount", "human_count"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CounterResult",
+    "FlopsReport",
+    "Gap",
+    "InputSpec",
+    "ParamCount",
+    "Uncounted",
+    "human_count",
+    "uncounted_lines",
+]
 
 #: Version of the JSON layout; readers refuse newer versions.
 SCHEMA_VERSION = 1
@@ -52,6 +65,70 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Uncounted:
+    """An operator (or module) that a counter saw and counted as 0 although it may do multiply-accumulates.
+
+    Args:
+        operator: the kernel or function (``"_grouped_mm"``, ``"mylib::fused_mlp"``, ``"einsum"``), or the module
+            type for a module without a rule (``"MyBlock"``).
+        module: qualified ``named_modules()`` name of the innermost module it ran in (``""`` is the root, or unknown
+            where the counter does not say, as fvcore).
+        calls: how many times it ran there during the counted call.
+        reason: why it was not counted (``"no formula"``, ``"functional call: thop counts modules only"``, ...).
+
+    Example::
+
+        Uncounted(operator="_grouped_mm", module="model.layers.0.mlp.experts", calls=2, reason="no formula")
+    """
+
+    operator: str
+    module: str
+    calls: int
+    reason: str
+
+    @classmethod
+    def from_data(cls, data: Any) -> Uncounted:
+        """Read one entry of a report's ``uncounted`` list; a plain string (older reports) becomes the reason."""
+        if isinstance(data, str):
+            operator = data.split(" ", 1)[0]
+            return cls(operator=operator, module="", calls=0, reason=data)
+        return cls(
+            operator=str(data["operator"]),
+            module=str(data.get("module", "")),
+            calls=int(data.get("calls", 0)),
+            reason=str(data.get("reason", "")),
+        )
+
+
+_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
+    """One text line per uncounted operator, for display only (the data keeps every concrete module).
+
+    Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
+    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
+
+    Args:
+        entries: the ``uncounted`` tuple of one counter.
+    """
+    merged: dict[tuple[str, str, str], int] = {}
+    for entry in entries:
+        where = _REPEATED_INDEX.sub(".*", "." + entry.module)[1:] if entry.module else ""
+        key = (entry.operator, where, entry.reason)
+        merged[key] = merged.get(key, 0) + entry.calls
+    lines = []
+    for (operator, where, reason), calls in merged.items():
+        if not where and not calls and reason.startswith(operator):
+            lines.append(reason)  # read from an older report, where each entry was this text
+            continue
+        place = f" in {where}" if where else ""
+        count = f", {calls}x" if calls else ""
+        lines.append(f"{operator}{place} ({reason}{count})")
+    return lines
+
+
+@dataclass(frozen=True)
 class CounterResult:
     """What one counter measured for one forward call (all samples), in MACs.
 
@@ -63,7 +140,7 @@ class CounterResult:
         error: ``"<Type>: <message>"`` when the counter failed.
         device: where it counted: ``"meta"`` for a meta copy, else the model's own device (counted in place).
         module_operators: inclusive MACs per module name (``""`` is the root) and vocabulary operator.
-        uncounted: operators or modules the counter saw and did not count.
+        uncounted: operators or modules the counter saw and did not count, each with its module and calls.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
 
@@ -80,7 +157,7 @@ class CounterResult:
     error: str | None = None
     device: str | None = None
     module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
-    uncounted: tuple[str, ...] = ()
+    uncounted: tuple[Uncounted, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
 
@@ -218,7 +295,7 @@ class FlopsReport:
         data = asdict(self)
         for name, result in self.counters.items():
             entry = data["counters"][name]
-            entry["uncounted"] = list(result.uncounted)
+            entry["uncounted"] = [asdict(u) for u in result.uncounted]
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
@@ -310,9 +387,9 @@ class FlopsReport:
         if failed:
             lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
         lines += self._top_modules_markdown(top_modules)
-        uncounted = [(r.name, u) for r in results for u in r.uncounted]
+        uncounted = [(r.name, line) for r in results for line in uncounted_lines(r.uncounted)]
         if uncounted:
-            lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
+            lines += ["", "Uncounted (seen, counted as 0):", ""] + [f"- {n}: {line}" for n, line in uncounted]
         if self.gaps:
             lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
             lines.append("|---|---|---|---|---|")
@@ -354,7 +431,7 @@ class FlopsReport:
 def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:
     known = {f.name for f in fields(CounterResult)}
     kwargs = {k: v for k, v in entry.items() if k in known}
-    kwargs["uncounted"] = tuple(entry.get("uncounted", ()))
+    kwargs["uncounted"] = tuple(Uncounted.from_data(u) for u in entry.get("uncounted", ()))
     kwargs["module_operators"] = {m: dict(ops) for m, ops in entry.get("module_operators", {}).items()}
     return CounterResult(**kwargs)
 
