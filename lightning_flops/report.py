@@ -113,10 +113,16 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
         entries: the ``uncounted`` tuple of one counter.
     """
     merged: dict[tuple[str, str, str], int] = {}
+    modules: dict[tuple[str, str, str], set[str]] = {}
     for entry in entries:
         where = _REPEATED_INDEX.sub(".*", "." + entry.module)[1:] if entry.module else ""
         key = (entry.operator, where, entry.reason)
         merged[key] = merged.get(key, 0) + entry.calls
+        modules.setdefault(key, set()).add(entry.module)
+    merged = {  # a pattern that stands for one module only is shown as that module
+        (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
+        for (op, where, reason), n in merged.items()
+    }
     lines = []
     for (operator, where, reason), calls in merged.items():
         if not where and not calls and reason.startswith(operator):

@@ -17,7 +17,9 @@ from typing import Any
 __all__ = [
     "ATEN_LABELS",
     "CONVENTION_OPERATORS",
+    "CONVENTION_UNCOUNTED",
     "CORE_OPERATORS",
+    "NO_FORMULA",
     "OPERATORS",
     "REVIEWED_UNCOUNTED",
     "ZERO_MAC_GROUPS",
@@ -37,6 +39,11 @@ CORE_OPERATORS: frozenset[str] = frozenset({"conv", "linear", "matmul", "einsum"
 CONVENTION_OPERATORS: frozenset[str] = frozenset(
     {"norm", "activation", "pool", "softmax", "interpolate", "elementwise", "custom", "other"}
 )
+#: How an ``Uncounted.reason`` ends when the operator is a convention op (elementwise, norm, ...): gaps on the MAC
+#: core do not name it.
+CONVENTION_UNCOUNTED = "a convention op (elementwise, norm, ...)"
+#: How the torch counter's ``Uncounted.reason`` starts for a kernel it ran with no formula (MACs nobody measured).
+NO_FORMULA = "no formula"
 #: Every label a counter may book MACs under.
 OPERATORS: frozenset[str] = CORE_OPERATORS | CONVENTION_OPERATORS
 

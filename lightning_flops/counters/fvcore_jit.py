@@ -14,12 +14,12 @@ from torch import nn
 from lightning_flops.counters.base import RawCount
 from lightning_flops.counters.tracing import PositionalCall, quiet, user_module_name
 from lightning_flops.report import Uncounted
-from lightning_flops.vocabulary import CORE_OPERATORS, operator_of_fvcore
+from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, operator_of_fvcore
 
 __all__ = ["FvcoreCounter", "make_counter", "operator_of_fvcore"]
 
 _CORE_REASON = "unsupported by fvcore"
-_OTHER_REASON = "unsupported by fvcore; a convention op (elementwise, norm, ...)"
+_OTHER_REASON = f"unsupported by fvcore; {CONVENTION_UNCOUNTED}"
 
 
 def _uncounted(unsupported: dict[str, int]) -> tuple[Uncounted, ...]:

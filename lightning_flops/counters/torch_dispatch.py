@@ -28,14 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_backwa
 from lightning_flops.counters.base import RawCount, inclusive_counts, macs_from_flops
 from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, operator_of_module
 from lightning_flops.report import Uncounted
-from lightning_flops.vocabulary import REVIEWED_UNCOUNTED, operator_of_aten, zero_mac_reason
+from lightning_flops.vocabulary import NO_FORMULA, REVIEWED_UNCOUNTED, operator_of_aten, zero_mac_reason
 
 __all__ = ["FORMULAS", "TorchCounter", "count_flops", "grouped_mm_macs", "make_counter", "packet_name"]
 
 aten = torch.ops.aten
-
-#: The reason recorded for a kernel that ran with no formula and is not on the zero-MAC list.
-NO_FORMULA = "no formula"
 
 
 def _sdpa_cpu_flop(query: Any, key: Any, value: Any, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
