@@ -85,7 +85,8 @@ def attribute_gap(
     largest absolute share of the difference, and stops where the module's own operators win or it has no children.
 
     An operator that either counter saw and did not count inside the named module (``uncounted``) is named first,
-    as ``"_grouped_mm (uncounted)"``. A kernel the reference ran with no formula (reason ``"no formula..."``) hides
+    as ``"_grouped_mm (uncounted)"`` (unless it is already named as a measured difference, as thop's missed
+    ``einsum``). A kernel the reference ran with no formula (reason ``"no formula..."``) hides
     MACs that neither counter measured, so the walk heads for the child that holds it rather than a measured
     difference beside it (two such children: it stops above them). Blind spots of thop and fvcore need no detour:
     the other counter measured them, so they are part of the measured difference. Entries with module ``""``
@@ -105,7 +106,8 @@ def attribute_gap(
     def total(counts: ModuleOperators, name: str) -> int:
         return sum(_restricted(counts.get(name, {}), core_only).values())
 
-    names = dict.fromkeys([*a.keys(), *b.keys()])
+    unknown = {u.module for u in uncounted if u.module and u.reason.startswith(NO_FORMULA)}
+    names = dict.fromkeys([*a.keys(), *b.keys(), *unknown])
     for name in list(names):
         for ancestor in _ancestors(name):  # a counter may skip a level that holds nothing
             names.setdefault(ancestor)
@@ -115,7 +117,6 @@ def attribute_gap(
         if parent is not None:
             children.setdefault(parent, []).append(name)
 
-    unknown = {u.module for u in uncounted if u.module and u.reason.startswith(NO_FORMULA)}
     current = ""
     while True:
         kids = children.get(current, [])
@@ -135,10 +136,10 @@ def attribute_gap(
     ops_b = _restricted(b.get(current, {}), core_only)
     op_diffs = {op: ops_a.get(op, 0) - ops_b.get(op, 0) for op in {*ops_a, *ops_b}}
     operators = tuple(op for op, d in sorted(op_diffs.items(), key=lambda kv: (-abs(kv[1]), kv[0])) if d != 0)
+    inside = [u for u in uncounted if _is_within(u.module, current) and u.operator not in operators]
+    inside.sort(key=lambda u: not u.reason.startswith(NO_FORMULA))  # what nobody measured first
     missed = dict.fromkeys(
-        f"{u.operator} (uncounted)"
-        for u in uncounted
-        if _is_within(u.module, current) and not (core_only and u.reason.endswith(CONVENTION_UNCOUNTED))
+        f"{u.operator} (uncounted)" for u in inside if not (core_only and u.reason.endswith(CONVENTION_UNCOUNTED))
     )
     return current, (*missed, *operators)
 
