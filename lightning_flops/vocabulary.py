@@ -54,6 +54,7 @@ ATEN_LABELS: dict[str, str] = {
     # matrix products that nn.Linear / F.linear lower to
     "mm": "linear",
     "addmm": "linear",
+    "addmm_": "linear",
     "_addmm_activation": "linear",
     "_int_mm": "linear",
     "_scaled_mm": "linear",
@@ -70,14 +71,18 @@ ATEN_LABELS: dict[str, str] = {
     # batched and vector products
     "bmm": "matmul",
     "baddbmm": "matmul",
+    "baddbmm_": "matmul",
     "addbmm": "matmul",
+    "addbmm_": "matmul",
     "mv": "matmul",
     "addmv": "matmul",
+    "addmv_": "matmul",
     "dot": "matmul",
     "vdot": "matmul",
     "outer": "matmul",
     "ger": "matmul",
     "addr": "matmul",
+    "addr_": "matmul",
     "_grouped_mm": "matmul",
     "_scaled_grouped_mm": "matmul",
     "_scaled_grouped_mm_v2": "matmul",
@@ -142,16 +147,16 @@ ZERO_MAC_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "view or metadata: no arithmetic",
         _names(
-            "view _unsafe_view transpose_ t_ squeeze_ unsqueeze_ as_strided_ swapdims_ swapaxes_ detach_ "
-            "unsafe_split unsafe_split_with_sizes unsafe_chunk reshape _reshape_alias as_strided expand expand_as "
-            "permute transpose t unsqueeze squeeze select slice narrow split split_with_sizes unbind chunk alias "
-            "detach view_as_real view_as_complex unfold diagonal movedim flatten unflatten lift_fresh lift "
-            "_nested_view_from_buffer size sym_size stride sym_stride numel sym_numel dim storage_offset "
-            "sym_storage_offset is_contiguous sym_is_contiguous is_strides_like_format "
-            "is_non_overlapping_and_dense prim::device prim::layout _local_scalar_dense item is_nonzero equal "
-            "_assert_async _functional_assert_async _assert_tensor_metadata _assert_scalar sym_constrain_range "
-            "sym_constrain_range_for_size record_stream _has_compatible_shallow_copy_type resize_ resize_as_ set_ "
-            "_version"
+            "view _unsafe_view _cslt_sparse_mm_search transpose_ t_ squeeze_ unsqueeze_ as_strided_ swapdims_ "
+            "swapaxes_ detach_ unsafe_split unsafe_split_with_sizes unsafe_chunk reshape _reshape_alias "
+            "as_strided expand expand_as permute transpose t unsqueeze squeeze select slice narrow split "
+            "split_with_sizes unbind chunk alias detach view_as_real view_as_complex unfold diagonal movedim "
+            "flatten unflatten lift_fresh lift _nested_view_from_buffer size sym_size stride sym_stride numel "
+            "sym_numel dim storage_offset sym_storage_offset is_contiguous sym_is_contiguous "
+            "is_strides_like_format is_non_overlapping_and_dense prim::device prim::layout _local_scalar_dense "
+            "item is_nonzero equal _assert_async _functional_assert_async _assert_tensor_metadata _assert_scalar "
+            "sym_constrain_range sym_constrain_range_for_size record_stream _has_compatible_shallow_copy_type "
+            "resize_ resize_as_ set_ _version"
         ),
     ),
     (
@@ -184,19 +189,20 @@ ZERO_MAC_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "indexing, gathering, padding, ordering: data movement and comparisons",
         _names(
-            "cat stack index index_select index_put index_put_ _index_put_impl_ _unsafe_index _unsafe_index_put "
-            "_unsafe_masked_index _unsafe_masked_index_put_accumulate gather scatter scatter_ scatter_add "
-            "scatter_add_ scatter_reduce scatter_reduce_ masked_fill masked_fill_ masked_scatter masked_select "
-            "where nonzero nonzero_static embedding embedding_dense_backward embedding_backward _embedding_bag "
-            "_embedding_bag_forward_only _embedding_bag_backward embedding_renorm_ repeat repeat_interleave flip "
-            "roll tril triu tril_ triu_ constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d "
-            "replication_pad1d replication_pad2d replication_pad3d _pad_circular index_add index_add_ index_copy "
-            "index_copy_ index_fill index_fill_ take one_hot bucketize searchsorted _unique2 unique_dim "
-            "unique_consecutive sort topk argsort slice_scatter select_scatter diagonal_scatter "
-            "as_strided_scatter col2im im2col pixel_shuffle pixel_unshuffle channel_shuffle "
-            "native_channel_shuffle select_backward slice_backward index_select_backward unfold_backward "
-            "diagonal_backward bincount histc masked_fill_backward _pack_padded_sequence _pad_packed_sequence "
-            "reflection_pad2d_backward replication_pad2d_backward constant_pad_nd_backward"
+            "cat stack index index_select _convert_indices_from_coo_to_csr _convert_indices_from_csr_to_coo "
+            "index_put index_put_ _index_put_impl_ _unsafe_index _unsafe_index_put _unsafe_masked_index "
+            "_unsafe_masked_index_put_accumulate gather scatter scatter_ scatter_add scatter_add_ scatter_reduce "
+            "scatter_reduce_ masked_fill masked_fill_ masked_scatter masked_select where nonzero nonzero_static "
+            "embedding embedding_dense_backward embedding_backward _embedding_bag _embedding_bag_forward_only "
+            "_embedding_bag_backward embedding_renorm_ repeat repeat_interleave flip roll tril triu tril_ triu_ "
+            "constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d "
+            "replication_pad2d replication_pad3d _pad_circular index_add index_add_ index_copy index_copy_ "
+            "index_fill index_fill_ take one_hot bucketize searchsorted _unique2 unique_dim unique_consecutive "
+            "sort topk argsort slice_scatter select_scatter diagonal_scatter as_strided_scatter col2im im2col "
+            "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle select_backward slice_backward "
+            "index_select_backward unfold_backward diagonal_backward bincount histc masked_fill_backward "
+            "_pack_padded_sequence _pad_packed_sequence reflection_pad2d_backward replication_pad2d_backward "
+            "constant_pad_nd_backward"
         ),
     ),
     (
@@ -320,6 +326,11 @@ REVIEWED_UNCOUNTED: dict[str, str] = {
     "_lstm_mps": "MPS LSTM kernel (weights as a flat list): no formula",
     "lstm_mps_backward": "MPS LSTM kernel (weights as a flat list): no formula",
     "_trilinear": "bilinear form (nn.Bilinear): no formula",
+    "_compute_linear_combination": "linear combination of tensors: no formula",
+    "linear_backward": "nested/oneDNN linear backward: no formula",
+    "matmul_backward": "nested-tensor matmul backward: no formula",
+    "quantized_lstm": "legacy quantized LSTM (packed weights): no formula",
+    "quantized_gru": "legacy quantized GRU (packed weights): no formula",
     "conv_tbc": "time-batch-channel convolution: no formula",
     "conv_tbc_backward": "time-batch-channel convolution: no formula",
     "_conv_depthwise2d": "CUDA depthwise convolution, reached through convolution (counted there)",

@@ -168,12 +168,13 @@ def _mm_flop(a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
 
 
 def _addmm_like_flop(bias: Any, a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
-    # _addmm_activation(self, mat1, mat2): the bias first, as addmm
+    # _addmm_activation(self, mat1, mat2) and the in-place addmm_: the bias first, as addmm
     return 2 * _mm_macs(a, b)
 
 
 def _addbmm_flop(bias: Any, a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
-    # addbmm(self, batch1 [B, N, K], batch2 [B, K, M]): B * N * K * M, summed over the batch
+    # addbmm(self, batch1 [B, N, K], batch2 [B, K, M]): B * N * K * M, summed over the batch; baddbmm_ the same
+    # products, kept per batch (torch's baddbmm formula covers the out-of-place kernel only)
     return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
 
 
@@ -267,13 +268,13 @@ def _formulas() -> dict[Any, Callable[..., int]]:
         (_packets(aten, "_scaled_grouped_mm"), _scaled_grouped_mm_flop),
         (_packets(aten, "_scaled_grouped_mm_v2"), _scaled_grouped_mm_v2_flop),
         (_packets(aten, "_int_mm", "_scaled_mm_v2"), _mm_flop),
-        (_packets(aten, "_addmm_activation"), _addmm_like_flop),
-        (_packets(aten, "addbmm"), _addbmm_flop),
+        (_packets(aten, "_addmm_activation", "addmm_"), _addmm_like_flop),
+        (_packets(aten, "addbmm", "addbmm_", "baddbmm_"), _addbmm_flop),
         (_packets(aten, "mv"), _mv_flop),
-        (_packets(aten, "addmv"), _addmv_flop),
+        (_packets(aten, "addmv", "addmv_"), _addmv_flop),
         (_packets(aten, "dot", "vdot"), _dot_flop),
         (_packets(aten, "outer", "ger"), _outer_flop),
-        (_packets(aten, "addr"), _addr_flop),
+        (_packets(aten, "addr", "addr_"), _addr_flop),
         (_packets(aten, "_foreach_mm"), _foreach_mm_flop),
         (_packets(aten, "mkldnn_linear", "_mixed_dtypes_linear", "_weight_int8pack_mm"), _linear_like_flop),
         (
@@ -310,7 +311,9 @@ CPU_FIXUPS = {
 def packet_name(packet: Any) -> str:
     """``aten._grouped_mm`` -> ``_grouped_mm``; another namespace keeps it: ``quantized::linear_dynamic``."""
     name = str(packet)
-    namespace, _, bare = name.partition(".")
+    namespace, dot, bare = name.partition(".")
+    if not dot:
+        return name  # a higher-order operator (flex_attention)
     return bare if namespace == "aten" else f"{namespace}::{bare}"
 
 
