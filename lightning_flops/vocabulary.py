@@ -79,8 +79,6 @@ ATEN_LABELS: dict[str, str] = {
     "addmv_": "matmul",
     "dot": "matmul",
     "vdot": "matmul",
-    "outer": "matmul",
-    "ger": "matmul",
     "addr": "matmul",
     "addr_": "matmul",
     "_grouped_mm": "matmul",

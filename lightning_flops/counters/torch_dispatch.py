@@ -190,12 +190,9 @@ def _dot_flop(a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
     return 2 * a.shape[0]
 
 
-def _outer_flop(a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
-    # the [N, 1] x [1, M] product: one multiply per output element, as mm counts it
-    return 2 * a.shape[0] * b.shape[0]
-
-
 def _addr_flop(bias: Any, a: Any, b: Any, *args: Any, **kwargs: Any) -> int:
+    # bias + the [N, 1] x [1, M] product: one multiply per output element, as mm counts it (`outer` and `ger`
+    # lower to an elementwise `mul`, a convention: 0)
     return 2 * a.shape[0] * b.shape[0]
 
 
@@ -273,7 +270,6 @@ def _formulas() -> dict[Any, Callable[..., int]]:
         (_packets(aten, "mv"), _mv_flop),
         (_packets(aten, "addmv", "addmv_"), _addmv_flop),
         (_packets(aten, "dot", "vdot"), _dot_flop),
-        (_packets(aten, "outer", "ger"), _outer_flop),
         (_packets(aten, "addr", "addr_"), _addr_flop),
         (_packets(aten, "_foreach_mm"), _foreach_mm_flop),
         (_packets(aten, "mkldnn_linear", "_mixed_dtypes_linear", "_weight_int8pack_mm"), _linear_like_flop),
