@@ -340,9 +340,20 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``."""
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``.
+
+    Quantized Linear layers (``torch.ao.quantization.quantize_dynamic``) keep their weight and bias packed, outside
+    ``model.parameters()``: their elements are counted in ``total`` and ``packed`` (never trainable).
+    """
+    from lightning_flops.counters.torch_dispatch import packed_parameter_count
+
     params = list(model.parameters())
-    return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
+    packed = packed_parameter_count(model)
+    return ParamCount(
+        total=sum(p.numel() for p in params) + packed,
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        packed=packed,
+    )
 
 
 def profile_model(

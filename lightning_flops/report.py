@@ -47,12 +47,15 @@ class ParamCount:
     """Parameter counts from ``model.parameters()`` (shared weights once, never-called modules included).
 
     Args:
-        total: number of parameter elements.
+        total: number of parameter elements, packed ones included.
         trainable: elements of parameters with ``requires_grad``.
+        packed: elements of packed weights and biases (dynamic int8 ``quantize_dynamic`` Linear layers), which
+            ``model.parameters()`` does not list; part of ``total``, never trainable.
     """
 
     total: int
     trainable: int
+    packed: int = 0
 
 
 @dataclass(frozen=True)
@@ -383,7 +386,9 @@ class FlopsReport:
         lines += [
             "",
             f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable "
-            f"({human_count(self.params.total, '')}). FLOPs = 2 x MACs.",
+            f"({human_count(self.params.total, '')})"
+            + (f", {self.params.packed:,} of them packed (quantized)" if self.params.packed else "")
+            + ". FLOPs = 2 x MACs.",
         ]
         if self.train_step_flops is not None:
             lines.append(
