@@ -66,6 +66,7 @@ class CounterResult:
         uncounted: operators or modules the counter saw and did not count.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+        device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
 
     Example::
 
@@ -83,6 +84,7 @@ class CounterResult:
     uncounted: tuple[str, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
+    device_note: str | None = None
 
     @property
     def flops(self) -> int | None:
@@ -309,6 +311,10 @@ class FlopsReport:
         failed = [r for r in results if not r.ok]
         if failed:
             lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
+        moved = [r for r in results if r.ok and r.device_note]
+        if moved:
+            lines += ["", "Counted elsewhere than first tried:"]
+            lines += [f"- {r.name} (counted on {r.device}): {r.device_note}" for r in moved]
         lines += self._top_modules_markdown(top_modules)
         uncounted = [(r.name, u) for r in results for u in r.uncounted]
         if uncounted:
