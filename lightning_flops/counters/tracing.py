@@ -8,95 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_flops.vocabulary import function_labels, operator_of_module
+
 __all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module", "user_module_name"]
-
-_MODULE_OPERATORS: tuple[tuple[tuple[type, ...], str], ...] = (
-    ((nn.modules.conv._ConvNd,), "conv"),
-    ((nn.Linear, nn.Bilinear), "linear"),
-    ((nn.MultiheadAttention,), "attention"),
-    ((nn.RNNBase, nn.RNNCellBase), "rnn"),
-    (
-        (
-            nn.modules.batchnorm._NormBase,
-            nn.LayerNorm,
-            nn.GroupNorm,
-            nn.LocalResponseNorm,
-            *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-        ),
-        "norm",
-    ),
-    ((nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax"),
-    (
-        (
-            nn.modules.pooling._MaxPoolNd,
-            nn.modules.pooling._AvgPoolNd,
-            nn.modules.pooling._AdaptiveAvgPoolNd,
-            nn.modules.pooling._AdaptiveMaxPoolNd,
-        ),
-        "pool",
-    ),
-    ((nn.Upsample, nn.PixelShuffle), "interpolate"),
-    (
-        (
-            nn.ReLU,
-            nn.ReLU6,
-            nn.LeakyReLU,
-            nn.PReLU,
-            nn.GELU,
-            nn.SiLU,
-            nn.Sigmoid,
-            nn.Tanh,
-            nn.Hardswish,
-            nn.Hardsigmoid,
-            nn.ELU,
-            nn.Mish,
-        ),
-        "activation",
-    ),
-)
-
-
-def operator_of_module(module: nn.Module) -> str:
-    """The vocabulary operator of a module type (``conv``, ``linear``, ``norm``, ...); ``other`` when unknown."""
-    for types, operator in _MODULE_OPERATORS:
-        if isinstance(module, types):
-            return operator
-    return "other"
-
-
-def _function_labels() -> dict[Any, str]:
-    labels: dict[Any, str] = {}
-    candidates = {
-        "einsum": [torch.einsum],
-        "matmul": [
-            torch.matmul,
-            torch.bmm,
-            torch.mm,
-            torch.baddbmm,
-            torch.addmm,
-            torch.Tensor.matmul,
-            torch.Tensor.__matmul__,
-            torch.Tensor.__rmatmul__,
-            torch.Tensor.bmm,
-            torch.Tensor.mm,
-        ],
-        "linear": [F.linear, F.bilinear],
-        "conv": [F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d],
-        "attention": [
-            F.scaled_dot_product_attention,
-            F.multi_head_attention_forward,
-            getattr(torch, "_native_multi_head_attention", None),
-        ],
-    }
-    for label, functions in candidates.items():
-        for function in functions:
-            if function is not None:
-                labels[function] = label
-    return labels
 
 
 class FunctionLabeler(TorchFunctionMode):
@@ -110,7 +27,7 @@ class FunctionLabeler(TorchFunctionMode):
         super().__init__()
         self.label: str | None = None
         self.calls: dict[str, int] = {}
-        self._labels = _function_labels()
+        self._labels = function_labels()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -138,6 +55,7 @@ class ModuleStack:
         self.wrapped = wrapped
         self.stack: list[tuple[str, nn.Module]] = []
         self.called: set[str] = set()
+        self.calls: dict[str, int] = {}
         self._handles: list[Any] = []
 
     @property
@@ -149,9 +67,13 @@ class ModuleStack:
         for name, module in self.model.named_modules(remove_duplicate=True):
             stripped = user_module_name(name) if self.wrapped else name
 
-            def push(mod: nn.Module, args: Any, name: str = stripped) -> None:
+            def push(
+                mod: nn.Module, args: Any, name: str = stripped, count: bool = name != "" or not self.wrapped
+            ) -> None:
                 self.stack.append((name, mod))
                 self.called.add(name)
+                if count:  # the wrapper and the user's root share the name "": count the root's calls only
+                    self.calls[name] = self.calls.get(name, 0) + 1
 
             def pop(mod: nn.Module, args: Any, output: Any) -> None:
                 if self.stack and self.stack[-1][1] is mod:
