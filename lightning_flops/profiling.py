@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import math
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "FLAG_ON",
     "MODES",
     "error_text",
+    "internal_error",
     "iter_tensors",
     "profile_model",
     "split_input",
@@ -246,43 +249,82 @@ def _checked(raw: Any) -> RawCount:
 
 
 def _run_counter(name: str, session: _Session, device: str | None, strict: bool) -> CounterResult:
+    """Run one counter; a failure of the counting library or of the user's forward becomes a failed result.
+
+    Only the counter's own work (building the adapter, counting, the MAC count it returns) is a counter failure;
+    an error in our post-processing of a good count is a lightning-flops bug: see :func:`internal_error`.
+    """
     start = time.perf_counter()
-    errors: list[str] = []
+    failures: list[tuple[str, BaseException]] = []  # (placement, the exception itself, traceback included)
     try:
         counter = get_counter(name)
-        if device == "meta":
-            placements = ["meta"]
-        elif device == "model":
-            placements = ["model"]
-        else:
-            placements = ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
-        failures: list[tuple[str, str]] = []  # (placement, "<Type>: <message>")
-        for placement in placements:
-            args, kwargs, scale = session.args, session.kwargs, 1
-            one_sample = (
-                session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
-            )
-            if one_sample is not None:
-                (args, kwargs), scale = one_sample, session.batch
-            try:
-                raw, rule_macs, where = session.count(counter, placement, args, kwargs)
-                raw = _checked(raw)
-            except Exception as err:
-                failures.append((placement, error_text(err)))
-                continue
-            if name == "torch" and where == "meta" and scale == 1:
-                session.torch_meta_macs = int(raw.macs)
-            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
-        if len({text for _, text in failures}) == 1:
-            errors = [failures[0][1]]  # the same failure everywhere: "<Type>: <message>" once
-        else:
-            errors = [f"{text} (on {placement})" for placement, text in failures]
-        raise RuntimeError("; ".join(errors))
+        placements = _placements(counter, session, device)
     except Exception as err:
-        text = "; ".join(errors) if errors else error_text(err)
-        if strict:
-            raise CounterError(f"counter {name!r} failed: {text}") from err
-        return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+        failures.append(("", err))
+        placements = []
+    for placement in placements:
+        args, kwargs, scale = session.args, session.kwargs, 1
+        one_sample = (
+            session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
+        )
+        if one_sample is not None:
+            (args, kwargs), scale = one_sample, session.batch
+        try:
+            raw, rule_macs, where = session.count(counter, placement, args, kwargs)
+            raw = _checked(raw)
+        except Exception as err:
+            failures.append((placement, err))
+            continue
+        if name == "torch" and where == "meta" and scale == 1:
+            session.torch_meta_macs = int(raw.macs)
+        try:
+            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
+        except Exception as err:  # the count is good: failing to read it is our bug, not the counter's
+            text = internal_error(err, f"reading the result of counter {name!r}", strict)
+            return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+    texts = [error_text(err) for _, err in failures]
+    if len(set(texts)) == 1:
+        text = texts[0]  # the same failure everywhere: "<Type>: <message>" once
+    else:
+        text = "; ".join(f"{t} (on {placement})" for (placement, _), t in zip(failures, texts, strict=True))
+    if strict:
+        # chained from the real exception (the last placement tried: in place, the user's own forward)
+        raise CounterError(f"counter {name!r} failed: {text}") from failures[-1][1]
+    return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+
+
+def _placements(counter: Any, session: _Session, device: str | None) -> list[str]:
+    """Where to try counting, in order: ``device`` when forced, else meta first where the counter can count there."""
+    if device == "meta":
+        return ["meta"]
+    if device == "model":
+        return ["model"]
+    return ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
+
+
+def internal_error(err: BaseException, context: str, strict: bool) -> str:
+    """Make an error in lightning-flops' own code loud: re-raise it under ``strict``, else warn with its traceback.
+
+    Args:
+        err: the exception, raised by our code (not by a counting library or the user's model).
+        context: what we were doing, for the message (``"reading the result of counter 'torch'"``).
+        strict: raise instead of warning.
+
+    Returns:
+        The text a report keeps for it: ``"lightning-flops bug while <context>: <Type>: <message>"``.
+    """
+    text = f"lightning-flops bug while {context}: {error_text(err)}"
+    if strict:
+        if hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"{text}. This is a bug in lightning-flops, not in your model; please report it.")
+        raise err
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    warnings.warn(
+        f"{text}. This is a bug in lightning-flops, not in your model; please report it with this traceback:\n{trace}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return text
 
 
 def _result(
