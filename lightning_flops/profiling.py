@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import numbers
 import time
 import traceback
 import warnings
@@ -160,6 +161,24 @@ def _batch_coupled(model: nn.Module, mode: str) -> bool:
     )
 
 
+class RuleValueError(ValueError):
+    """A ``custom_ops`` rule returned something that is not a finite number of MACs >= 0."""
+
+
+def _rule_value(value: Any, module: nn.Module, name: str, rule: Rule) -> float:
+    """``value`` as a float when it is a finite number >= 0; else :class:`RuleValueError` naming the rule."""
+    number = value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta":
+        number = value.item()
+    if isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number) and number >= 0:
+        return float(number)
+    rule_name = getattr(rule, "__qualname__", type(rule).__qualname__)
+    raise RuleValueError(
+        f"custom_ops rule {rule_name} for {type(module).__name__} (module {name or '<root>'!r}) returned {value!r}; "
+        "a rule must return a finite number of MACs >= 0"
+    )
+
+
 @contextlib.contextmanager
 def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: dict[str, float]) -> Iterator[None]:
     """Evaluate ``custom_ops`` rules on every call of a matching module, summing MACs per module name."""
@@ -171,7 +190,7 @@ def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: 
                 continue
 
             def hook(mod: nn.Module, inputs: Any, output: Any, name: str = name, rule: Rule = rule) -> None:
-                sink[name] = sink.get(name, 0) + float(rule(mod, inputs, output))
+                sink[name] = sink.get(name, 0) + _rule_value(rule(mod, inputs, output), mod, name, rule)
 
             handles.append(module.register_forward_hook(hook))
     try:
