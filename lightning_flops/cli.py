@@ -25,12 +25,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_flops._files import create_temporary
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import FlopsConfigError, ReportFormatError
 from lightning_flops.report import FlopsReport, human_count
@@ -389,19 +389,12 @@ def _check_output(path_text: str, option: str, force: bool, suffixes: Sequence[s
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> None:
     """Write through a temporary file in the same directory, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temporary(path.parent, f".{path.name}.")  # the mode open() gives, not mkstemp's 0600
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output file gets the usual mode
     try:
-        write(tmp)
+        write(str(tmp))
         if overwrite:
             os.replace(tmp, path)
             return
