@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogge
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_flops._files import create_temporary
 from lightning_flops.report import FlopsReport
 
 __all__ = [
@@ -173,9 +173,8 @@ def rewrite_report(report: FlopsReport, path: str | os.PathLike[str]) -> None:
 
 def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
     """``report`` as JSON in a hidden temporary file of ``folder``, flushed to disk, ready to be renamed."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
+    fd, tmp_name = create_temporary(folder, ".flops_report.")
     try:
-        os.chmod(tmp_name, readable_mode())  # mkstemp makes 0600; a log file is as readable as its neighbours
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
             handle.flush()
@@ -184,13 +183,6 @@ def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
-
-
-def readable_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _claim(tmp: Path, target: Path) -> bool:
