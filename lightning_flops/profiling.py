@@ -139,6 +139,16 @@ def _indexed(fn: Callable[[int, torch.Tensor], torch.Tensor], args: tuple, kwarg
     return new_args, new_kwargs
 
 
+def _materialize_lazy(target: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Initialize the lazy modules of a copy with one plain forward, so that counters see their final types
+    (``LazyLinear`` becomes ``Linear``: thop picks its rule by type)."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in target.modules()):
+        with torch.no_grad(), own_global_hooks():
+            target(*args, **kwargs)
+
+
 class _Session:
     """One profile_model call: the model, the input and options shared by every counter run.
 
@@ -175,6 +185,7 @@ class _Session:
             return inputs[-1]
 
         meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
+        _materialize_lazy(target, meta_args, meta_kwargs)
         return run(target, meta_args, meta_kwargs), inputs
 
     def _learn_writes(self) -> None:
@@ -199,6 +210,22 @@ class _Session:
         assert watch is not None
         self.written = {key for key in watch.hit if key >= 0}
         self.written_inputs = {-1 - key for key in watch.hit if key < 0}
+
+    def parameter_model(self) -> nn.Module:
+        """The model whose parameters are counted: itself, or for lazy modules a meta copy after one forward (their
+        shapes come from the input); the model itself when that forward fails."""
+        if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()):
+            return self.model
+
+        def forward(target: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
+            with torch.no_grad(), own_global_hooks():
+                target(*args, **kwargs)
+            return target
+
+        try:
+            return self._meta_pass(self.args, self.kwargs, forward)[0]
+        except Exception:
+            return self.model
 
     def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
         rule_macs: dict[str, float] = {}
@@ -230,6 +257,7 @@ class _Session:
             else:
                 target = shared_copy(self.model, self.written if self.written is not None else ALL)
                 self._prepared(target)
+                _materialize_lazy(target, args, kwargs)
                 raw = run(target, args, kwargs)
         finally:
             for param, flag in requires_grad:
@@ -370,13 +398,15 @@ def model_fingerprint(model: nn.Module) -> str:
     """A short hash of the model class and its parameters' names, shapes and dtypes."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        lazy = isinstance(param, nn.parameter.UninitializedParameter)
+        digest.update(f"{name}:{'lazy' if lazy else tuple(param.shape)}:{param.dtype}".encode())
     return digest.hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``."""
-    params = list(model.parameters())
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
+    lazy modules that are not initialized yet are not counted."""
+    params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
     return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
 
 
@@ -428,7 +458,7 @@ def profile_model(
     ordered = [results[name] for name in counters]
     return FlopsReport(
         model=type(model).__qualname__,
-        params=count_parameters(model),
+        params=count_parameters(session.parameter_model()),
         counters={r.name: r for r in ordered},
         batch_size=batch,
         mode=mode,
