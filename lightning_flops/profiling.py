@@ -19,8 +19,18 @@ from torch import nn
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
-from lightning_flops.inputs import detect_batch_size, iter_tensors, slice_batch, split_input, to_device
-from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.inputs import detect_batch_size, iter_tensors, map_tensors, slice_batch, split_input
+from lightning_flops.isolation import (
+    ALL,
+    CopyRecord,
+    ModelSnapshot,
+    WriteWatch,
+    meta_copy,
+    own_global_hooks,
+    preserved_rng,
+    shared_copy,
+    unwrap_compiled,
+)
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
@@ -144,36 +154,137 @@ def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: 
             handle.remove()
 
 
+def _indexed(fn: Callable[[int, torch.Tensor], torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with ``fn(i, t)`` for the i-th tensor met (the same order for a batch and its slice)."""
+    counter = iter(range(1 << 62))
+    new_args, new_kwargs = map_tensors(lambda t: fn(next(counter), t), (args, kwargs))
+    return new_args, new_kwargs
+
+
+def _materialize_lazy(target: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Initialize the lazy modules of a copy with one plain forward, so that counters see their final types
+    (``LazyLinear`` becomes ``Linear``: thop picks its rule by type)."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in target.modules()):
+        with torch.no_grad(), own_global_hooks():
+            target(*args, **kwargs)
+
+
 class _Session:
-    """One profile_model call: the model, the input and options shared by every counter run."""
+    """One profile_model call: the model, the input and options shared by every counter run.
+
+    Every counter runs on a structural copy (:mod:`lightning_flops.isolation`): a meta copy, or for counting in
+    place a copy sharing the model's tensors. A meta pass also shows, through version counters, which tensors of the
+    model and of the input the forward writes in place; counting in place then clones exactly those (all of them
+    when no meta pass can run), so the model's values and the caller's batch never change.
+    """
 
     def __init__(self, model: nn.Module, args: tuple, kwargs: dict, mode: str, custom_ops: Any, batch: int) -> None:
         self.model, self.args, self.kwargs, self.mode, self.custom_ops = model, args, kwargs, mode, custom_ops
         self.batch = batch
         self.torch_meta_macs: int | None = None
+        self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
+        self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
+        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
             target.eval()
-        elif not target.training:  # "train" on an eval-mode model: train it all, as fit would (restored after)
+        elif not target.training:  # "train" on an eval-mode model: train it all, as fit would (copy only)
             target.train()
+
+    def _meta_pass(
+        self, args: tuple, kwargs: dict, run: Callable[[nn.Module, tuple, dict], Any], record: CopyRecord | None = None
+    ) -> tuple[Any, list[torch.Tensor]]:
+        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order."""
+        target = meta_copy(self.model, record)
+        self._prepared(target)
+        inputs: list[torch.Tensor] = []
+
+        def to_meta(index: int, tensor: torch.Tensor) -> torch.Tensor:
+            inputs.append(tensor.to("meta"))
+            return inputs[-1]
+
+        meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
+        _materialize_lazy(target, meta_args, meta_kwargs)
+        return run(target, meta_args, meta_kwargs), inputs
+
+    def _learn_writes(self) -> None:
+        """Find what the forward writes in place with one watched meta pass; unknown (clone all) when it fails."""
+        record = CopyRecord()
+        watch: WriteWatch | None = None
+
+        def forward(target: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+            nonlocal watch
+            model_tensors = {id(real): twin for real, twin in record.pairs}
+            inputs = [t for t in iter_tensors((args, kwargs))]
+            watched = {**model_tensors, **{-1 - i: t for i, (_, t) in enumerate(inputs)}}
+            with torch.no_grad(), own_global_hooks(), WriteWatch(watched) as watch:
+                target(*args, **kwargs)
+            return []
+
+        try:
+            self._meta_pass(self.args, self.kwargs, forward, record)
+        except Exception:
+            self.written, self.written_inputs = ALL, None
+            return
+        assert watch is not None
+        self.written = {key for key in watch.hit if key >= 0}
+        self.written_inputs = {-1 - key for key in watch.hit if key < 0}
+
+    def parameter_model(self) -> nn.Module:
+        """The model whose parameters are counted: itself, or for lazy modules a meta copy after one forward (their
+        shapes come from the input); the model itself when that forward fails."""
+        if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()):
+            return self.model
+
+        def forward(target: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
+            with torch.no_grad(), own_global_hooks():
+                target(*args, **kwargs)
+            return target
+
+        try:
+            return self._meta_pass(self.args, self.kwargs, forward)[0]
+        except Exception:
+            return self.model
 
     def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
         rule_macs: dict[str, float] = {}
+
+        def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
+            with torch.no_grad(), own_global_hooks(), _rule_hooks(target, self.custom_ops, rule_macs):
+                return counter.count(target, run_args, run_kwargs)
+
         if placement == "meta":
-            target = meta_copy(self.model)
-            self._prepared(target)
-            args, kwargs = to_device(args, "meta"), to_device(kwargs, "meta")
-            with torch.no_grad(), _rule_hooks(target, self.custom_ops, rule_macs):
-                raw = counter.count(target, args, kwargs)
+            raw, _ = self._meta_pass(args, kwargs, run)
             return raw, rule_macs, "meta"
-        snapshot = ModelSnapshot(self.model)
+        if self.written is None and not self.scripted:
+            self._learn_writes()
+        written_inputs = self.written_inputs
+        args, kwargs = _indexed(
+            lambda i, t: t if written_inputs is not None and i not in written_inputs else t.detach().clone(),
+            args,
+            kwargs,
+        )
+        requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         try:
-            self._prepared(self.model)
-            with torch.no_grad(), _rule_hooks(self.model, self.custom_ops, rule_macs):
-                raw = counter.count(self.model, args, kwargs)
+            if self.scripted:  # no structural copy of a ScriptModule: count on it, then restore what can be
+                snapshot = ModelSnapshot(self.model)
+                try:
+                    self._prepared(self.model)
+                    raw = run(self.model, args, kwargs)
+                finally:
+                    snapshot.restore()
+            else:
+                target = shared_copy(self.model, self.written if self.written is not None else ALL)
+                self._prepared(target)
+                _materialize_lazy(target, args, kwargs)
+                raw = run(target, args, kwargs)
         finally:
-            snapshot.restore()
+            for param, flag in requires_grad:
+                if param.requires_grad != flag:
+                    param.requires_grad_(flag)
         return raw, rule_macs, _model_device(self.model)
 
     def one_sample_inputs(self) -> tuple[tuple, dict] | None:
@@ -348,13 +459,15 @@ def model_fingerprint(model: nn.Module) -> str:
     """A short hash of the model class and its parameters' names, shapes and dtypes."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        lazy = isinstance(param, nn.parameter.UninitializedParameter)
+        digest.update(f"{name}:{'lazy' if lazy else tuple(param.shape)}:{param.dtype}".encode())
     return digest.hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``."""
-    params = list(model.parameters())
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
+    lazy modules that are not initialized yet are not counted."""
+    params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
     return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
 
 
@@ -406,7 +519,7 @@ def profile_model(
     ordered = [results[name] for name in counters]
     return FlopsReport(
         model=type(model).__qualname__,
-        params=count_parameters(model),
+        params=count_parameters(session.parameter_model()),
         counters={r.name: r for r in ordered},
         batch_size=batch,
         mode=mode,
