@@ -8,7 +8,6 @@ import inspect
 import json
 import types
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,7 +132,7 @@ class FlopsMonitor(Callback):
         self._report_key: str | None = None
         self._pending = False
         # log dir -> the report file this callback wrote there and the report it holds (rank zero only)
-        self._published: dict[str, tuple[Path, FlopsReport] | None] = {}
+        self._published: dict[str, tuple[sinks.ReportFile, FlopsReport] | None] = {}
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
 
@@ -206,7 +205,7 @@ class FlopsMonitor(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
-        directory = str(trainer.log_dir)  # a collective under DDP: every rank asks
+        directory = sinks.report_directory(trainer)  # a collective under DDP: every rank asks
         try:  # the user's input_fn and batch_size_fn are called once per profile
             prepared: tuple[Any, int | None] | Exception = self._prepare(pl_module, batch)
         except Exception as err:  # _NoInput, _UserCodeFailed, or our bug: _profile sorts them out
@@ -400,7 +399,7 @@ class FlopsMonitor(Callback):
         path = published[0]
         key = f"{self.prefix}/train_step/flops_per_batch"
         sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
-        sinks.rewrite_report(report, path)
+        sinks.rewrite_report(report, path, trainer.loggers)
         self._published[directory] = (path, report)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.schema import check_report_dict
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 __all__ = [
@@ -293,6 +294,7 @@ class FlopsReport:
                 f"report schema_version {version} is newer than this lightning-flops reads ({SCHEMA_VERSION}):"
                 " upgrade lightning-flops"
             )
+        check_report_dict(data)
         try:
             counters = {name: _counter_from_dict(entry) for name, entry in data["counters"].items()}
             known = {f.name for f in fields(cls)}
@@ -316,7 +318,7 @@ class FlopsReport:
         """Parse :meth:`to_json` output."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
             raise ReportFormatError(f"not valid JSON: {err}") from err
         return cls.from_dict(data)
 

@@ -75,7 +75,7 @@ def test_training_step_per_sample_uses_the_training_batch_not_a_fixed_example_in
     assert main(["compare", str(tmp_path), "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     (row,) = printed if isinstance(printed, list) else printed["runs"]
-    assert row["train_step_flops"] == data["train_step_flops"] // 4
+    assert row["train_step_flops_per_sample"] == data["train_step_flops"] // 4  # compare: per sample; JSON: per batch
 
 
 def test_the_report_file_gets_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
