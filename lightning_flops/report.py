@@ -7,13 +7,12 @@ Every count stored here is for the **whole call** (all samples of the example in
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.schema import check_report_dict
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 __all__ = [
@@ -25,7 +24,6 @@ __all__ = [
     "ParamCount",
     "Uncounted",
     "human_count",
-    "uncounted_lines",
 ]
 
 #: Version of the JSON layout; readers refuse newer versions.
@@ -103,40 +101,6 @@ class Uncounted:
         )
 
 
-_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
-
-
-def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
-    """One text line per uncounted operator, for display only (the data keeps every concrete module).
-
-    Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
-    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
-
-    Args:
-        entries: the ``uncounted`` tuple of one counter.
-    """
-    merged: dict[tuple[str, str, str], int] = {}
-    modules: dict[tuple[str, str, str], set[str]] = {}
-    for entry in entries:
-        where = _REPEATED_INDEX.sub(".*", "." + entry.module)[1:] if entry.module else ""
-        key = (entry.operator, where, entry.reason)
-        merged[key] = merged.get(key, 0) + entry.calls
-        modules.setdefault(key, set()).add(entry.module)
-    merged = {  # a pattern that stands for one module only is shown as that module
-        (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
-        for (op, where, reason), n in merged.items()
-    }
-    lines = []
-    for (operator, where, reason), calls in merged.items():
-        if not where and not calls and reason.startswith(operator):
-            lines.append(reason)  # read from an older report, where each entry was this text
-            continue
-        place = f" in {where}" if where else ""
-        count = f", {calls}x" if calls else ""
-        lines.append(f"{operator}{place} ({reason}{count})")
-    return lines
-
-
 @dataclass(frozen=True)
 class CounterResult:
     """What one counter measured for one forward call (all samples), in MACs.
@@ -152,6 +116,7 @@ class CounterResult:
         uncounted: operators or modules the counter saw and did not count, each with its module and calls.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+        device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
 
     Example::
 
@@ -169,6 +134,7 @@ class CounterResult:
     uncounted: tuple[Uncounted, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
+    device_note: str | None = None
 
     @property
     def flops(self) -> int | None:
@@ -331,6 +297,7 @@ class FlopsReport:
                 f"report schema_version {version} is newer than this lightning-flops reads ({SCHEMA_VERSION}):"
                 " upgrade lightning-flops"
             )
+        check_report_dict(data)
         try:
             counters = {name: _counter_from_dict(entry) for name, entry in data["counters"].items()}
             known = {f.name for f in fields(cls)}
@@ -354,89 +321,16 @@ class FlopsReport:
         """Parse :meth:`to_json` output."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
             raise ReportFormatError(f"not valid JSON: {err}") from err
         return cls.from_dict(data)
 
     # -------------------------------------------------------------- Markdown
     def to_markdown(self, top_modules: int = 8) -> str:
-        """A Markdown summary: counters as columns (per sample, human units), top modules, uncounted ops, gaps."""
-        names = list(self.counters)
-        lines = [
-            f"### {self.model}: compute per sample (batch {self.batch_size}, mode {self.mode})",
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
+        """A Markdown summary (see :func:`lightning_flops.render.report_markdown`)."""
+        from lightning_flops.render import report_markdown  # lazy: render imports this module
 
-        def row(label: str, cells: list[str]) -> None:
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-        per = max(self.batch_size, 1)
-        results = [self.counters[n] for n in names]
-        row("MACs", [human_count(r.macs / per, "MACs") if r.ok and r.macs is not None else "failed" for r in results])
-        row("FLOPs (2 x MACs)", [human_count(r.flops / per, "FLOPs") if r.flops is not None else "-" for r in results])
-        row("core MACs", [human_count(r.core_macs / per, "MACs") if r.core_macs is not None else "-" for r in results])
-        row(
-            "convention MACs",
-            [human_count(r.convention_macs / per, "MACs") if r.convention_macs is not None else "-" for r in results],
-        )
-        row("counted on", [r.device or "-" for r in results])
-        row("seconds", [f"{r.seconds:.2f}" for r in results])
-        lines += [
-            "",
-            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable "
-            f"({human_count(self.params.total, '')})"
-            + (f", {self.params.packed:,} of them packed (quantized)" if self.params.packed else "")
-            + ". FLOPs = 2 x MACs.",
-        ]
-        if self.train_step_flops is not None:
-            lines.append(
-                f"Training step (forward + backward, per batch): {human_count(self.train_step_flops, 'FLOPs')}"
-            )
-        failed = [r for r in results if not r.ok]
-        if failed:
-            lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
-        lines += self._top_modules_markdown(top_modules)
-        uncounted = [(r.name, line) for r in results for line in uncounted_lines(r.uncounted)]
-        if uncounted:
-            lines += ["", "Uncounted (seen, counted as 0):", ""] + [f"- {n}: {line}" for n, line in uncounted]
-        if self.gaps:
-            lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
-            lines.append("|---|---|---|---|---|")
-            for gap in self.gaps:
-                where = f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.flagged else "-"
-                lines.append(
-                    f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
-                    f"{'**yes**' if gap.flagged else 'no'} | {where} |"
-                )
-        return "\n".join(lines)
-
-    def _top_modules_markdown(self, top: int) -> list[str]:
-        reference = next((r for r in reversed(list(self.counters.values())) if r.ok), None)
-        if reference is None or top <= 0:
-            return []
-        by_module = reference.by_module
-        parent = ""
-        while True:  # skip wrappers (a LightningModule's `model`): list the first level with several modules
-            prefix = f"{parent}." if parent else ""
-            level = {m: v for m, v in by_module.items() if m.startswith(prefix) and m and "." not in m[len(prefix) :]}
-            if len(level) != 1:
-                break
-            parent = next(iter(level))
-        ranked = sorted(level.items(), key=lambda kv: -kv[1])[:top]
-        if not ranked:
-            return []
-        names = list(self.counters)
-        per = max(self.batch_size, 1)
-        lines = ["", "| top modules (MACs per sample) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for module, _ in ranked:
-            cells = []
-            for n in names:
-                value = self.counters[n].by_module.get(module) if self.counters[n].ok else None
-                cells.append(human_count(value / per, "MACs") if value is not None else "-")
-            lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
-        return lines
+        return report_markdown(self, top_modules=top_modules)
 
 
 def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:

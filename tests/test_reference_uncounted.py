@@ -145,7 +145,7 @@ def test_reports_with_uncounted_as_text_still_read() -> None:
 
 
 def test_repeated_blocks_collapse_in_the_display_only() -> None:
-    from lightning_flops.report import uncounted_lines
+    from lightning_flops.render import uncounted_lines
 
     entries = tuple(Uncounted("_grouped_mm", f"model.layers.{i}.mlp.experts", 1, "no formula") for i in range(2))
     assert uncounted_lines(entries) == ["_grouped_mm in model.layers.*.mlp.experts (no formula, 2x)"]

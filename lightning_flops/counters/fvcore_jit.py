@@ -42,7 +42,8 @@ class FvcoreCounter:
 
     def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
         try:
-            from fvcore.nn import FlopCountAnalysis
+            with quiet():  # fvcore.nn scripts its focal losses on import: torch's deprecation warnings
+                from fvcore.nn import FlopCountAnalysis
         except ImportError as err:
             raise ImportError(f"fvcore is not installed ({err}); install it with `pip install fvcore`") from err
         wrapper = PositionalCall(model, args, kwargs)
@@ -50,7 +51,7 @@ class FvcoreCounter:
             analysis = FlopCountAnalysis(wrapper, wrapper.tensors)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
+            analysis.tracer_warnings("no_tracer_warning")  # "none" would ignore every warning, the user's too
             total = analysis.total()
             per_module = analysis.by_module_and_operator()
             unsupported = analysis.unsupported_ops()

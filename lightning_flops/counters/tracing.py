@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,12 +142,62 @@ class PositionalCall(nn.Module):
         return self
 
 
+# What thop and fvcore say that is noise here, and only that: their own modules' warnings, the deprecations they
+# trigger in torch / distutils, and the tracer's warnings (fvcore traces with torch.jit.trace). Checked against
+# thop 0.1.1 (MIT) and fvcore 0.1.5 with torch 2.13.
+_QUIET_MODULES = r"(thop|fvcore)(\.|$)"
+_QUIET_MESSAGES = (
+    r"distutils Version classes are deprecated",  # thop.profile uses distutils' LooseVersion
+    r"`torch\.jit\.(script|trace)\w*` is deprecated",  # fvcore.nn scripts its focal losses on import, traces
+)
+# thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
+# builtin itself, so they are replaced too); muted inside those modules only
+_PRINTING_MODULES = ("thop.profile", "thop.utils", "thop.fx_profile", "thop.vision.basic_hooks", "thop.rnn_hooks")
+_PRINT_NAMES = ("print", "prRed", "prGreen", "prYellow")
+_MISSING = object()
+
+
+def _discard(*args: Any, **kwargs: Any) -> None:
+    """A ``print`` that prints nothing."""
+
+
+@contextlib.contextmanager
+def _muted_prints(names: tuple[str, ...]) -> Iterator[None]:
+    """Shadow ``print`` (and thop's colour printers) inside the named, already imported modules.
+
+    ``sys.stdout`` is left alone, so the output of the user's code and of other threads still shows.
+    """
+    patched: list[tuple[Any, str, Any]] = []
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for attr in _PRINT_NAMES:
+            if attr == "print" or attr in vars(module):
+                patched.append((module, attr, vars(module).get(attr, _MISSING)))
+                setattr(module, attr, _discard)
+    try:
+        yield
+    finally:
+        for module, attr, previous in reversed(patched):
+            if previous is _MISSING:
+                vars(module).pop(attr, None)
+            else:
+                setattr(module, attr, previous)
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the prints and warnings of third-party counters."""
-    import io
-    import warnings
+    """Silence the prints and warnings of thop and fvcore, and nothing else.
 
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    ``sys.stdout`` is not swapped (another thread's output, and the user's model's, still show): thop's prints are
+    muted inside thop's own modules. Warnings are ignored only when raised from thop/fvcore modules, for the tracer
+    and for the deprecations listed in ``_QUIET_MESSAGES``; the user's own warnings still show. The warning filters
+    are restored on exit (``warnings.catch_warnings``, which like every filter change is process-wide while active).
+    """
+    with warnings.catch_warnings(), _muted_prints(_PRINTING_MODULES):
+        warnings.filterwarnings("ignore", module=_QUIET_MODULES)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        for message in _QUIET_MESSAGES:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         yield
