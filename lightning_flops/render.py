@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lightning_flops.report import human_count
+from lightning_flops.vocabulary import CONVENTION_UNCOUNTED
 
 if TYPE_CHECKING:
     from lightning_flops.report import FlopsReport, Uncounted
@@ -23,7 +24,8 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
     """One text line per uncounted operator, for display only (the data keeps every concrete module).
 
     Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
-    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
+    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``. Convention
+    ops (fvcore's skipped elementwise and norm ops) share one line per place and reason.
 
     Args:
         entries: the ``uncounted`` tuple of one counter.
@@ -39,7 +41,15 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
         (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
         for (op, where, reason), n in merged.items()
     }
+    conventions: dict[tuple[str, str], list[tuple[str, int]]] = {}  # convention ops: one line per place and reason
+    for (operator, where, reason), calls in list(merged.items()):
+        if reason.endswith(CONVENTION_UNCOUNTED):
+            conventions.setdefault((where, reason), []).append((operator, calls))
+            del merged[(operator, where, reason)]
     lines = []
+    for (where, reason), ops in conventions.items():
+        place = f" in {where}" if where else ""
+        lines.append(f"{', '.join(op for op, _ in ops)}{place} ({reason}, {sum(n for _, n in ops)}x)")
     for (operator, where, reason), calls in merged.items():
         if not where and not calls and reason.startswith(operator):
             lines.append(reason)  # read from an older report, where each entry was this text

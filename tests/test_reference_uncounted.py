@@ -151,6 +151,18 @@ def test_repeated_blocks_collapse_in_the_display_only() -> None:
     assert uncounted_lines(entries) == ["_grouped_mm in model.layers.*.mlp.experts (no formula, 2x)"]
 
 
+def test_fvcore_convention_ops_share_one_display_line() -> None:
+    from lightning_flops.render import uncounted_lines
+
+    reason = "unsupported by fvcore; a convention op (elementwise, norm, ...)"
+    entries = (
+        Uncounted("add", "", 3, reason),
+        Uncounted("mul", "", 2, reason),
+        Uncounted("lstm", "", 1, "unsupported"),
+    )
+    assert uncounted_lines(entries) == [f"add, mul ({reason}, 5x)", "lstm (unsupported, 1x)"]
+
+
 # --------------------------------------------------------------------------------------------- gap attribution
 class Attention(nn.Module):
     def __init__(self) -> None:
