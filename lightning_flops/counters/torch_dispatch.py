@@ -379,7 +379,9 @@ def _zero_reason(func: Any, name: str) -> str | None:
     reason = zero_mac_reason(name)
     if reason is not None:
         return reason
-    if torch.Tag.pointwise in func.tags:
+    packet = func.overloadpacket
+    if any(torch.Tag.pointwise in getattr(packet, overload).tags for overload in packet.overloads()):
+        # tags are per overload (add.Tensor is tagged, add.default on Python scalars is not): the family decides
         return "elementwise (torch tags it pointwise): a convention"
     if func.is_view:
         return "view: no arithmetic"
