@@ -268,6 +268,8 @@ class FlopsReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; counters also carry derived ``flops`` and per-sample values for readers without us."""
         data = asdict(self)
+        if not self.params.packed:
+            del data["params"]["packed"]  # only models with packed (quantized) weights carry the field
         for name, result in self.counters.items():
             entry = data["counters"][name]
             entry["uncounted"] = [asdict(u) for u in result.uncounted]

@@ -307,10 +307,6 @@ def _formulas() -> dict[Any, Callable[..., int]]:
 
 #: Our formulas for the kernels FlopCounterMode lacks in torch 2.13 (all receive raw tensors), by overload packet.
 FORMULAS: dict[Any, Callable[..., int]] = _formulas()
-#: Kept for callers of the first release: the CPU kernels among :data:`FORMULAS`.
-CPU_FIXUPS = {
-    p: f for p, f in FORMULAS.items() if "cpu" in str(p) or "mkldnn_rnn" in str(p) or "native_multi" in str(p)
-}
 
 
 def packet_name(packet: Any) -> str:
