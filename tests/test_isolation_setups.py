@@ -351,3 +351,39 @@ def test_profiling_makes_no_second_copy_of_a_large_tensor() -> None:
     assert [row[2] for row in rows] == ["cpu", "meta", "cpu"]  # fvcore in place by default: buffers shared
     for device, grown_mib, _ in rows:
         assert int(grown_mib) < 40, f"device={device}: peak RSS grew by {grown_mib} MiB (a 64 MiB tensor was copied)"
+
+
+# ------------------------------------------------------------------------------------- process-wide hooks (issue 11)
+def _someone_elses_hook(module: nn.Module, inputs: Any, output: Any) -> None:
+    return None
+
+
+class RegistersAGlobalHook(nn.Module):
+    """Registers a process-wide hook during its first forward, as another thread might while we profile."""
+
+    registered: list[Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not RegistersAGlobalHook.registered:
+            RegistersAGlobalHook.registered.append(nn.modules.module.register_module_forward_hook(_someone_elses_hook))
+        return self.linear(x)
+
+
+RegistersAGlobalHook.registered = []
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_a_global_hook_registered_meanwhile_by_someone_else_survives(device: str | None) -> None:
+    RegistersAGlobalHook.registered.clear()
+    try:
+        report = lf.profile_model(RegistersAGlobalHook(), torch.randn(2, 4), device=device)
+        assert_all_counted(report, 2 * 4 * 2)
+        assert RegistersAGlobalHook.registered, "the forward never ran"
+        assert _someone_elses_hook in nn.modules.module._global_forward_hooks.values()
+    finally:
+        for handle in RegistersAGlobalHook.registered:
+            handle.remove()
