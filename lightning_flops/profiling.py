@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import numbers
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "FLAG_ON",
     "MODES",
     "error_text",
+    "internal_error",
     "profile_model",
     "validate_options",
 ]
@@ -111,6 +115,24 @@ def _batch_coupled(model: nn.Module, mode: str) -> bool:
     )
 
 
+class RuleValueError(ValueError):
+    """A ``custom_ops`` rule returned something that is not a finite number of MACs >= 0."""
+
+
+def _rule_value(value: Any, module: nn.Module, name: str, rule: Rule) -> float:
+    """``value`` as a float when it is a finite number >= 0; else :class:`RuleValueError` naming the rule."""
+    number = value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta":
+        number = value.item()
+    if isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number) and number >= 0:
+        return float(number)
+    rule_name = getattr(rule, "__qualname__", type(rule).__qualname__)
+    raise RuleValueError(
+        f"custom_ops rule {rule_name} for {type(module).__name__} (module {name or '<root>'!r}) returned {value!r}; "
+        "a rule must return a finite number of MACs >= 0"
+    )
+
+
 @contextlib.contextmanager
 def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: dict[str, float]) -> Iterator[None]:
     """Evaluate ``custom_ops`` rules on every call of a matching module, summing MACs per module name."""
@@ -122,7 +144,7 @@ def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: 
                 continue
 
             def hook(mod: nn.Module, inputs: Any, output: Any, name: str = name, rule: Rule = rule) -> None:
-                sink[name] = sink.get(name, 0) + float(rule(mod, inputs, output))
+                sink[name] = sink.get(name, 0) + _rule_value(rule(mod, inputs, output), mod, name, rule)
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -301,44 +323,83 @@ def _checked(raw: Any) -> RawCount:
 
 
 def _run_counter(name: str, session: _Session, device: str | None, strict: bool) -> CounterResult:
+    """Run one counter; a failure of the counting library or of the user's forward becomes a failed result.
+
+    Only the counter's own work (building the adapter, counting, the MAC count it returns) is a counter failure;
+    an error in our post-processing of a good count is a lightning-flops bug: see :func:`internal_error`.
+    """
     start = time.perf_counter()
-    errors: list[str] = []
+    failures: list[tuple[str, BaseException]] = []  # (placement, the exception itself, traceback included)
     try:
         counter = get_counter(name)
-        if device == "meta":
-            placements = ["meta"]
-        elif device == "model":
-            placements = ["model"]
-        else:
-            placements = ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
-        failures: list[tuple[str, str]] = []  # (placement, "<Type>: <message>")
-        for placement in placements:
-            args, kwargs, scale = session.args, session.kwargs, 1
-            one_sample = (
-                session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
-            )
-            if one_sample is not None:
-                (args, kwargs), scale = one_sample, session.batch
-            try:
-                raw, rule_macs, where = session.count(counter, placement, args, kwargs)
-                raw = _checked(raw)
-            except Exception as err:
-                failures.append((placement, error_text(err)))
-                continue
-            if name == "torch" and where == "meta" and scale == 1:
-                session.torch_meta_macs = int(raw.macs)
-            note = "; ".join(f"{p}: {text}" for p, text in failures) or None
-            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
-        if len({text for _, text in failures}) == 1:
-            errors = [failures[0][1]]  # the same failure everywhere: "<Type>: <message>" once
-        else:
-            errors = [f"{text} (on {placement})" for placement, text in failures]
-        raise RuntimeError("; ".join(errors))
+        placements = _placements(counter, session, device)
     except Exception as err:
-        text = "; ".join(errors) if errors else error_text(err)
-        if strict:
-            raise CounterError(f"counter {name!r} failed: {text}") from err
-        return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+        failures.append(("", err))
+        placements = []
+    for placement in placements:
+        args, kwargs, scale = session.args, session.kwargs, 1
+        one_sample = (
+            session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
+        )
+        if one_sample is not None:
+            (args, kwargs), scale = one_sample, session.batch
+        try:
+            raw, rule_macs, where = session.count(counter, placement, args, kwargs)
+            raw = _checked(raw)
+        except Exception as err:
+            failures.append((placement, err))
+            continue
+        if name == "torch" and where == "meta" and scale == 1:
+            session.torch_meta_macs = int(raw.macs)
+        note = "; ".join(f"{p}: {error_text(e)}" for p, e in failures) or None  # why the earlier placements failed
+        try:
+            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
+        except Exception as err:  # the count is good: failing to read it is our bug, not the counter's
+            text = internal_error(err, f"reading the result of counter {name!r}", strict)
+            return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+    texts = [error_text(err) for _, err in failures]
+    if len(set(texts)) == 1:
+        text = texts[0]  # the same failure everywhere: "<Type>: <message>" once
+    else:
+        text = "; ".join(f"{t} (on {placement})" for (placement, _), t in zip(failures, texts, strict=True))
+    if strict:
+        # chained from the real exception (the last placement tried: in place, the user's own forward)
+        raise CounterError(f"counter {name!r} failed: {text}") from failures[-1][1]
+    return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+
+
+def _placements(counter: Any, session: _Session, device: str | None) -> list[str]:
+    """Where to try counting, in order: ``device`` when forced, else meta first where the counter can count there."""
+    if device == "meta":
+        return ["meta"]
+    if device == "model":
+        return ["model"]
+    return ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
+
+
+def internal_error(err: BaseException, context: str, strict: bool) -> str:
+    """Make an error in lightning-flops' own code loud: re-raise it under ``strict``, else warn with its traceback.
+
+    Args:
+        err: the exception, raised by our code (not by a counting library or the user's model).
+        context: what we were doing, for the message (``"reading the result of counter 'torch'"``).
+        strict: raise instead of warning.
+
+    Returns:
+        The text a report keeps for it: ``"lightning-flops bug while <context>: <Type>: <message>"``.
+    """
+    text = f"lightning-flops bug while {context}: {error_text(err)}"
+    if strict:
+        if hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"{text}. This is a bug in lightning-flops, not in your model; please report it.")
+        raise err
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    warnings.warn(
+        f"{text}. This is a bug in lightning-flops, not in your model; please report it with this traceback:\n{trace}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return text
 
 
 def _result(
