@@ -294,7 +294,7 @@ class BigCopies(TorchDispatchMode):
 
 
 class Heavy(nn.Module):
-    """Holds 64 MiB tensors in every way a module can: plain attribute, list, dict, other object, buffer."""
+    """Holds 64 MiB tensors in every way a module can: plain attribute, list, dict, tuple, other object, buffer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -302,6 +302,7 @@ class Heavy(nn.Module):
         self.data = torch.randn(BIG)
         self.history = [torch.randn(BIG)]
         self.tables = {"a": torch.randn(BIG)}
+        self.pair = (torch.randn(BIG), 1)
         self.dataset = TensorDataset(torch.randn(BIG))
         self.register_buffer("table", torch.randn(BIG))
 
@@ -315,6 +316,7 @@ def test_a_meta_copy_maps_every_tensor_it_reaches_to_meta_and_copies_none() -> N
         twin = meta_copy(model)
     assert big.made == []
     assert twin.data.is_meta and twin.history[0].is_meta and twin.tables["a"].is_meta and twin.table.is_meta
+    assert twin.pair[0].is_meta and twin.pair[1] == 1
     assert twin.dataset is model.dataset  # other objects are shared, never copied
     assert twin.history is not model.history and model.history[0].device.type == "cpu"
 
@@ -335,7 +337,7 @@ for device in (None, "meta", "model"):
 
 
 def test_profiling_makes_no_second_copy_of_a_large_tensor() -> None:
-    # Peak RSS of a fresh process: a copy of any of the five 64 MiB tensors would raise the peak by 64 MiB.
+    # Peak RSS of a fresh process: a copy of any of the six 64 MiB tensors would raise the peak by 64 MiB.
     import os
     import subprocess
     import sys
