@@ -55,16 +55,22 @@ _MAX_SUFFIX = 10_000
 def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bool = False) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
 
+    The reference counter's (``torch``, else the last one) MACs and FLOPs, the parameters and the flag come first;
+    the other counters, the gaps and the training step follow.
+
     Args:
         counters: counter names in the order given to the monitor; gap keys follow that order.
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
     """
-    keys = [f"{prefix}/{name}/{unit}" for name in counters for unit in ("macs", "flops")]
-    keys += [f"{prefix}/params/total", f"{prefix}/params/trainable"]
+    # TensorBoard's HPARAMS view shows the first columns and hides the rest: what most users need comes first
+    reference = [name for name in counters if name == "torch"] or list(counters[-1:])
+    others = [name for name in counters if name not in reference]
+    keys = [f"{prefix}/{name}/{unit}" for name in reference for unit in ("macs", "flops")]
+    keys += [f"{prefix}/params/total", f"{prefix}/params/trainable", f"{prefix}/flagged"]
+    keys += [f"{prefix}/{name}/{unit}" for name in others for unit in ("macs", "flops")]
     pairs = [f"{a}_vs_{b}" for a, b in itertools.combinations(counters, 2)]
     keys += [f"{prefix}/gap/{pair}" for pair in pairs] + [f"{prefix}/core_gap/{pair}" for pair in pairs]
-    keys.append(f"{prefix}/flagged")
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
     return keys
