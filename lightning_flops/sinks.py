@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger as PytorchCSVLogger
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from lightning_flops._files import create_temporary
 from lightning_flops.markup import escape_markdown
 from lightning_flops.report import FlopsReport, human_count
 
@@ -326,9 +327,8 @@ def _write_remote(text: str, directory: str) -> str:
 
 def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
     """``report`` as JSON in a hidden temporary file of ``folder``, flushed to disk, ready to be renamed."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
+    fd, tmp_name = create_temporary(folder, ".flops_report.")
     try:
-        os.chmod(tmp_name, readable_mode())  # mkstemp makes 0600; a log file is as readable as its neighbours
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
             handle.flush()
@@ -337,13 +337,6 @@ def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
-
-
-def readable_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _claim(tmp: Path, target: Path) -> bool:

@@ -7,10 +7,10 @@ light.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning_flops._files import create_temporary
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.report import FlopsReport
 
@@ -124,12 +124,6 @@ def check_output(path_text: str, option: str, force: bool, suffixes: Sequence[st
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> None:
     """Write through a temporary file in the same directory, then rename it over ``path``.
 
@@ -137,13 +131,12 @@ def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> N
     ``path``; nothing is left behind.
     """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = create_temporary(path.parent, f".{path.name}.")  # the mode open() gives, not mkstemp's 0600
     except OSError as err:
         raise CliError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output file gets the usual mode
     try:
-        write(tmp)
+        write(str(tmp))
         if overwrite:
             os.replace(tmp, path)
             return
