@@ -8,7 +8,7 @@ import inspect
 import json
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -94,9 +94,9 @@ class FlopsMonitor(Callback):
         self,
         counters: Sequence[str] = COUNTER_NAMES,
         limit: float = 0.01,
-        flag_on: str = "core",
-        on_gap: str = "warn",
-        mode: str = "eval",
+        flag_on: Literal["core", "total"] = "core",
+        on_gap: Literal["warn", "raise", "ignore"] = "warn",
+        mode: Literal["eval", "train"] = "eval",
         input_fn: Callable[[Any], Any] | None = None,
         example_input: Any = None,
         batch_size_fn: Callable[[Any], int] | None = None,

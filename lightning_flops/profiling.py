@@ -77,6 +77,13 @@ def validate_options(
         raise FlopsConfigError(f"`counters` must not repeat a name, got {counters!r}")
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
         raise FlopsConfigError(f"`limit` must be a number >= 0 (a relative gap, e.g. 0.01 for 1%), got {limit!r}")
+    if limit >= 1:  # a gap is at most 1 (100%): `limit=1` never flags, `limit=5` was meant as 5%
+        warnings.warn(
+            f"`limit={limit!r}` is a fraction, not a percentage: a relative gap is at most 1.0, so nothing is ever "
+            f"flagged; for {limit:g}% pass limit={limit / 100:g}",
+            UserWarning,
+            stacklevel=3,
+        )
     if flag_on not in FLAG_ON:
         raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}")
     if mode not in MODES:
