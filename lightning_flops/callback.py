@@ -27,7 +27,7 @@ from lightning_flops.profiling import (
     validate_options,
 )
 from lightning_flops.report import FlopsReport
-from lightning_flops.train_step import train_step_flops
+from lightning_flops.train_step import StepObserver
 
 __all__ = ["FlopsMonitor"]
 
@@ -122,6 +122,11 @@ class FlopsMonitor(Callback):
         self._published: dict[str, tuple[Path, FlopsReport] | None] = {}
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
+        self._observe_step = False  # count the next training step as it runs
+        self._observer: StepObserver | None = None
+        self._step_batch: Any = None
+        self._step_backward = False
+        self._directory: str | None = None
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -145,6 +150,82 @@ class FlopsMonitor(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending:
             self._run(trainer, pl_module, batch, training=True)
+        if self._observe_step:  # last, so that none of our own work is counted
+            self._observe_step = False
+            self._step_batch, self._step_backward = batch, False
+            self._observer = StepObserver()
+            self._observer.start()
+
+    # ------------------------------------------------- training-step observation
+    @override
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._observer is not None and self._observer.running:
+            self._step_backward = True
+            if pl_module.automatic_optimization:  # forward + backward done, the optimizer step is not counted
+                self._finish_step(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._observer is None or not self._observer.running:
+            return
+        if self._step_backward or not pl_module.automatic_optimization:
+            self._finish_step(trainer, pl_module)  # manual optimization: the whole training_step
+        else:  # training_step returned None (the batch was skipped): count the next batch instead
+            self._stop_observer()
+            self._observe_step = True
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._stop_observer()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_observer()
+        self._observe_step = False
+
+    def _stop_observer(self) -> int | None:
+        observer, self._observer = self._observer, None
+        return observer.stop() if observer is not None else None
+
+    def _finish_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Leave the counting mode and publish the training-step FLOPs (per batch) and that batch's size."""
+        batch, self._step_batch = self._step_batch, None
+        try:
+            flops = self._stop_observer()
+            samples = self._step_batch_size(pl_module, batch)
+        except Exception as err:  # the count must never stop training
+            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
+            return
+        if flops is None:
+            return
+        self._set_flops_per_batch(pl_module, flops)
+        if self.report is None:
+            return
+        report = dataclasses.replace(self.report, train_step_flops=flops, train_step_batch_size=samples)
+        self.report = report
+        if trainer.is_global_zero and self._directory is not None:
+            try:
+                self._publish(trainer, report, self._directory)
+            except Exception as err:  # an output failure must not stop training
+                rank_zero_warn(f"FlopsMonitor: could not write the training-step FLOPs: {error_text(err)}")
+
+    def _step_batch_size(self, pl_module: LightningModule, batch: Any) -> int:
+        """Samples in the observed training batch: ``batch_size_fn(batch)``, else dim 0 of the model input."""
+        if self.batch_size_fn is not None:
+            return int(self.batch_size_fn(batch))
+        try:
+            example = self._batch_input(pl_module, batch)
+        except Exception:  # no model input in the batch: dim 0 of the batch's first tensor
+            example = (batch,)
+        return detect_batch_size(*split_input(example))
+
+    def _set_flops_per_batch(self, pl_module: LightningModule, flops: int) -> None:
+        """``pl_module.flops_per_batch`` for ThroughputMonitor, unless the module defines its own."""
+        if self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch"):
+            pl_module.flops_per_batch = flops
+            self._owns_flops_attr = True
 
     @override
     def on_validation_batch_start(
@@ -184,7 +265,9 @@ class FlopsMonitor(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
+        self._observe_step = False
         directory = str(trainer.log_dir)  # a collective under DDP: every rank asks
+        self._directory = directory
         report, failure = self._reusable_report(pl_module), None
         if report is None:
             try:
@@ -196,13 +279,11 @@ class FlopsMonitor(Callback):
             self._pending = True
             rank_zero_warn("FlopsMonitor: the batch has no samples (batch size 0); profiling the next batch instead.")
             return
-        if training and report is not None:
-            report = self._with_train_step(pl_module, batch, report)
-            if report.train_step_flops is not None and (
-                self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch")
-            ):
-                pl_module.flops_per_batch = report.train_step_flops
-                self._owns_flops_attr = True
+        if training:
+            if report is not None and report.train_step_flops is not None:
+                self._set_flops_per_batch(pl_module, report.train_step_flops)
+            else:
+                self._observe_step = True  # the real step is counted as it runs (see on_train_batch_start)
         if report is not None:
             self.report = report
             if trainer.is_global_zero:
@@ -294,25 +375,6 @@ class FlopsMonitor(Callback):
         if self.input_fn is not None:
             return to_device(self.input_fn(batch), pl_module.device)
         return to_device(batch_to_input(pl_module, batch), pl_module.device)
-
-    def _with_train_step(self, pl_module: LightningModule, batch: Any, report: FlopsReport) -> FlopsReport:
-        if report.train_step_flops is not None:
-            return report
-        try:
-            example = self._batch_input(pl_module, batch)
-        except Exception:  # no training input: the eval profile may still come from example_input
-            return report
-        try:
-            flops = train_step_flops(pl_module, example)
-            samples = (
-                self.batch_size_fn(batch)
-                if self.batch_size_fn is not None
-                else detect_batch_size(*split_input(example))
-            )
-        except Exception as err:
-            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
-            return report
-        return dataclasses.replace(report, train_step_flops=flops, train_step_batch_size=int(samples))
 
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
         """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""
