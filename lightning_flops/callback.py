@@ -66,6 +66,9 @@ class FlopsMonitor(Callback):
         input_fn: ``input_fn(batch)`` returns the model input (Tensor, tuple/list of positional args, or dict).
         example_input: a fixed input to profile instead of the batch (variable-length or multi-scale batches).
         batch_size_fn: ``batch_size_fn(batch)`` returns the samples in the batch (default: dim 0 of the input).
+        tokens_fn: ``tokens_fn(batch)`` (``tokens_fn(example_input)`` for a fixed input) returns the tokens in it,
+            for ``{prefix}/{counter}/macs_per_token``; default ``B * T`` of an integer ``[B, T]`` input, padding
+            included.
         prefix: first component of every metric key.
         custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
         strict: raise when a counter fails or no input can be found, instead of warning.
@@ -92,12 +95,13 @@ class FlopsMonitor(Callback):
         prefix: str = "compute",
         custom_ops: Mapping[type, Callable[..., float]] | None = None,
         strict: bool = False,
+        tokens_fn: Callable[[Any], int] | None = None,
     ) -> None:
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
         if on_gap not in ON_GAP:
             raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}")
-        for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn)):
+        for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn), ("tokens_fn", tokens_fn)):
             if fn is not None and not callable(fn):
                 raise FlopsConfigError(f"`{name}` must be None or a callable taking the batch, got {fn!r}")
         if example_input is not None:
@@ -113,6 +117,7 @@ class FlopsMonitor(Callback):
         self.input_fn = input_fn
         self.example_input = example_input
         self.batch_size_fn = batch_size_fn
+        self.tokens_fn = tokens_fn
         self.prefix = prefix.strip("/ ")
         self.custom_ops = custom_ops
         self.strict = strict
@@ -345,6 +350,13 @@ class FlopsMonitor(Callback):
         batch_size = None
         if self.batch_size_fn is not None and from_batch:
             batch_size = self.batch_size_fn(batch)
+        tokens_fn = self.tokens_fn
+        if tokens_fn is not None and from_batch:
+            user_fn = tokens_fn
+
+            def tokens_fn(_: Any) -> int:  # the user's function describes the batch, not the input taken from it
+                return user_fn(batch)
+
         return profile_model(
             pl_module,
             example,
@@ -355,6 +367,7 @@ class FlopsMonitor(Callback):
             custom_ops=self.custom_ops,
             batch_size=batch_size,
             strict=self.strict,
+            tokens_fn=tokens_fn,
         )
 
     def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:

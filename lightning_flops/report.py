@@ -36,10 +36,13 @@ class ParamCount:
     Args:
         total: number of parameter elements.
         trainable: elements of parameters with ``requires_grad``.
+        active: elements of the parameters held by the modules that ran on the profiled input (a MoE's routed
+            experts; ``total`` for a dense model whose modules all run); ``None`` when unknown (older reports).
     """
 
     total: int
     trainable: int
+    active: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class FlopsReport:
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
+        tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
+            ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         schema_version: JSON layout version.
 
@@ -185,6 +190,7 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
+    tokens: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -206,6 +212,20 @@ class FlopsReport:
             return None
         return result.flops / max(self.batch_size, 1)
 
+    def macs_per_token(self, counter: str) -> float | None:
+        """MACs per token for ``counter``; ``None`` when it failed or the input has no token dimension."""
+        result = self.counters.get(counter)
+        if result is None or result.macs is None or not self.tokens:
+            return None
+        return result.macs / self.tokens
+
+    def flops_per_token(self, counter: str) -> float | None:
+        """FLOPs (= 2 x MACs) per token for ``counter``; ``None`` as for :meth:`macs_per_token`."""
+        result = self.counters.get(counter)
+        if result is None or result.flops is None or not self.tokens:
+            return None
+        return result.flops / self.tokens
+
     def largest_gap(self) -> Gap | None:
         """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""
         if not self.gaps:
@@ -222,6 +242,8 @@ class FlopsReport:
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
+            entry["macs_per_token"] = self.macs_per_token(name)
+            entry["flops_per_token"] = self.flops_per_token(name)
             entry["core_macs"] = result.core_macs
         data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
         data["flagged"] = self.flagged
@@ -297,11 +319,16 @@ class FlopsReport:
         )
         row("counted on", [r.device or "-" for r in results])
         row("seconds", [f"{r.seconds:.2f}" for r in results])
+        if self.tokens:
+            row("MACs per token", [human_count(self.macs_per_token(n), "MACs") for n in names])
+        active = f", {self.params.active:,} active on this input" if self.params.active is not None else ""
         lines += [
             "",
-            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable "
+            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable{active} "
             f"({human_count(self.params.total, '')}). FLOPs = 2 x MACs.",
         ]
+        if self.tokens:
+            lines.append(f"Tokens: {self.tokens:,} in the call (padding tokens included).")
         if self.train_step_flops is not None:
             lines.append(
                 f"Training step (forward + backward, per batch): {human_count(self.train_step_flops, 'FLOPs')}"
