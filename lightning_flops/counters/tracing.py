@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,10 +208,13 @@ class PositionalCall(nn.Module):
             else:
                 kwargs[key] = tensor
         output = self.model(*args, **kwargs)
-        if dataclasses.is_dataclass(output) and not isinstance(output, type):
-            # JIT tracers (fvcore) accept tensors, tuples, lists and dicts only: hand them the fields in order
-            return tuple(getattr(output, f.name) for f in dataclasses.fields(output))
-        return output
+        if isinstance(output, torch.Tensor):
+            return output
+        # JIT tracers (fvcore) take tensors and tuples of them only: hand them the tensors of a structured output
+        # (tuples, dicts, dataclasses, HF ModelOutput) in order; cache objects (DynamicCache, ...) and None drop out
+        from lightning_flops.profiling import iter_tensors  # the one tree walker (profiling imports no counter)
+
+        return tuple(tensor for _, tensor in iter_tensors(output))
 
     def train(self, mode: bool = True) -> PositionalCall:
         return self
