@@ -136,6 +136,7 @@ def _checked_numbers(report: FlopsReport) -> FlopsReport:
             bad.append(f"counters.{name}.macs={result.macs!r}")
     if report.train_step_flops is not None and not _is_count(report.train_step_flops):
         bad.append(f"train_step_flops={report.train_step_flops!r}")
+    bad += _bad_moe_and_token_counts(report)
     for gap in report.gaps:
         if not all(isinstance(v, (int, float)) for v in (gap.relative, gap.core_relative)):
             bad.append(f"gaps.{gap.key}={gap.relative!r}, {gap.core_relative!r}")
@@ -194,6 +195,7 @@ def _sort_keys() -> tuple[str, ...]:
         *per_counter,
         "largest_gap_relative",
         "train_step_flops",
+        *_moe_and_token_columns(COUNTER_NAMES),
     )
 
 
@@ -223,7 +225,42 @@ def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
     row["flag_on"] = report.flag_on
     row["flagged"] = report.flagged
     row["train_step_flops"] = _per_sample(report.train_step_flops, report.train_step_batch_size or report.batch_size)
+    row.update(_moe_and_token_cells(report, counters))
     return row
+
+
+# ---------------------------------------------------------------- active parameters (MoE) and per-token columns
+def _moe_and_token_columns(counters: Sequence[str]) -> list[str]:
+    """``params_active`` and ``{counter}_macs_per_token`` (empty for inputs without tokens, older reports)."""
+    return ["params_active", *(f"{c}_macs_per_token" for c in counters)]
+
+
+def _moe_and_token_cells(report: FlopsReport, counters: Sequence[str]) -> dict[str, Any]:
+    cells: dict[str, Any] = {"params_active": report.params.active}
+    for name in counters:
+        result = report.counters.get(name)
+        ok = result is not None and result.ok
+        macs = result.macs if ok and report.tokens else None
+        cells[f"{name}_macs_per_token"] = _per_sample(macs, report.tokens or 1)
+    return cells
+
+
+def _bad_moe_and_token_counts(report: FlopsReport) -> list[str]:
+    bad = []
+    if report.params.active is not None and not _is_count(report.params.active):
+        bad.append(f"params.active={report.params.active!r}")
+    if report.tokens is not None and not _is_count(report.tokens):
+        bad.append(f"tokens={report.tokens!r}")
+    return bad
+
+
+def _moe_and_token_human(row: dict[str, Any], counters: Sequence[str]) -> list[str]:
+    """Human cells: active parameters and the reference's (last counter's) MACs per token."""
+    per_token = row[f"{counters[-1]}_macs_per_token"]
+    return [
+        human_count(row["params_active"], "") if row["params_active"] is not None else "-",
+        human_count(per_token, "MACs") if per_token is not None else "-",
+    ]
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -276,6 +313,7 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[s
         "flag_on",
         "flagged",
         "train_step_flops",
+        *_moe_and_token_columns(counters),
         *baseline_columns,
         "path",
     ]
@@ -286,6 +324,7 @@ def _human_cells(
 ) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the human-readable table (table and markdown formats)."""
     headers = ["run", "model", "params", "trainable", *(f"{c} MACs" for c in counters), "largest gap", "flagged"]
+    headers += ["active params", f"{counters[-1]} MACs/token"]
     relative = ["params_total", *(f"{c}_macs" for c in counters)]
     if baseline is not None:
         headers += [f"{'params' if col == 'params_total' else col[: -len('_macs')]} vs base" for col in relative]
@@ -303,6 +342,7 @@ def _human_cells(
         else:
             line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
         line.append("yes" if row["flagged"] else "no")
+        line += _moe_and_token_human(row, counters)
         if baseline is not None:
             for col in relative:
                 ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
