@@ -69,6 +69,7 @@ class CounterResult:
         uncounted: operators or modules the counter saw and did not count.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+        device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
 
     Example::
 
@@ -86,6 +87,7 @@ class CounterResult:
     uncounted: tuple[str, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
+    device_note: str | None = None
 
     @property
     def flops(self) -> int | None:
@@ -296,86 +298,10 @@ class FlopsReport:
 
     # -------------------------------------------------------------- Markdown
     def to_markdown(self, top_modules: int = 8) -> str:
-        """A Markdown summary: counters as columns (per sample, human units), top modules, uncounted ops, gaps."""
-        names = list(self.counters)
-        lines = [
-            f"### {self.model}: compute per sample (batch {self.batch_size}, mode {self.mode})",
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
+        """A Markdown summary (see :func:`lightning_flops.render.report_markdown`)."""
+        from lightning_flops.render import report_markdown  # lazy: render imports this module
 
-        def row(label: str, cells: list[str]) -> None:
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-        per = max(self.batch_size, 1)
-        results = [self.counters[n] for n in names]
-        row("MACs", [human_count(r.macs / per, "MACs") if r.ok and r.macs is not None else "failed" for r in results])
-        row("FLOPs (2 x MACs)", [human_count(r.flops / per, "FLOPs") if r.flops is not None else "-" for r in results])
-        row("core MACs", [human_count(r.core_macs / per, "MACs") if r.core_macs is not None else "-" for r in results])
-        row(
-            "convention MACs",
-            [human_count(r.convention_macs / per, "MACs") if r.convention_macs is not None else "-" for r in results],
-        )
-        row("counted on", [r.device or "-" for r in results])
-        row("seconds", [f"{r.seconds:.2f}" for r in results])
-        if self.tokens:
-            row("MACs per token", [human_count(self.macs_per_token(n), "MACs") for n in names])
-        active = f", {self.params.active:,} active on this input" if self.params.active is not None else ""
-        lines += [
-            "",
-            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable{active} "
-            f"({human_count(self.params.total, '')}). FLOPs = 2 x MACs.",
-        ]
-        if self.tokens:
-            lines.append(f"Tokens: {self.tokens:,} in the call (padding tokens included).")
-        if self.train_step_flops is not None:
-            lines.append(
-                f"Training step (forward + backward, per batch): {human_count(self.train_step_flops, 'FLOPs')}"
-            )
-        failed = [r for r in results if not r.ok]
-        if failed:
-            lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
-        lines += self._top_modules_markdown(top_modules)
-        uncounted = [(r.name, u) for r in results for u in r.uncounted]
-        if uncounted:
-            lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
-        if self.gaps:
-            lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
-            lines.append("|---|---|---|---|---|")
-            for gap in self.gaps:
-                where = f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.flagged else "-"
-                lines.append(
-                    f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
-                    f"{'**yes**' if gap.flagged else 'no'} | {where} |"
-                )
-        return "\n".join(lines)
-
-    def _top_modules_markdown(self, top: int) -> list[str]:
-        reference = next((r for r in reversed(list(self.counters.values())) if r.ok), None)
-        if reference is None or top <= 0:
-            return []
-        by_module = reference.by_module
-        parent = ""
-        while True:  # skip wrappers (a LightningModule's `model`): list the first level with several modules
-            prefix = f"{parent}." if parent else ""
-            level = {m: v for m, v in by_module.items() if m.startswith(prefix) and m and "." not in m[len(prefix) :]}
-            if len(level) != 1:
-                break
-            parent = next(iter(level))
-        ranked = sorted(level.items(), key=lambda kv: -kv[1])[:top]
-        if not ranked:
-            return []
-        names = list(self.counters)
-        per = max(self.batch_size, 1)
-        lines = ["", "| top modules (MACs per sample) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for module, _ in ranked:
-            cells = []
-            for n in names:
-                value = self.counters[n].by_module.get(module) if self.counters[n].ok else None
-                cells.append(human_count(value / per, "MACs") if value is not None else "-")
-            lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
-        return lines
+        return report_markdown(self, top_modules=top_modules)
 
 
 def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:

@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _Recorder
 from lightning_flops.counters.tracing import FunctionLabeler
-from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, to_device, unwrap_compiled
-from lightning_flops.profiling import iter_tensors, split_input
+from lightning_flops.inputs import iter_tensors, map_tensors, split_input
+from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
 
 __all__ = ["StepObserver", "train_step_flops"]
 
@@ -83,18 +83,15 @@ class StepObserver:
         return self.flops
 
 
+def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on meta, cut from the real one's graph; a floating tensor that required grad still does."""
+    moved = tensor.detach().to("meta")
+    return moved.requires_grad_(True) if tensor.requires_grad and moved.is_floating_point() else moved
+
+
 def _meta_inputs(value: Any) -> Any:
-    """``value`` on meta, every tensor cut from the real one's graph; floating tensors that required grad still do."""
-    if isinstance(value, torch.Tensor):
-        moved = value.detach().to("meta")
-        return moved.requires_grad_(True) if value.requires_grad and moved.is_floating_point() else moved
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_meta_inputs(v) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_meta_inputs(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _meta_inputs(v) for k, v in value.items()}
-    return to_device(value, "meta")
+    """``value`` with every tensor on meta (see :func:`_to_meta`)."""
+    return map_tensors(_to_meta, value)
 
 
 def _grad_targets(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_flops.inputs import iter_tensors
+
 __all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module", "user_module_name"]
 
 _MODULE_OPERATORS: tuple[tuple[tuple[type, ...], str], ...] = (
@@ -212,9 +214,8 @@ class PositionalCall(nn.Module):
             return output
         # JIT tracers (fvcore) take tensors and tuples of them only: hand them the tensors of a structured output
         # (tuples, dicts, dataclasses, HF ModelOutput) in order; cache objects (DynamicCache, ...) and None drop out
-        from lightning_flops.profiling import iter_tensors  # the one tree walker (profiling imports no counter)
-
-        return tuple(tensor for _, tensor in iter_tensors(output))
+        tensors = tuple(tensor for _, tensor in iter_tensors(output))
+        return tensors if tensors else output  # nothing to hand over: let the tracer say what it cannot take
 
     def train(self, mode: bool = True) -> PositionalCall:
         return self
