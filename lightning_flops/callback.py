@@ -38,11 +38,15 @@ class FlopsMonitor(Callback):
     tests or predicts) the callback takes the model input from the batch, runs
     :func:`~lightning_flops.profiling.profile_model` with every counter, and sends the report to every logger as
     scalars (per sample, keys ``{prefix}/{counter}/macs``, ``.../flops``, ``{prefix}/params/*``, ``{prefix}/gap/*``,
-    ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``), to the TensorBoard hparams table (the columns
+    ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``, ``{prefix}/params/active``,
+    ``{prefix}/{counter}/macs_per_token`` for token inputs), to the TensorBoard hparams table (the columns
     are declared in ``setup``, before Lightning's own hparams summary), to TensorBoard text, to
     ``flops_report.json`` in ``trainer.log_dir`` and to the console. The model and the training are not changed,
     except that ``pl_module.flops_per_batch`` (forward + backward FLOPs of one training batch) is set when the
-    module does not define it, for Lightning's ``ThroughputMonitor``. After the first batch the hooks do nothing.
+    module does not define it, for Lightning's ``ThroughputMonitor``. That training-step count observes the real
+    first training step (a dispatch mode that only counts, from the end of ``on_train_batch_start`` to
+    ``on_after_backward``), so data-dependent models count what ran and nothing numerical changes. After the first
+    batch the hooks do nothing.
 
     Input rules: ``input_fn(batch)`` when given; else ``example_input`` when given; else a Tensor batch is the
     input, a tuple/list batch gives as many leading elements as ``forward`` has required positional parameters, a

@@ -131,3 +131,42 @@ def test_moe_step_counts_the_experts_that_really_ran(tmp_path: Path) -> None:
     forward = router + expert_mlp + head
     expected_macs = 3 * forward - router - sum(ran) * WIDTH * HIDDEN
     assert module.flops_per_batch == 2 * expected_macs
+
+
+class _Linear(LightningModule):
+    """``Linear(WIDTH*SEQ -> 1)``: forward ``B * in`` MACs, weight gradient the same, no input gradient."""
+
+    def __init__(self, manual: bool = False, skip_first: bool = False) -> None:
+        super().__init__()
+        self.automatic_optimization = not manual
+        self.skip_first = skip_first
+        self.fc = nn.Linear(SEQ * WIDTH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if self.skip_first and batch_idx == 0:
+            return None  # Lightning skips the backward and the optimizer step of this batch
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "options", [{"manual": True}, {"skip_first": True}], ids=["manual_optimization", "skipped_first_batch"]
+)
+def test_observed_step_is_forward_plus_backward(tmp_path: Path, options: dict[str, bool]) -> None:
+    module = _Linear(**options)
+    trainer = make_trainer(tmp_path, [FlopsMonitor(counters=("torch",))], max_steps=2)
+    trainer.fit(module, _loader())
+    # forward + weight gradient; the optimizer step counts 0 (elementwise) even when it runs inside training_step
+    assert module.flops_per_batch == 2 * 2 * BATCH * SEQ * WIDTH
