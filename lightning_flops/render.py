@@ -5,14 +5,49 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lightning_flops.report import human_count
 
 if TYPE_CHECKING:
-    from lightning_flops.report import FlopsReport
+    from lightning_flops.report import FlopsReport, Uncounted
 
-__all__ = ["report_markdown"]
+__all__ = ["report_markdown", "uncounted_lines"]
+
+_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
+    """One text line per uncounted operator, for display only (the data keeps every concrete module).
+
+    Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
+    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
+
+    Args:
+        entries: the ``uncounted`` tuple of one counter.
+    """
+    merged: dict[tuple[str, str, str], int] = {}
+    modules: dict[tuple[str, str, str], set[str]] = {}
+    for entry in entries:
+        where = _REPEATED_INDEX.sub(".*", "." + entry.module)[1:] if entry.module else ""
+        key = (entry.operator, where, entry.reason)
+        merged[key] = merged.get(key, 0) + entry.calls
+        modules.setdefault(key, set()).add(entry.module)
+    merged = {  # a pattern that stands for one module only is shown as that module
+        (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
+        for (op, where, reason), n in merged.items()
+    }
+    lines = []
+    for (operator, where, reason), calls in merged.items():
+        if not where and not calls and reason.startswith(operator):
+            lines.append(reason)  # read from an older report, where each entry was this text
+            continue
+        place = f" in {where}" if where else ""
+        count = f", {calls}x" if calls else ""
+        lines.append(f"{operator}{place} ({reason}{count})")
+    return lines
 
 
 def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
@@ -59,9 +94,9 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
         lines += ["", "Counted elsewhere than first tried:"]
         lines += [f"- {r.name} (counted on {r.device}): {r.device_note}" for r in moved]
     lines += _top_modules_markdown(report, top_modules)
-    uncounted = [(r.name, u) for r in results for u in r.uncounted]
+    uncounted = [(r.name, line) for r in results for line in uncounted_lines(r.uncounted)]
     if uncounted:
-        lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
+        lines += ["", "Uncounted (seen, counted as 0):", ""] + [f"- {n}: {line}" for n, line in uncounted]
     if report.gaps:
         lines += ["", f"| gap (limit {report.limit:.2%}, flags on {report.flag_on}) | total | core | flagged | where |"]
         lines.append("|---|---|---|---|---|")
