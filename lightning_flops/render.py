@@ -116,13 +116,18 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
     )
     row("counted on", [r.device or "-" for r in results])
     row("seconds", [f"{r.seconds:.2f}" for r in results])
+    if report.tokens:
+        row("MACs per token", [human_count(report.macs_per_token(n), "MACs") for n in names])
+    active = f", {report.params.active:,} active on this input" if report.params.active is not None else ""
     lines += [
         "",
-        f"Parameters: {report.params.total:,} total, {report.params.trainable:,} trainable "
+        f"Parameters: {report.params.total:,} total, {report.params.trainable:,} trainable{active} "
         f"({human_count(report.params.total, '')})"
         + (f", {report.params.packed:,} of them packed (quantized)" if report.params.packed else "")
         + ". FLOPs = 2 x MACs.",
     ]
+    if report.tokens:
+        lines.append(f"Tokens: {report.tokens:,} in the call (padding tokens included).")
     if report.train_step_flops is not None:
         lines.append(f"Training step (forward + backward, per batch): {human_count(report.train_step_flops, 'FLOPs')}")
     failed = [r for r in results if not r.ok]

@@ -49,11 +49,14 @@ class ParamCount:
         trainable: elements of parameters with ``requires_grad``.
         packed: elements of packed weights and biases (dynamic int8 ``quantize_dynamic`` Linear layers), which
             ``model.parameters()`` does not list; part of ``total``, never trainable.
+        active: elements of the parameters held by the modules that ran on the profiled input (a MoE's routed
+            experts; ``total`` for a dense model whose modules all run); ``None`` when unknown (older reports).
     """
 
     total: int
     trainable: int
     packed: int = 0
+    active: int | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,8 @@ class FlopsReport:
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
+        tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
+            ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         schema_version: JSON layout version.
 
@@ -237,6 +242,7 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
+    tokens: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -258,6 +264,20 @@ class FlopsReport:
             return None
         return result.flops / max(self.batch_size, 1)
 
+    def macs_per_token(self, counter: str) -> float | None:
+        """MACs per token for ``counter``; ``None`` when it failed or the input has no token dimension."""
+        result = self.counters.get(counter)
+        if result is None or result.macs is None or not self.tokens:
+            return None
+        return result.macs / self.tokens
+
+    def flops_per_token(self, counter: str) -> float | None:
+        """FLOPs (= 2 x MACs) per token for ``counter``; ``None`` as for :meth:`macs_per_token`."""
+        result = self.counters.get(counter)
+        if result is None or result.flops is None or not self.tokens:
+            return None
+        return result.flops / self.tokens
+
     def largest_gap(self) -> Gap | None:
         """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""
         if not self.gaps:
@@ -276,6 +296,8 @@ class FlopsReport:
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
+            entry["macs_per_token"] = self.macs_per_token(name)
+            entry["flops_per_token"] = self.flops_per_token(name)
             entry["core_macs"] = result.core_macs
         data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
         data["flagged"] = self.flagged

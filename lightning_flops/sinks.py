@@ -73,11 +73,14 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
     keys += [f"{prefix}/gap/{pair}" for pair in pairs] + [f"{prefix}/core_gap/{pair}" for pair in pairs]
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
+    keys.append(f"{prefix}/params/active")
+    keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
     return keys
 
 
 def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[str, float]:
-    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs.
+    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs,
+    active parameters and MACs/FLOPs per token (when the input has tokens).
 
     A failed counter has no ``macs``/``flops`` keys. Values are floats (loggers store float32: exact integers are in
     the JSON report).
@@ -96,6 +99,13 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
     metrics[f"{prefix}/flagged"] = 1.0 if report.flagged else 0.0
     if report.train_step_flops is not None:
         metrics[f"{prefix}/train_step/flops_per_batch"] = float(report.train_step_flops)
+    if report.params.active is not None:
+        metrics[f"{prefix}/params/active"] = float(report.params.active)
+    for name in report.counters:
+        macs, flops = report.macs_per_token(name), report.flops_per_token(name)
+        if macs is not None and flops is not None:
+            metrics[f"{prefix}/{name}/macs_per_token"] = float(macs)
+            metrics[f"{prefix}/{name}/flops_per_token"] = float(flops)
     return metrics
 
 
