@@ -18,6 +18,7 @@ from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, to_device, unwrap_compiled
+from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
@@ -82,11 +83,34 @@ def validate_options(
                 f"got {type(custom_ops).__name__}"
             )
         for key, rule in custom_ops.items():
-            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not callable(rule):
+            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not (callable(rule) or _is_rate(rule)):
                 raise FlopsConfigError(
-                    f"`custom_ops` keys must be nn.Module subclasses and values callables, got {key!r}: {rule!r}"
+                    "`custom_ops` keys must be nn.Module subclasses and values callables or numbers >= 0 "
+                    f"(MACs per output element), got {key!r}: {rule!r}"
                 )
     return counters
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _per_output_element(rate: float) -> Rule:
+    """A ``custom_ops`` rule from a number: ``rate`` MACs per element of the module's (first tensor) output."""
+
+    def rule(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> float:
+        first = next((t for _, t in iter_tensors(output)), None)
+        return rate * (first.numel() if first is not None else 0)
+
+    rule.__name__ = rule.__qualname__ = f"{rate:g} MACs per output element"
+    return rule
+
+
+def expand_custom_ops(custom_ops: Mapping[type, Rule | float] | None) -> dict[type, Rule] | None:
+    """``custom_ops`` with each number ``n`` turned into the rule "n MACs per output element" (named so)."""
+    if not custom_ops:
+        return None
+    return {key: _per_output_element(rule) if _is_rate(rule) else rule for key, rule in custom_ops.items()}
 
 
 def split_input(example_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -356,6 +380,7 @@ def profile_model(
     device: str | None = None,
     batch_size: int | None = None,
     strict: bool = False,
+    parts: Mapping[str, str | Sequence[str]] | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -369,11 +394,13 @@ def profile_model(
         limit: relative gap above which a pair of counters is flagged.
         flag_on: ``"core"`` compares the MAC core only (conventions never flag); ``"total"`` the totals.
         mode: ``"eval"`` (inference cost, what papers report) or ``"train"`` (the training-mode forward).
-        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter.
+        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter;
+            a number ``n`` instead of a rule means ``n`` MACs per output element (``{nn.LayerNorm: 4}``).
         device: ``None`` lets each counter count on a meta copy where it can; ``"meta"`` forces it; ``"model"``
             counts in place on the model's own device.
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
+        parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
 
     Example::
 
@@ -385,6 +412,8 @@ def profile_model(
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = split_input(example_input)
     model = unwrap_compiled(model)
+    part_names = resolve_parts(model, parts)
+    custom_ops = expand_custom_ops(custom_ops)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = _Session(model, args, kwargs, mode, custom_ops, batch)
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
@@ -407,4 +436,6 @@ def profile_model(
         rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
         versions=_versions(),
         fingerprint=model_fingerprint(model),
+        module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        parts=count_parts(model, part_names, ordered),
     )

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_flops.counters.base import CORE_OPERATORS, flops_from_macs
 from lightning_flops.errors import ReportFormatError
 
-__all__ = ["SCHEMA_VERSION", "CounterResult", "FlopsReport", "Gap", "InputSpec", "ParamCount", "human_count"]
+if TYPE_CHECKING:
+    from lightning_flops.explain import Discrepancy
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CounterResult",
+    "FlopsReport",
+    "Gap",
+    "InputSpec",
+    "ParamCount",
+    "PartCount",
+    "human_count",
+]
 
 #: Version of the JSON layout; readers refuse newer versions.
 SCHEMA_VERSION = 1
@@ -40,6 +52,26 @@ class ParamCount:
 
     total: int
     trainable: int
+
+
+@dataclass(frozen=True)
+class PartCount:
+    """MACs and parameters of a named group of modules (``parts={"visual": ["backbone", "neck"]}``).
+
+    Args:
+        modules: the qualified module names in the part.
+        macs: MACs of the whole call per counter (``None`` where that counter failed).
+        params: parameters of the part's modules (shared weights once).
+
+    Example::
+
+        part = report.parts["visual"]
+        part.macs["torch"], part.params.total
+    """
+
+    modules: tuple[str, ...]
+    macs: dict[str, int | None]
+    params: ParamCount
 
 
 @dataclass(frozen=True)
@@ -161,6 +193,8 @@ class FlopsReport:
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
+        module_types: class name per qualified module name (``""`` the root), for explanations and diffs.
+        parts: MACs and params of named groups of modules (``parts=`` of ``profile_model``).
         schema_version: JSON layout version.
 
     Example::
@@ -185,6 +219,8 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
+    module_types: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, PartCount] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -211,6 +247,19 @@ class FlopsReport:
         if not self.gaps:
             return None
         return max(self.gaps, key=lambda gap: gap.core_relative if self.flag_on == "core" else gap.relative)
+
+    def explain(self, counter: str, reference: str = "torch") -> tuple[Discrepancy, ...]:
+        """Every (module, operator) where ``counter`` and ``reference`` disagree, with a cause; rows sum to the total
+        difference. See :func:`lightning_flops.explain.explain`."""
+        from lightning_flops.explain import explain  # lazy: explain imports this module's types
+
+        return explain(self, counter, reference)
+
+    def statement(self, counter: str = "torch") -> str:
+        """A paste-ready paragraph for a paper: per-sample MACs and FLOPs, inputs, mode, conventions, tools."""
+        from lightning_flops.render import statement  # lazy: render imports this module
+
+        return statement(self, counter)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +307,15 @@ class FlopsReport:
                     for i in data.get("inputs", ())
                 ),
                 rules=tuple(data.get("rules", ())),
+                module_types={str(k): str(v) for k, v in data.get("module_types", {}).items()},
+                parts={
+                    str(label): PartCount(
+                        modules=tuple(p["modules"]),
+                        macs={str(c): (None if v is None else int(v)) for c, v in p["macs"].items()},
+                        params=ParamCount(**p["params"]),
+                    )
+                    for label, p in data.get("parts", {}).items()
+                },
             )
             return cls(**kwargs)
         except (KeyError, TypeError, AttributeError) as err:

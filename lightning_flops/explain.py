@@ -1,0 +1,348 @@
+"""Reconciliation of a counter with the reference, and module-by-module diffs of two runs. Pure: no torch.
+
+Counters store **inclusive** MACs per module and operator. Both functions here first derive each module's **own**
+MACs (inclusive minus its children's), so that a difference is booked once, at the deepest module where it arises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lightning_flops.counters.base import CONVENTION_OPERATORS
+
+if TYPE_CHECKING:
+    from lightning_flops.report import CounterResult, FlopsReport
+
+__all__ = [
+    "CAUSES",
+    "DiffRow",
+    "Discrepancy",
+    "ReportDiff",
+    "collapse",
+    "diff_reports",
+    "explain",
+    "explained_share",
+    "own_counts",
+]
+
+#: Every cause a :class:`Discrepancy` can carry.
+CAUSES = ("uncounted", "convention", "overcount", "undercount", "rule", "unexplained")
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """Where one counter and the reference disagree: one (module, operator), whole call, in MACs.
+
+    Args:
+        module: qualified ``named_modules()`` name, ``""`` for the root; the deepest module where it arises.
+        operator: vocabulary operator (``conv``, ``einsum``, ``norm``, ``custom``, ...).
+        macs: counter minus reference (signed) for the whole call.
+        cause: one of :data:`CAUSES`.
+        note: the known reason, when there is one.
+
+    Example::
+
+        for row in report.explain("thop"):
+            print(row.module, row.operator, row.macs, row.cause, row.note)
+    """
+
+    module: str
+    operator: str
+    macs: int
+    cause: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """One (module, operator) whose per-sample MACs changed between run ``a`` and run ``b``.
+
+    Args:
+        module: qualified module name (``""`` the root).
+        operator: vocabulary operator.
+        a_macs: per-sample MACs in run ``a`` (``None``: the module is not in ``a``).
+        b_macs: per-sample MACs in run ``b`` (``None``: the module is not in ``b``).
+        change: ``"added"``, ``"removed"`` or ``"changed"``.
+    """
+
+    module: str
+    operator: str
+    a_macs: float | None
+    b_macs: float | None
+    change: str
+
+    @property
+    def delta(self) -> float:
+        """``b - a`` per sample (a missing side counts 0)."""
+        return (self.b_macs or 0) - (self.a_macs or 0)
+
+
+@dataclass(frozen=True)
+class ReportDiff:
+    """Per-sample MACs and params of run ``b`` against run ``a``, module by module.
+
+    Args:
+        counter: the counter compared.
+        a_macs: per-sample MACs of ``a`` (``None`` when that counter failed or did not run).
+        b_macs: per-sample MACs of ``b``.
+        a_params: parameters of ``a``.
+        b_params: parameters of ``b``.
+        rows: changed (module, operator) rows, largest change first; their deltas sum to ``b_macs - a_macs``.
+        notes: one-line remarks (different input shapes or modes).
+
+    Example::
+
+        diff = lf.diff_reports(old, new)
+        print(diff.total_change, [(r.module, r.delta) for r in diff.rows])
+    """
+
+    counter: str
+    a_macs: float | None
+    b_macs: float | None
+    a_params: int
+    b_params: int
+    rows: tuple[DiffRow, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total_change(self) -> float:
+        """``b_macs - a_macs`` per sample."""
+        return (self.b_macs or 0) - (self.a_macs or 0)
+
+
+# --------------------------------------------------------------------------------------------- own counts
+def _nearest_parent(name: str, names: set[str]) -> str | None:
+    while name != "":
+        name = name.rpartition(".")[0]
+        if name in names:
+            return name
+    return None
+
+
+def own_counts(module_operators: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Each module's own MACs per operator: its inclusive count minus its nearest listed children's.
+
+    Args:
+        module_operators: inclusive MACs per module and operator (``""`` the root).
+
+    Returns:
+        Own MACs, zero entries dropped; they sum to the root's inclusive count.
+    """
+    names = set(module_operators) | {""}
+    own = {m: dict(ops) for m, ops in module_operators.items()}
+    for name in names:
+        if name == "":
+            continue
+        parent = _nearest_parent(name, names)
+        bucket = own.setdefault(parent, {})
+        for op, value in module_operators.get(name, {}).items():
+            bucket[op] = bucket.get(op, 0) - value
+    return {m: {op: v for op, v in ops.items() if v} for m, ops in own.items() if any(ops.values())}
+
+
+# ------------------------------------------------------------------------------------------------ explain
+def _uncounted_mentions(result: CounterResult, operator: str, module: str) -> bool:
+    """Whether the counter's ``uncounted`` list names ``operator`` (in ``module`` where it says where)."""
+    pattern = _INDEX.sub("*", module)
+    for item in result.uncounted:
+        op = getattr(item, "operator", None)
+        where = getattr(item, "module", None)
+        if op is not None:
+            if op == operator and (where is None or where in (module, pattern, "")):
+                return True
+            continue
+        text = str(item)
+        if re.search(rf"\b{re.escape(operator)}\b", text) or (operator == "attention" and "attention" in text):
+            return True
+    return False
+
+
+_UNCOUNTED_NOTES = {
+    "thop": "thop has no rule for a functional call ({op}) or for this module type",
+    "fvcore": "fvcore has no handler for this {op} kernel",
+}
+
+
+def _note(counter: str, operator: str, module_type: str, delta: int, result: CounterResult) -> str:
+    if counter == "thop":
+        if operator == "conv" and module_type.startswith("ConvTranspose") and delta > 0:
+            return "thop counts a transposed conv per output element (stride^d x the MACs); torch per input element"
+        if operator == "rnn":
+            return "thop's RNN rules also count the gates' elementwise products"
+        if operator in ("conv", "linear") and delta > 0:
+            return "this thop version's rule also counts the bias"
+        if operator == "other":
+            return "thop counts functional calls into the total only, not per module"
+        if operator == "norm":
+            return "thop counts a norm as 2 MACs per element (4 with affine); torch counts none"
+    if counter == "fvcore":
+        if operator == "einsum":
+            return "fvcore reads numpy's einsum_path summary, rounded to 4 significant digits"
+        if operator == "norm":
+            return "fvcore counts a norm as 1 MAC per element (more with affine); torch counts none"
+        if operator == "interpolate":
+            return "fvcore counts upsampling per output element; torch counts none"
+    if result.sample_scale > 1 and abs(delta) < result.sample_scale:
+        return f"counted on one sample and multiplied by {result.sample_scale}"
+    return ""
+
+
+def explain(report: FlopsReport, counter: str, reference: str = "torch") -> tuple[Discrepancy, ...]:
+    """Reconcile ``counter`` with ``reference``: every (module, operator) where they disagree, with a cause.
+
+    Args:
+        report: the profile holding both counters.
+        counter: the counter to explain (``"thop"``, ``"fvcore"``).
+        reference: the counter it is held against (the exact torch counter by default).
+
+    Returns:
+        Rows sorted by size (largest first); ``sum(row.macs) == counter total - reference total`` exactly.
+
+    Raises:
+        KeyError: a name is not in the report.
+        ValueError: one of the two counters failed.
+    """
+    result, ref = report.counters[counter], report.counters[reference]
+    if not result.ok or not ref.ok or result.macs is None or ref.macs is None:
+        failed = counter if not result.ok or result.macs is None else reference
+        raise ValueError(f"counter {failed!r} failed ({report.counters[failed].error}): nothing to reconcile")
+    own_c, own_r = own_counts(result.module_operators), own_counts(ref.module_operators)
+    types = getattr(report, "module_types", {}) or {}
+    rows: list[Discrepancy] = []
+    for module in sorted(set(own_c) | set(own_r)):
+        ops_c, ops_r = own_c.get(module, {}), own_r.get(module, {})
+        for op in sorted(set(ops_c) | set(ops_r)):
+            c, r = ops_c.get(op, 0), ops_r.get(op, 0)
+            if c == r:
+                continue
+            rows.append(_classify(counter, reference, module, op, c, r, types.get(module, ""), result, ref))
+    residual = (result.macs - ref.macs) - sum(row.macs for row in rows)
+    if residual:
+        rows.append(Discrepancy("", "other", residual, "unexplained", "totals differ from the per-module counts"))
+    return tuple(sorted(rows, key=lambda row: (-abs(row.macs), row.module, row.operator)))
+
+
+def _classify(
+    counter: str,
+    reference: str,
+    module: str,
+    op: str,
+    c: int,
+    r: int,
+    module_type: str,
+    result: CounterResult,
+    ref: CounterResult,
+) -> Discrepancy:
+    delta = c - r
+    note = _note(counter, op, module_type, delta, result)
+    if op == "custom":
+        return Discrepancy(module, op, delta, "rule", "a custom_ops rule counts this module")
+    if op in CONVENTION_OPERATORS:
+        return Discrepancy(module, op, delta, "convention", note or f"{op} is counted by convention, counters differ")
+    if c == 0:
+        if not note and _uncounted_mentions(result, op, module):
+            note = _UNCOUNTED_NOTES.get(counter, "{counter} lists it as uncounted").format(op=op, counter=counter)
+        return Discrepancy(module, op, delta, "uncounted", note)
+    if r == 0:
+        if _uncounted_mentions(ref, op, module):
+            return Discrepancy(module, op, delta, "overcount", f"{reference} lists {op} as uncounted")
+        return Discrepancy(module, op, delta, "unexplained", note or f"{reference} counts no {op} in this module")
+    return Discrepancy(module, op, delta, "overcount" if delta > 0 else "undercount", note)
+
+
+def explained_share(rows: Iterable[Discrepancy]) -> float:
+    """Share of the absolute difference with a known cause (everything but ``unexplained``); 1.0 when none."""
+    rows = list(rows)
+    total = sum(abs(row.macs) for row in rows)
+    if total == 0:
+        return 1.0
+    return sum(abs(row.macs) for row in rows if row.cause != "unexplained") / total
+
+
+# ------------------------------------------------------------------------------------------------ display
+def collapse(items: Iterable[tuple[str, str, str]], values: Iterable[Any]) -> list[tuple[str, str, str, int, Any]]:
+    """Group rows of repeated blocks (``blocks.0.attn``, ``blocks.1.attn`` -> ``blocks.*.attn``), for display only.
+
+    Args:
+        items: ``(module, operator, tag)`` per row (the tag, a cause or a change, must agree to merge).
+        values: the number (or tuple of numbers) per row, summed within a group.
+
+    Returns:
+        ``(pattern, operator, tag, modules merged, summed value)``, in first-seen order.
+    """
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for (module, op, tag), value in zip(items, values, strict=True):
+        key = (_INDEX.sub("*", module), op, tag)
+        entry = groups.setdefault(key, [set(), None])
+        entry[0].add(module)
+        if entry[1] is None:
+            entry[1] = value
+        elif isinstance(value, tuple):
+            entry[1] = tuple((x or 0) + (y or 0) for x, y in zip(entry[1], value, strict=True))
+        else:
+            entry[1] = entry[1] + value
+    return [(key[0], key[1], key[2], len(mods), value) for key, (mods, value) in groups.items()]
+
+
+# --------------------------------------------------------------------------------------------------- diff
+def diff_reports(a: FlopsReport, b: FlopsReport, counter: str = "torch") -> ReportDiff:
+    """Where per-sample MACs changed from run ``a`` to run ``b``, module by module and operator by operator.
+
+    Modules are matched by qualified name; a module only in ``b`` is ``added``, only in ``a`` ``removed``.
+
+    Args:
+        a: the earlier (baseline) report.
+        b: the later report.
+        counter: which counter to compare (the torch reference by default).
+
+    Returns:
+        A :class:`ReportDiff` whose row deltas sum to the change of the per-sample totals.
+
+    Raises:
+        ValueError: ``counter`` is missing or failed in one of the reports.
+    """
+    results = []
+    for label, report in (("a", a), ("b", b)):
+        result = report.counters.get(counter)
+        if result is None or not result.ok or result.macs is None:
+            why = "was not run" if result is None else f"failed ({result.error})"
+            raise ValueError(f"counter {counter!r} {why} in report {label} ({report.model})")
+        results.append(result)
+    per_a, per_b = max(a.batch_size, 1), max(b.batch_size, 1)
+    own_a, own_b = own_counts(results[0].module_operators), own_counts(results[1].module_operators)
+    modules_a, modules_b = set(results[0].module_operators), set(results[1].module_operators)
+    if getattr(a, "module_types", None) and getattr(b, "module_types", None):
+        modules_a, modules_b = modules_a | set(a.module_types), modules_b | set(b.module_types)
+    rows = []
+    for module in sorted(set(own_a) | set(own_b)):
+        ops_a, ops_b = own_a.get(module, {}), own_b.get(module, {})
+        change = "added" if module not in modules_a else "removed" if module not in modules_b else "changed"
+        for op in sorted(set(ops_a) | set(ops_b)):
+            va, vb = ops_a.get(op, 0) / per_a, ops_b.get(op, 0) / per_b
+            if va == vb:
+                continue
+            rows.append(
+                DiffRow(module, op, None if change == "added" else va, None if change == "removed" else vb, change)
+            )
+    a_total, b_total = results[0].macs / per_a, results[1].macs / per_b
+    residual = (b_total - a_total) - sum(row.delta for row in rows)
+    if abs(residual) > 1e-9 * max(abs(a_total), abs(b_total), 1):
+        rows.append(DiffRow("", "other", 0.0, residual, "changed"))
+    notes = []
+    shapes_a = [(i.name, tuple(i.shape[1:])) for i in a.inputs]
+    shapes_b = [(i.name, tuple(i.shape[1:])) for i in b.inputs]
+    if shapes_a != shapes_b:
+        notes.append(f"input shapes differ: {_shapes(a)} vs {_shapes(b)} (per-sample numbers still compare)")
+    if a.mode != b.mode:
+        notes.append(f"modes differ: {a.mode} vs {b.mode} (per-sample numbers still compare)")
+    rows.sort(key=lambda row: (-abs(row.delta), row.module, row.operator))
+    return ReportDiff(counter, a_total, b_total, a.params.total, b.params.total, tuple(rows), tuple(notes))
+
+
+def _shapes(report: FlopsReport) -> str:
+    return ", ".join(f"{i.name}: {list(i.shape)}" for i in report.inputs) or "no tensors"
