@@ -18,6 +18,7 @@ from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.isolation import to_device
+from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import (
     detect_batch_size,
     error_text,
@@ -69,6 +70,9 @@ class FlopsMonitor(Callback):
         prefix: first component of every metric key.
         custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
         strict: raise when a counter fails or no input can be found, instead of warning.
+        parts: ``{label: module name or list of names}`` (``pl_module.named_modules()`` names): MACs and params per
+            part, logged as ``{prefix}/part/{label}/{macs,flops,params}``. A name that is not a module raises
+            :class:`FlopsConfigError` at the first batch, before any profiling, strict or not.
 
     Example::
 
@@ -92,6 +96,7 @@ class FlopsMonitor(Callback):
         prefix: str = "compute",
         custom_ops: Mapping[type, Callable[..., float]] | None = None,
         strict: bool = False,
+        parts: Mapping[str, str | Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
@@ -116,6 +121,8 @@ class FlopsMonitor(Callback):
         self.prefix = prefix.strip("/ ")
         self.custom_ops = custom_ops
         self.strict = strict
+        validate_parts(parts)
+        self.parts = parts
         self.report: FlopsReport | None = None
         self._pending = False
         # log dir -> the report file this callback wrote there and the report it holds (rank zero only)
@@ -130,7 +137,7 @@ class FlopsMonitor(Callback):
         if not trainer.is_global_zero:
             return
         params, hp_metric = _run_hparams(trainer)
-        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
+        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit", parts=tuple(self.parts or {}))
         for logger in trainer.loggers:
             # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
             if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
@@ -184,6 +191,7 @@ class FlopsMonitor(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
+        resolve_parts(pl_module, self.parts)  # a configuration error: raised strict or not, before any counting
         directory = str(trainer.log_dir)  # a collective under DDP: every rank asks
         report, failure = self._reusable_report(pl_module), None
         if report is None:
@@ -245,6 +253,7 @@ class FlopsMonitor(Callback):
             and report.mode == self.mode
             and report.limit == self.limit
             and report.flag_on == self.flag_on
+            and tuple(report.parts) == tuple(self.parts or {})
         )
         return report if same else None
 
@@ -274,6 +283,7 @@ class FlopsMonitor(Callback):
             custom_ops=self.custom_ops,
             batch_size=batch_size,
             strict=self.strict,
+            parts=self.parts,
         )
 
     def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:

@@ -184,7 +184,7 @@ def _note(counter: str, operator: str, module_type: str, delta: int, result: Cou
         if operator == "einsum":
             return "fvcore reads numpy's einsum_path summary, rounded to 4 significant digits"
         if operator == "norm":
-            return "fvcore counts a norm as 1 MAC per element (more with affine); torch counts none"
+            return "fvcore counts a norm per element by its own convention (LayerNorm 5 with affine); torch counts none"
         if operator == "interpolate":
             return "fvcore counts upsampling per output element; torch counts none"
     if result.sample_scale > 1 and abs(delta) < result.sample_scale:
@@ -273,7 +273,8 @@ def collapse(items: Iterable[tuple[str, str, str]], values: Iterable[Any]) -> li
         values: the number (or tuple of numbers) per row, summed within a group.
 
     Returns:
-        ``(pattern, operator, tag, modules merged, summed value)``, in first-seen order.
+        ``(pattern, operator, tag, modules merged, summed value)``, in first-seen order; a group of one module keeps
+        its own name.
     """
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for (module, op, tag), value in zip(items, values, strict=True):
@@ -286,7 +287,10 @@ def collapse(items: Iterable[tuple[str, str, str]], values: Iterable[Any]) -> li
             entry[1] = tuple((x or 0) + (y or 0) for x, y in zip(entry[1], value, strict=True))
         else:
             entry[1] = entry[1] + value
-    return [(key[0], key[1], key[2], len(mods), value) for key, (mods, value) in groups.items()]
+    return [
+        (key[0] if len(mods) > 1 else next(iter(mods)), key[1], key[2], len(mods), value)
+        for key, (mods, value) in groups.items()
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- diff

@@ -10,9 +10,30 @@ from torch import nn
 from lightning_flops.errors import FlopsConfigError
 from lightning_flops.report import CounterResult, ParamCount, PartCount
 
-__all__ = ["count_parts", "resolve_parts"]
+__all__ = ["count_parts", "resolve_parts", "validate_parts"]
 
 Parts = Mapping[str, str | Sequence[str]]
+
+
+def validate_parts(parts: Parts | None) -> dict[str, tuple[str, ...]]:
+    """Check the form of ``parts`` (no model needed): ``{label: names}``; raise :class:`FlopsConfigError`."""
+    if parts is None:
+        return {}
+    if not isinstance(parts, Mapping):
+        raise FlopsConfigError(
+            f"`parts` must be a dict {{label: module name or list of names}}, got {type(parts).__name__}"
+        )
+    out: dict[str, tuple[str, ...]] = {}
+    for label, names in parts.items():
+        if not isinstance(label, str) or not label or "/" in label:
+            raise FlopsConfigError(f"`parts` labels must be non-empty str without '/', got {label!r}")
+        listed = (names,) if isinstance(names, str) else names
+        if not isinstance(listed, Sequence) or not listed or not all(isinstance(n, str) for n in listed):
+            raise FlopsConfigError(
+                f"`parts[{label!r}]` must be a module name or a non-empty list of names, got {names!r}"
+            )
+        out[label] = tuple(listed)
+    return out
 
 
 def resolve_parts(model: nn.Module, parts: Parts | None) -> dict[str, tuple[str, ...]]:
@@ -26,22 +47,9 @@ def resolve_parts(model: nn.Module, parts: Parts | None) -> dict[str, tuple[str,
         FlopsConfigError: ``parts`` is not such a dict, or a name is not a module of ``model`` (the message lists
             the model's top-level children).
     """
-    if parts is None:
-        return {}
-    if not isinstance(parts, Mapping):
-        raise FlopsConfigError(
-            f"`parts` must be a dict {{label: module name or list of names}}, got {type(parts).__name__}"
-        )
     modules = dict(model.named_modules())
     resolved: dict[str, tuple[str, ...]] = {}
-    for label, names in parts.items():
-        if not isinstance(label, str) or not label or "/" in label:
-            raise FlopsConfigError(f"`parts` labels must be non-empty str without '/', got {label!r}")
-        listed = (names,) if isinstance(names, str) else names
-        if not isinstance(listed, Sequence) or not listed or not all(isinstance(n, str) for n in listed):
-            raise FlopsConfigError(
-                f"`parts[{label!r}]` must be a module name or a non-empty list of names, got {names!r}"
-            )
+    for label, listed in validate_parts(parts).items():
         missing = [n for n in listed if n not in modules]
         if missing:
             children = [name for name, _ in model.named_children()]

@@ -18,6 +18,7 @@ from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogge
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.report import FlopsReport
 
 __all__ = [
@@ -39,13 +40,16 @@ REPORT_NAME = "flops_report.json"
 _MAX_SUFFIX = 10_000
 
 
-def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bool = False) -> list[str]:
+def metric_keys(
+    counters: Sequence[str], prefix: str = "compute", train_step: bool = False, parts: Sequence[str] = ()
+) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
 
     Args:
         counters: counter names in the order given to the monitor; gap keys follow that order.
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
+        parts: part labels: ``{prefix}/part/{label}/{macs,flops,params}`` each.
     """
     keys = [f"{prefix}/{name}/{unit}" for name in counters for unit in ("macs", "flops")]
     keys += [f"{prefix}/params/total", f"{prefix}/params/trainable"]
@@ -54,6 +58,7 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
     keys.append(f"{prefix}/flagged")
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
+    keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
     return keys
 
 
@@ -77,6 +82,13 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
     metrics[f"{prefix}/flagged"] = 1.0 if report.flagged else 0.0
     if report.train_step_flops is not None:
         metrics[f"{prefix}/train_step/flops_per_batch"] = float(report.train_step_flops)
+    per = max(report.batch_size, 1)
+    for label, part in report.parts.items():  # the reference counter (torch), per sample
+        macs = part.macs.get("torch")
+        if macs is not None:
+            metrics[f"{prefix}/part/{label}/macs"] = macs / per
+            metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
+        metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
     return metrics
 
 
