@@ -12,13 +12,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "CounterError",
     "CounterResult",
+    "DiffRow",
+    "Discrepancy",
     "FlopsConfigError",
     "FlopsGapError",
     "FlopsMonitor",
     "FlopsReport",
     "Gap",
     "ParamCount",
+    "PartCount",
+    "ReportDiff",
     "ReportFormatError",
+    "diff_reports",
     "profile_model",
 ]
 
@@ -31,6 +36,11 @@ _LOCATIONS = {
     "FlopsReport": "lightning_flops.report",
     "Gap": "lightning_flops.report",
     "ParamCount": "lightning_flops.report",
+    "PartCount": "lightning_flops.report",
+    "Discrepancy": "lightning_flops.explain",
+    "DiffRow": "lightning_flops.explain",
+    "ReportDiff": "lightning_flops.explain",
+    "diff_reports": "lightning_flops.explain",
     "profile_model": "lightning_flops.profiling",
     "FlopsMonitor": "lightning_flops.callback",
 }
@@ -38,8 +48,9 @@ _LOCATIONS = {
 if TYPE_CHECKING:
     from lightning_flops.callback import FlopsMonitor
     from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+    from lightning_flops.explain import DiffRow, Discrepancy, ReportDiff, diff_reports
     from lightning_flops.profiling import profile_model
-    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount
+    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount, PartCount
 
 
 def __getattr__(name: str) -> Any:
