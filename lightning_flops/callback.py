@@ -17,16 +17,9 @@ from typing_extensions import override
 from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
-from lightning_flops.isolation import to_device
+from lightning_flops.inputs import detect_batch_size, split_input, to_device
 from lightning_flops.parts import resolve_parts, validate_parts
-from lightning_flops.profiling import (
-    detect_batch_size,
-    error_text,
-    model_fingerprint,
-    profile_model,
-    split_input,
-    validate_options,
-)
+from lightning_flops.profiling import error_text, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport
 from lightning_flops.train_step import train_step_flops
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelSnapshot", "meta_copy", "preserved_rng", "to_device", "unwrap_compiled"]
+__all__ = ["ModelSnapshot", "meta_copy", "preserved_rng", "unwrap_compiled"]
 
 # Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
 _MODULE_HOOK_DICTS = (
@@ -160,16 +160,3 @@ def meta_copy(model: nn.Module) -> nn.Module:
             if buffer is not None and id(buffer) not in memo:
                 memo[id(buffer)] = torch.empty_like(buffer, device="meta")
     return copy.deepcopy(model, memo)
-
-
-def to_device(value: Any, device: str | torch.device) -> Any:
-    """``value`` with every tensor inside tuples, lists and dicts moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(to_device(v, device) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value

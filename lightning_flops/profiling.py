@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import time
@@ -17,7 +16,8 @@ from torch import nn
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
-from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, to_device, unwrap_compiled
+from lightning_flops.inputs import detect_batch_size, iter_tensors, slice_batch, split_input, to_device
+from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
 from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
@@ -26,9 +26,7 @@ __all__ = [
     "FLAG_ON",
     "MODES",
     "error_text",
-    "iter_tensors",
     "profile_model",
-    "split_input",
     "validate_options",
 ]
 
@@ -113,60 +111,6 @@ def expand_custom_ops(custom_ops: Mapping[type, Rule | float] | None) -> dict[ty
     return {key: _per_output_element(rule) if _is_rate(rule) else rule for key, rule in custom_ops.items()}
 
 
-def split_input(example_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` for ``model(*args, **kwargs)``: Tensor -> (x,), tuple/list -> positional, dict -> keywords."""
-    if isinstance(example_input, torch.Tensor):
-        return (example_input,), {}
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input), {}
-    if isinstance(example_input, Mapping):
-        if not all(isinstance(k, str) for k in example_input):
-            raise FlopsConfigError("`example_input` as a dict must have str keys (keyword arguments of forward)")
-        return (), dict(example_input)
-    raise FlopsConfigError(
-        "`example_input` must be a Tensor (model(x)), a tuple/list (model(*x)) or a dict (model(**x)), "
-        f"got {type(example_input).__name__}"
-    )
-
-
-def iter_tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside tuples, lists, dicts and dataclasses, with its path (``"0"``, ``"0.image"``, ``"mask"``)."""
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from iter_tensors(item, f"{path}.{i}" if path else str(i))
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from iter_tensors(item, f"{path}.{key}" if path else str(key))
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from iter_tensors(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
-
-
-def detect_batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Size of dim 0 of the first tensor with a dimension (positional first); 1 when there is none."""
-    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
-        if tensor.dim() > 0:
-            return int(tensor.shape[0])
-    return 1
-
-
-def _slice_batch(value: Any, batch: int) -> tuple[Any, bool]:
-    """Keep one sample of every tensor whose dim 0 is ``batch``; also says whether anything was sliced."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() > 0 and value.shape[0] == batch:
-            return value[:1], True
-        return value, False
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        items = [_slice_batch(v, batch) for v in value]
-        return type(value)(v for v, _ in items), any(s for _, s in items)
-    if isinstance(value, dict):
-        items = {k: _slice_batch(v, batch) for k, v in value.items()}
-        return {k: v for k, (v, _) in items.items()}, any(s for _, s in items.values())
-    return value, False
-
-
 def _model_device(model: nn.Module) -> str:
     tensor = next(iter(model.parameters()), None)
     if tensor is None:
@@ -239,8 +183,8 @@ class _Session:
         on meta); ``None`` when the model couples samples, nothing can be sliced or the check cannot run."""
         if self.batch <= 1 or _batch_coupled(self.model, self.mode):
             return None
-        one_args, sliced_a = _slice_batch(self.args, self.batch)
-        one_kwargs, sliced_k = _slice_batch(self.kwargs, self.batch)
+        one_args, sliced_a = slice_batch(self.args, self.batch)
+        one_kwargs, sliced_k = slice_batch(self.kwargs, self.batch)
         if not (sliced_a or sliced_k):
             return None
         torch_counter = get_counter("torch")
@@ -296,7 +240,8 @@ def _run_counter(name: str, session: _Session, device: str | None, strict: bool)
                 continue
             if name == "torch" and where == "meta" and scale == 1:
                 session.torch_meta_macs = int(raw.macs)
-            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
+            note = "; ".join(f"{p}: {text}" for p, text in failures) or None
+            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
         if len({text for _, text in failures}) == 1:
             errors = [failures[0][1]]  # the same failure everywhere: "<Type>: <message>" once
         else:
@@ -310,7 +255,13 @@ def _run_counter(name: str, session: _Session, device: str | None, strict: bool)
 
 
 def _result(
-    name: str, raw: RawCount, rule_macs: dict[str, float], where: str, scale: int, seconds: float
+    name: str,
+    raw: RawCount,
+    rule_macs: dict[str, float],
+    where: str,
+    scale: int,
+    seconds: float,
+    note: str | None = None,
 ) -> CounterResult:
     raw_macs = int(raw.macs) * scale
     module_operators = {m: {op: int(v) * scale for op, v in ops.items()} for m, ops in raw.module_operators.items()}
@@ -330,6 +281,7 @@ def _result(
         uncounted=tuple(raw.uncounted),
         seconds=seconds,
         sample_scale=scale,
+        device_note=note,
     )
 
 

@@ -61,6 +61,10 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
+    moved = [r for r in results if r.ok and r.device_note]
+    if moved:
+        lines += ["", "Counted elsewhere than first tried:"]
+        lines += [f"- {r.name} (counted on {r.device}): {r.device_note}" for r in moved]
     lines += _top_modules_markdown(report, top_modules)
     uncounted = [(r.name, u) for r in results for u in r.uncounted]
     if uncounted:

@@ -98,6 +98,7 @@ class CounterResult:
         uncounted: operators or modules the counter saw and did not count.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+        device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
 
     Example::
 
@@ -115,6 +116,7 @@ class CounterResult:
     uncounted: tuple[str, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
+    device_note: str | None = None
 
     @property
     def flops(self) -> int | None:
