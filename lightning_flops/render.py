@@ -269,9 +269,9 @@ _CORE_WORDS = {
     "rnn": "recurrent layers",
 }
 _TOOLS = {
-    "torch": "PyTorch's FlopCounterMode (torch.utils.flop_counter)",
+    "torch": "torch.utils.flop_counter.FlopCounterMode of PyTorch",
     "thop": "thop",
-    "fvcore": "fvcore's FlopCountAnalysis",
+    "fvcore": "fvcore.nn.FlopCountAnalysis of fvcore",
 }
 
 
@@ -296,7 +296,8 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
     shapes = "; ".join(f"{i.dtype} [{', '.join(map(str, i.shape))}]" for i in report.inputs) or "no tensor input"
     per_sample = "; ".join(f"[{', '.join(map(str, i.shape[1:]))}]" for i in report.inputs)
     ops = [op for op in _CORE_WORDS if result.by_operator.get(op)]
-    counted = ", ".join(_CORE_WORDS[op] for op in ops) or "no core operators"
+    words = [_CORE_WORDS[op] for op in ops]
+    counted = (", ".join(words[:-1]) + " and " + words[-1]) if len(words) > 1 else (words[0] if words else "nothing")
     version = report.versions.get(counter if counter != "torch" else "torch", "?")
     lf_version = report.versions.get("lightning_flops", "?")
     parts = [
@@ -315,15 +316,13 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
     if rules:
         parts.append(f"Custom rules applied (their MACs are included): {'; '.join(rules)}.")
     parts.append(f"The model has {report.params.total:,} parameters ({report.params.trainable:,} trainable).")
-    parts.append(
-        f"Counted with {_TOOLS.get(counter, counter)} (version {version}) through lightning-flops {lf_version}."
-    )
+    parts.append(f"Counted with {_TOOLS.get(counter, counter)} {version} through lightning-flops {lf_version}.")
     others = [
         name for name, other in report.counters.items() if name != counter and other.ok and other.macs is not None
     ]
     for name in others:
         try:
-            summary = explain_summary(report, name, counter, top=2)
+            summary = explain_summary(report, name, counter, top=3)
         except (KeyError, ValueError):
             continue
         tool = report.versions.get("thop_variant", "thop") if name == "thop" else name
@@ -367,8 +366,9 @@ def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]
 
     Args:
         runs: ``(name, report)`` per run, in row order.
-        counters: counters to show (MACs per counter; FLOPs for the first).
+        counters: counters to show (MACs per counter; FLOPs for torch, or the first when torch is not among them).
     """
+    counters = sorted(counters, key=lambda name: name != "torch")  # the reference first: its FLOPs are shown
     columns: list[tuple[str, str, list[float | None]]] = [("Params", "", [float(r.params.total) for _, r in runs])]
     for i, name in enumerate(counters):
         columns.append((name, "MACs", [r.macs_per_sample(name) for _, r in runs]))

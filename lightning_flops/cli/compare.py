@@ -29,10 +29,11 @@ from lightning_flops.cli._common import (
     per_sample,
 )
 from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.render import latex_table
 from lightning_flops.report import FlopsReport, human_count
 
 NAME = "compare"
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS = ("table", "markdown", "csv", "json", "latex")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 UNITS = (
     "per sample: *_macs are multiply-accumulates, *_flops = 2 * macs; whole-call counts divided by batch_size, "
@@ -312,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
         text = _render_csv(rows, columns)
     elif args.format == "json":
         text = _render_json(rows, columns, args.baseline)
+    elif args.format == "latex":  # booktabs, one row per run (in the sorted order), units in the header
+        reports = {run.name: run.report for run in runs}
+        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters)
     else:
         headers, cells = _human_cells(rows, counters, args.baseline)
         render = _render_table if args.format == "table" else _render_markdown
