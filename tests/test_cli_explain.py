@@ -122,3 +122,17 @@ def test_a_directory_with_two_reports_is_refused(
     (tmp_path / "flops_report.1.json").write_text(text)
     status, out, err = run_cli(capsys, "statement", str(tmp_path))
     assert status == 2 and out == "" and "holds 2 reports" in err
+
+
+def test_compare_has_part_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_parts_statement import BACKBONE_MACS, HEAD_MACS, IN, NECK_MACS, PARTS, Net
+
+    report = lf.profile_model(Net(), torch.randn(4, IN), counters=("torch",), parts=PARTS)
+    (tmp_path / "flops_report.json").write_text(report.to_json())
+    status, out, _ = run_cli(capsys, "compare", str(tmp_path), "--format", "csv")
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert status == 0
+    assert int(row["part_visual_macs"]) == BACKBONE_MACS + NECK_MACS and int(row["part_decoder_macs"]) == HEAD_MACS
+    assert int(row["part_decoder_params"]) == report.parts["decoder"].params.total
+    status, out, _ = run_cli(capsys, "compare", str(tmp_path))
+    assert "visual torch MACs" in out
