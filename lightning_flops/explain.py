@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lightning_flops.counters.base import CONVENTION_OPERATORS
+from lightning_flops.counters.base import CONVENTION_OPERATORS, CORE_OPERATORS
 
 if TYPE_CHECKING:
     from lightning_flops.report import CounterResult, FlopsReport
@@ -156,11 +156,21 @@ def _uncounted_mentions(result: CounterResult, operator: str, module: str) -> bo
             if op == operator and (where is None or where in (module, pattern, "")):
                 return True
             continue
-        text = str(item)
-        if re.search(rf"\b{re.escape(operator)}\b", text) or (operator == "attention" and "attention" in text):
+        text = str(item).lower()
+        if any(re.search(rf"\b{word}\b", text) for word in _KERNEL_WORDS.get(operator, (re.escape(operator),))):
             return True
     return False
 
+
+#: Words (regular expressions) that name an operator's kernels in the counters' ``uncounted`` texts.
+_KERNEL_WORDS = {
+    "attention": (r"\w*attention\w*",),
+    "rnn": ("rnn", "lstm", "gru", r"rnn_\w+", r"mkldnn_rnn\w*"),
+    "matmul": ("matmul", "bmm", "baddbmm", "mm"),
+    "linear": ("linear", "addmm"),
+    "conv": (r"\w*conv\w*",),
+    "einsum": ("einsum",),
+}
 
 _UNCOUNTED_NOTES = {
     "thop": "thop has no rule for a functional call ({op}) or for this module type",
@@ -215,16 +225,44 @@ def explain(report: FlopsReport, counter: str, reference: str = "torch") -> tupl
     types = getattr(report, "module_types", {}) or {}
     rows: list[Discrepancy] = []
     for module in sorted(set(own_c) | set(own_r)):
-        ops_c, ops_r = own_c.get(module, {}), own_r.get(module, {})
+        ops_r = own_r.get(module, {})
+        ops_c, relabelled = _in_reference_vocabulary(own_c.get(module, {}), ops_r)
         for op in sorted(set(ops_c) | set(ops_r)):
             c, r = ops_c.get(op, 0), ops_r.get(op, 0)
             if c == r:
                 continue
-            rows.append(_classify(counter, reference, module, op, c, r, types.get(module, ""), result, ref))
+            row = _classify(counter, reference, module, op, c, r, types.get(module, ""), result, ref)
+            if op in relabelled:
+                moved = ", ".join(relabelled[op])
+                note = f"{counter} books part of it as {moved}" + (f"; {row.note}" if row.note else "")
+                row = Discrepancy(row.module, row.operator, row.macs, row.cause, note)
+            rows.append(row)
     residual = (result.macs - ref.macs) - sum(row.macs for row in rows)
     if residual:
         rows.append(Discrepancy("", "other", residual, "unexplained", "totals differ from the per-module counts"))
     return tuple(sorted(rows, key=lambda row: (-abs(row.macs), row.module, row.operator)))
+
+
+def _in_reference_vocabulary(
+    ops_c: Mapping[str, int], ops_r: Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The counter's own ops of one module, with core ops the reference has none of in that module folded into the
+    reference's core op that the counter falls shortest of (torch books ``nn.MultiheadAttention``'s projections as
+    ``attention``, fvcore as ``linear``).
+
+    Returns:
+        ``(relabelled ops, {reference op: [counter ops folded into it]})``.
+    """
+    ops = dict(ops_c)
+    orphans = [op for op, v in ops_c.items() if op in CORE_OPERATORS and v > 0 and not ops_r.get(op)]
+    deficits = {op: r - ops_c.get(op, 0) for op, r in ops_r.items() if op in CORE_OPERATORS and r > ops_c.get(op, 0)}
+    moved: dict[str, list[str]] = {}
+    if orphans and deficits:
+        target = max(deficits, key=lambda op: (deficits[op], op))
+        for op in orphans:
+            ops[target] = ops.get(target, 0) + ops.pop(op)
+            moved.setdefault(target, []).append(op)
+    return ops, moved
 
 
 def _classify(
@@ -252,6 +290,8 @@ def _classify(
         if _uncounted_mentions(ref, op, module):
             return Discrepancy(module, op, delta, "overcount", f"{reference} lists {op} as uncounted")
         return Discrepancy(module, op, delta, "unexplained", note or f"{reference} counts no {op} in this module")
+    if not note and delta < 0 and _uncounted_mentions(result, op, module):
+        note = _UNCOUNTED_NOTES.get(counter, "{counter} lists it as uncounted").format(op=op, counter=counter)
     return Discrepancy(module, op, delta, "overcount" if delta > 0 else "undercount", note)
 
 

@@ -156,3 +156,22 @@ def test_explain_rows_survive_the_json_round_trip() -> None:
     rows = explain_rows(report, report.explain("thop"))
     assert {row["module"] for row in rows} == {"mix", "up"}
     assert sum(row["macs_per_sample"] for row in rows) == (CT_THOP_MACS - CT_TORCH_MACS - EINSUM_MACS) / BATCH
+
+
+def test_mha_projections_booked_as_linear_by_fvcore_fold_into_torchs_attention_row() -> None:
+    batch, length, dim = 2, 6, 32
+    projections = 4 * batch * length * dim * dim  # q, k, v and out: fvcore books them as linear, torch as attention
+    products = 2 * batch * length * length * dim  # q k^T and p v
+    x = torch.randn(batch, length, dim)
+    # need_weights=True (the default): explicit bmm products, which fvcore counts (as matmul): no row at all
+    whole = lf.profile_model(nn.MultiheadAttention(dim, 4, batch_first=True), (x, x, x), counters=("fvcore", "torch"))
+    assert whole.counters["torch"].macs == projections + products
+    assert whole.explain("fvcore") == ()
+    # inside an encoder layer (need_weights=False) the products run in SDPA, which fvcore has no handler for
+    layer = nn.TransformerEncoderLayer(dim, 4, 64, batch_first=True)
+    report = lf.profile_model(layer, x, counters=("fvcore", "torch"))
+    by_key = {(row.module, row.operator): row for row in report.explain("fvcore")}
+    attention = by_key[("self_attn", "attention")]
+    assert attention.cause == "undercount" and attention.macs == -products
+    assert "as linear" in attention.note and "no handler" in attention.note
+    assert {row.cause for row in by_key.values()} == {"undercount", "convention"}
