@@ -185,7 +185,7 @@ def _note(counter: str, operator: str, module_type: str, delta: int, result: Cou
         if operator == "rnn":
             return "thop's RNN rules also count the gates' elementwise products"
         if operator in ("conv", "linear") and delta > 0:
-            return "this thop version's rule also counts the bias"
+            return "thop's rule may count the bias (older thop and the AGPL fork do); torch does not"
         if operator == "other":
             return "thop counts functional calls into the total only, not per module"
         if operator == "norm":
