@@ -20,6 +20,7 @@ __all__ = [
     "FlopsReport",
     "Gap",
     "ParamCount",
+    "ParamDiffRow",
     "PartCount",
     "ReportDiff",
     "ReportFormatError",
@@ -40,6 +41,7 @@ _LOCATIONS = {
     "Discrepancy": "lightning_flops.explain",
     "DiffRow": "lightning_flops.explain",
     "ReportDiff": "lightning_flops.explain",
+    "ParamDiffRow": "lightning_flops.explain",
     "diff_reports": "lightning_flops.explain",
     "profile_model": "lightning_flops.profiling",
     "FlopsMonitor": "lightning_flops.callback",
@@ -48,7 +50,7 @@ _LOCATIONS = {
 if TYPE_CHECKING:
     from lightning_flops.callback import FlopsMonitor
     from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
-    from lightning_flops.explain import DiffRow, Discrepancy, ReportDiff, diff_reports
+    from lightning_flops.explain import DiffRow, Discrepancy, ParamDiffRow, ReportDiff, diff_reports
     from lightning_flops.profiling import profile_model
     from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount, PartCount
 

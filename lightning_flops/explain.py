@@ -20,6 +20,7 @@ __all__ = [
     "CAUSES",
     "DiffRow",
     "Discrepancy",
+    "ParamDiffRow",
     "ReportDiff",
     "collapse",
     "diff_reports",
@@ -83,6 +84,28 @@ class DiffRow:
 
 
 @dataclass(frozen=True)
+class ParamDiffRow:
+    """One module whose own parameters changed between run ``a`` and run ``b``.
+
+    Args:
+        module: qualified module name.
+        a_params: parameters the module holds itself in ``a`` (``None``: not in ``a``).
+        b_params: the same in ``b``.
+        change: ``"added"``, ``"removed"`` or ``"changed"``.
+    """
+
+    module: str
+    a_params: int | None
+    b_params: int | None
+    change: str
+
+    @property
+    def delta(self) -> int:
+        """``b - a`` (a missing side counts 0)."""
+        return (self.b_params or 0) - (self.a_params or 0)
+
+
+@dataclass(frozen=True)
 class ReportDiff:
     """Per-sample MACs and params of run ``b`` against run ``a``, module by module.
 
@@ -94,6 +117,8 @@ class ReportDiff:
         b_params: parameters of ``b``.
         rows: changed (module, operator) rows, largest change first; their deltas sum to ``b_macs - a_macs``.
         notes: one-line remarks (different input shapes or modes).
+        param_rows: modules whose own parameters changed, largest change first (empty when a report predates
+            per-module parameters); their deltas sum to ``b_params - a_params``.
 
     Example::
 
@@ -108,6 +133,7 @@ class ReportDiff:
     b_params: int
     rows: tuple[DiffRow, ...]
     notes: tuple[str, ...] = ()
+    param_rows: tuple[ParamDiffRow, ...] = ()
 
     @property
     def total_change(self) -> float:
@@ -385,7 +411,25 @@ def diff_reports(a: FlopsReport, b: FlopsReport, counter: str = "torch") -> Repo
     if a.mode != b.mode:
         notes.append(f"modes differ: {a.mode} vs {b.mode} (per-sample numbers still compare)")
     rows.sort(key=lambda row: (-abs(row.delta), row.module, row.operator))
-    return ReportDiff(counter, a_total, b_total, a.params.total, b.params.total, tuple(rows), tuple(notes))
+    return ReportDiff(
+        counter, a_total, b_total, a.params.total, b.params.total, tuple(rows), tuple(notes), _param_rows(a, b)
+    )
+
+
+def _param_rows(a: FlopsReport, b: FlopsReport) -> tuple[ParamDiffRow, ...]:
+    pa, pb = getattr(a, "module_params", None) or {}, getattr(b, "module_params", None) or {}
+    if not pa or not pb:
+        return ()
+    rows = []
+    for module in sorted(set(pa) | set(pb)):
+        va, vb = pa.get(module), pb.get(module)
+        if va == vb:
+            continue
+        in_a = module in (a.module_types or pa)
+        in_b = module in (b.module_types or pb)
+        change = "added" if not in_a else "removed" if not in_b else "changed"
+        rows.append(ParamDiffRow(module, va if in_a else None, vb if in_b else None, change))
+    return tuple(sorted(rows, key=lambda row: (-abs(row.delta), row.module)))
 
 
 def _shapes(report: FlopsReport) -> str:

@@ -315,6 +315,15 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def own_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name)."""
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        module = name.rpartition(".")[0]
+        out[module] = out.get(module, 0) + param.numel()
+    return out
+
+
 def count_parameters(model: nn.Module) -> ParamCount:
     """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``."""
     params = list(model.parameters())
@@ -389,5 +398,6 @@ def profile_model(
         versions=_versions(),
         fingerprint=model_fingerprint(model),
         module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        module_params=own_parameters(model),
         parts=count_parts(model, part_names, ordered),
     )

@@ -20,6 +20,7 @@ __all__ = [
     "explain_rows",
     "explain_summary",
     "latex_table",
+    "param_diff_rows",
     "render_rows",
     "report_markdown",
     "statement",
@@ -226,7 +227,9 @@ def _cell(value: Any, column: str) -> str:
         if column.endswith("macs_per_sample") or column in ("a_macs", "b_macs", "delta"):
             return _signed(value) if column in ("macs_per_sample", "delta") else human_count(value, "MACs")
         if column.endswith("params"):
-            return human_count(value, "")
+            return human_count(value, "").strip()
+        if column == "params_delta":
+            return f"{value:+,}"
     return str(value)
 
 
@@ -246,6 +249,23 @@ def diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
             {"module": module, "operator": op, "change": change, "a_macs": a, "b_macs": b, "delta": (b or 0) - (a or 0)}
         )
     return sorted(out, key=lambda row: -abs(row["delta"]))
+
+
+def param_diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
+    """Displayed rows of the parameter changes: repeated blocks collapsed, largest change first."""
+    from lightning_flops.explain import collapse
+
+    values = [(r.a_params, r.b_params) for r in diff.param_rows]
+    groups = collapse([(r.module, "params", r.change) for r in diff.param_rows], values)
+    out = []
+    for pattern, _, change, count, (a, b) in groups:
+        module = (pattern or "<root>") + (f" ({count}x)" if count > 1 else "")
+        a = None if change == "added" else a
+        b = None if change == "removed" else b
+        out.append(
+            {"module": module, "change": change, "a_params": a, "b_params": b, "params_delta": (b or 0) - (a or 0)}
+        )
+    return sorted(out, key=lambda row: -abs(row["params_delta"]))
 
 
 def diff_header(diff: ReportDiff) -> list[str]:

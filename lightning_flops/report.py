@@ -196,6 +196,8 @@ class FlopsReport:
             ``example_input`` was profiled).
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         module_types: class name per qualified module name (``""`` the root), for explanations and diffs.
+        module_params: parameter elements each module holds itself (``recurse=False``; shared weights at their first
+            name), for modules that hold any.
         parts: MACs and params of named groups of modules (``parts=`` of ``profile_model``).
         schema_version: JSON layout version.
 
@@ -222,6 +224,7 @@ class FlopsReport:
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
     module_types: dict[str, str] = field(default_factory=dict)
+    module_params: dict[str, int] = field(default_factory=dict)
     parts: dict[str, PartCount] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -310,6 +313,7 @@ class FlopsReport:
                 ),
                 rules=tuple(data.get("rules", ())),
                 module_types={str(k): str(v) for k, v in data.get("module_types", {}).items()},
+                module_params={str(k): int(v) for k, v in data.get("module_params", {}).items()},
                 parts={
                     str(label): PartCount(
                         modules=tuple(p["modules"]),

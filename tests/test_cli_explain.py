@@ -69,9 +69,15 @@ def test_explain_table_starts_with_the_summary_line(runs: Path, capsys: pytest.C
 def test_diff_json_has_one_added_block_row(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(capsys, "diff", str(runs / "small"), str(runs / "big"), "--format", "json")
     assert status == 0
-    assert json.loads(out) == [
+    data = json.loads(out)
+    assert data["rows"] == [
         {"module": "blocks.2", "operator": "linear", "change": "added", "a_macs": None, "b_macs": BLOCK_MACS,
          "delta": BLOCK_MACS}
+    ]  # fmt: skip
+    assert data["total_change"] == BLOCK_MACS
+    assert data["param_rows"] == [
+        {"module": "blocks.2", "change": "added", "a_params": None, "b_params": WIDTH * WIDTH + WIDTH,
+         "delta": WIDTH * WIDTH + WIDTH}
     ]  # fmt: skip
 
 
@@ -80,6 +86,7 @@ def test_diff_table_states_the_totals(runs: Path, capsys: pytest.CaptureFixture[
     assert status == 0
     assert "params" in out.splitlines()[0] and f"(+{WIDTH * WIDTH + WIDTH:,})" in out.splitlines()[0]
     assert re.search(r"^blocks\.2\s+linear\s+added\s+-", out, re.M)
+    assert re.search(rf"^blocks\.2\s+added\s+-\s+{WIDTH * WIDTH + WIDTH}\s+\+{WIDTH * WIDTH + WIDTH}$", out, re.M)
 
 
 def test_statement_prints_the_exact_per_sample_macs(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -139,6 +139,9 @@ def test_diff_of_runs_with_and_without_a_block_has_one_added_row() -> None:
     assert diff.total_change == b.macs_per_sample("torch") - a.macs_per_sample("torch") == BLOCK_MACS
     assert sum(row.delta for row in diff.rows) == diff.total_change
     assert diff.b_params - diff.a_params == WIDTH * WIDTH + WIDTH
+    assert [(r.module, r.change, r.a_params, r.b_params) for r in diff.param_rows] == [
+        ("blocks.2", "added", None, WIDTH * WIDTH + WIDTH)  # weight and bias of the extra block
+    ]
     assert diff.notes == ()  # per-sample shapes agree (batch 4 vs 2 is fine)
 
 

@@ -1,20 +1,22 @@
 """``lightning-flops diff A B``: where the per-sample MACs changed between two runs, module by module.
 
-Reads JSON only (no torch). Rows sum to the change of the totals; tables collapse repeated blocks, csv and json keep
-one row per module.
+Reads JSON only (no torch). Rows sum to the change of the totals; tables collapse repeated blocks, csv (MAC rows) and
+json (MAC and parameter rows, totals, notes) keep one row per module.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from lightning_flops.cli._common import REPORT_GLOB, CliError, load_one
 from lightning_flops.explain import diff_reports
-from lightning_flops.render import diff_header, diff_rows, render_rows
+from lightning_flops.render import diff_header, diff_rows, param_diff_rows, render_rows
 
 NAME = "diff"
 FORMATS = ("table", "markdown", "csv", "json")
 _COLUMNS = ("module", "operator", "change", "a_macs", "b_macs", "delta")
+_PARAM_COLUMNS = ("module", "change", "a_params", "b_params", "params_delta")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,24 +26,39 @@ def run(args: argparse.Namespace) -> int:
         diff = diff_reports(a, b, counter=args.counter)
     except ValueError as err:
         raise CliError(f"`--counter`: {err}") from None
-    if args.format in ("csv", "json"):
-        rows = [
-            {
-                "module": r.module,
-                "operator": r.operator,
-                "change": r.change,
-                "a_macs": r.a_macs,
-                "b_macs": r.b_macs,
-                "delta": r.delta,
-            }
-            for r in diff.rows
-        ]
-        print(render_rows(rows, _COLUMNS, args.format), flush=True)
+    rows = [
+        {"module": r.module, "operator": r.operator, "change": r.change, "a_macs": r.a_macs, "b_macs": r.b_macs,
+         "delta": r.delta}
+        for r in diff.rows
+    ]  # fmt: skip
+    if args.format == "csv":  # the MAC rows, one per (module, operator)
+        print(render_rows(rows, _COLUMNS, "csv"), flush=True)
+        return 0
+    if args.format == "json":
+        data = {
+            "counter": diff.counter,
+            "units": "per sample; macs = multiply-accumulates, flops = 2 * macs",
+            "notes": list(diff.notes),
+            "a_macs": diff.a_macs,
+            "b_macs": diff.b_macs,
+            "total_change": diff.total_change,
+            "a_params": diff.a_params,
+            "b_params": diff.b_params,
+            "rows": rows,
+            "param_rows": [
+                {"module": r.module, "change": r.change, "a_params": r.a_params, "b_params": r.b_params,
+                 "delta": r.delta}
+                for r in diff.param_rows
+            ],
+        }  # fmt: skip
+        print(json.dumps(data, indent=2), flush=True)
         return 0
     lines = diff_header(diff)
     text = "\n".join(lines)
     if diff.rows:
-        text += "\n\nper sample:\n" + render_rows(diff_rows(diff), _COLUMNS, args.format)
+        text += "\n\nMACs per sample:\n" + render_rows(diff_rows(diff), _COLUMNS, args.format)
+    if diff.param_rows:
+        text += "\n\nparameters:\n" + render_rows(param_diff_rows(diff), _PARAM_COLUMNS, args.format)
     print(text, flush=True)
     return 0
 
