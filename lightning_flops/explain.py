@@ -172,20 +172,22 @@ def own_counts(module_operators: Mapping[str, Mapping[str, int]]) -> dict[str, d
 
 
 # ------------------------------------------------------------------------------------------------ explain
-def _uncounted_mentions(result: CounterResult, operator: str, module: str) -> bool:
-    """Whether the counter's ``uncounted`` list names ``operator`` (in ``module`` where it says where)."""
+def _uncounted_mentions(result: CounterResult, operator: str, module: str) -> str | None:
+    """The entry of the counter's ``uncounted`` list that names ``operator`` (in ``module`` where it says where)."""
     pattern = _INDEX.sub("*", module)
+    found: list[str] = []
     for item in result.uncounted:
         op = getattr(item, "operator", None)
         where = getattr(item, "module", None)
         if op is not None:
             if op == operator and (where is None or where in (module, pattern, "")):
-                return True
+                return str(item)
             continue
         text = str(item).lower()
         if any(re.search(rf"\b{word}\b", text) for word in _KERNEL_WORDS.get(operator, (re.escape(operator),))):
-            return True
-    return False
+            found.append(str(item))
+    here = f" in {pattern or '<root>'} "
+    return next((entry for entry in found if here in entry), found[0] if found else None)
 
 
 #: Words (regular expressions) that name an operator's kernels in the counters' ``uncounted`` texts.
@@ -199,9 +201,13 @@ _KERNEL_WORDS = {
 }
 
 _UNCOUNTED_NOTES = {
-    "thop": "thop has no rule for a functional call ({op}) or for this module type",
-    "fvcore": "fvcore has no handler for this {op} kernel",
+    "thop": "thop counts modules by type rules only, not functional calls",
+    "fvcore": "fvcore has no handler for this kernel",
 }
+
+
+def _uncounted_note(counter: str, entry: str) -> str:
+    return f"{_UNCOUNTED_NOTES.get(counter, f'{counter} does not count it')} (its uncounted list: {entry})"
 
 
 def _note(counter: str, operator: str, module_type: str, delta: int, result: CounterResult) -> str:
@@ -309,15 +315,17 @@ def _classify(
     if op in CONVENTION_OPERATORS:
         return Discrepancy(module, op, delta, "convention", note or f"{op} is counted by convention, counters differ")
     if c == 0:
-        if not note and _uncounted_mentions(result, op, module):
-            note = _UNCOUNTED_NOTES.get(counter, "{counter} lists it as uncounted").format(op=op, counter=counter)
+        entry = None if note else _uncounted_mentions(result, op, module)
+        if entry is not None:
+            note = _uncounted_note(counter, entry)
         return Discrepancy(module, op, delta, "uncounted", note)
     if r == 0:
-        if _uncounted_mentions(ref, op, module):
+        if _uncounted_mentions(ref, op, module) is not None:
             return Discrepancy(module, op, delta, "overcount", f"{reference} lists {op} as uncounted")
         return Discrepancy(module, op, delta, "unexplained", note or f"{reference} counts no {op} in this module")
-    if not note and delta < 0 and _uncounted_mentions(result, op, module):
-        note = _UNCOUNTED_NOTES.get(counter, "{counter} lists it as uncounted").format(op=op, counter=counter)
+    entry = None if note or delta > 0 else _uncounted_mentions(result, op, module)
+    if entry is not None:
+        note = _uncounted_note(counter, entry)
     return Discrepancy(module, op, delta, "overcount" if delta > 0 else "undercount", note)
 
 
