@@ -336,6 +336,12 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
     if rules:
         parts.append(f"Custom rules applied (their MACs are included): {'; '.join(rules)}.")
     parts.append(f"The model has {report.params.total:,} parameters ({report.params.trainable:,} trainable).")
+    if report.train_step_flops is not None:
+        batch = report.train_step_batch_size or report.batch_size
+        parts.append(
+            "One training step (forward and backward, torch counter) costs "
+            f"{human_count(report.train_step_flops, 'FLOPs')} ({report.train_step_flops:,} FLOPs) per batch of {batch}."
+        )
     parts.append(f"Counted with {_TOOLS.get(counter, counter)} {version} through lightning-flops {lf_version}.")
     others = [
         name for name, other in report.counters.items() if name != counter and other.ok and other.macs is not None

@@ -95,6 +95,7 @@ def test_statement_of_a_fitted_run_has_exact_macs_flops_and_the_input_shape(
     assert "float32 [4, 32]" in text and "per sample [32]" in text and "eval mode" in text
     assert "ReLU: 3 MACs per output element" in text
     assert "linear layers" in text and "thop" in text and "fvcore" in text
+    assert f"({report.train_step_flops:,} FLOPs) per batch of 4" in text
 
 
 def test_number_rules_count_per_output_element_and_are_named() -> None:
