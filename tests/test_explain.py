@@ -178,3 +178,21 @@ def test_mha_projections_booked_as_linear_by_fvcore_fold_into_torchs_attention_r
     assert attention.cause == "undercount" and attention.macs == -products
     assert "as linear" in attention.note and "no handler" in attention.note
     assert {row.cause for row in by_key.values()} == {"undercount", "convention"}
+
+
+def test_fvcore_einsum_rounding_is_an_overcount_with_its_reason() -> None:
+    class Mix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(7, 13))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bchw,cd->bdhw", x, self.weight)
+
+    report = lf.profile_model(Mix(), torch.randn(3, 7, 11, 11), counters=("fvcore", "torch"))
+    exact = 3 * 7 * 11 * 11 * 13  # 33,033 MACs
+    fvcore = int(float(f"{2 * exact:.3e}") // 2)  # numpy's einsum_path prints 2 x MACs to 4 significant digits
+    assert report.counters["torch"].macs == exact and report.counters["fvcore"].macs == fvcore == 33_035
+    (row,) = report.explain("fvcore")
+    assert (row.module, row.operator, row.cause, row.macs) == ("", "einsum", "overcount", fvcore - exact)
+    assert "4 significant digits" in row.note
