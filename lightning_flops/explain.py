@@ -173,41 +173,49 @@ def own_counts(module_operators: Mapping[str, Mapping[str, int]]) -> dict[str, d
 
 # ------------------------------------------------------------------------------------------------ explain
 def _uncounted_mentions(result: CounterResult, operator: str, module: str) -> str | None:
-    """The entry of the counter's ``uncounted`` list that names ``operator`` (in ``module`` where it says where)."""
+    """The entry of the counter's ``uncounted`` list that names a kernel of ``operator`` in ``module`` (or in an
+    unknown module), as display text; ``None`` when there is none.
+
+    Entries are :class:`~lightning_flops.report.Uncounted` (``operator`` is a kernel or function name such as
+    ``scaled_dot_product_attention``) or, in older reports, plain text.
+    """
+    words = _KERNEL_WORDS.get(operator, (re.escape(operator),))
     pattern = _INDEX.sub("*", module)
-    found: list[str] = []
+    exact: list[str] = []
+    loose: list[str] = []
     for item in result.uncounted:
-        op = getattr(item, "operator", None)
-        where = getattr(item, "module", None)
-        if op is not None:
-            if op == operator and (where is None or where in (module, pattern, "")):
-                return str(item)
+        name = getattr(item, "operator", None)
+        if name is None:  # text of an older report: "einsum in blocks.*.attn (functional call, 2x)"
+            text = str(item)
+            if any(re.search(rf"\b{word}\b", text.lower()) for word in words):
+                (exact if f" in {pattern or '<root>'} " in text else loose).append(text)
             continue
-        text = str(item).lower()
-        if any(re.search(rf"\b{word}\b", text) for word in _KERNEL_WORDS.get(operator, (re.escape(operator),))):
-            found.append(str(item))
-    here = f" in {pattern or '<root>'} "
-    return next((entry for entry in found if here in entry), found[0] if found else None)
+        if not any(re.fullmatch(word, name.lower().removeprefix("aten::")) for word in words):
+            continue
+        where = getattr(item, "module", "")
+        calls = getattr(item, "calls", 0)
+        place, times = (f" in {where}" if where else ""), (f", {calls}x" if calls else "")
+        text = f"{name}{place} ({getattr(item, 'reason', '')}{times})"
+        if where == module:
+            exact.append(text)
+        elif where == "":
+            loose.append(text)
+    return (exact or loose or [None])[0]
 
 
 #: Words (regular expressions) that name an operator's kernels in the counters' ``uncounted`` texts.
 _KERNEL_WORDS = {
     "attention": (r"\w*attention\w*",),
     "rnn": ("rnn", "lstm", "gru", r"rnn_\w+", r"mkldnn_rnn\w*"),
-    "matmul": ("matmul", "bmm", "baddbmm", "mm"),
+    "matmul": ("matmul", "bmm", "baddbmm", "mm", r"\w*_mm"),
     "linear": ("linear", "addmm"),
     "conv": (r"\w*conv\w*",),
     "einsum": ("einsum",),
 }
 
-_UNCOUNTED_NOTES = {
-    "thop": "thop counts modules by type rules only, not functional calls",
-    "fvcore": "fvcore has no handler for this kernel",
-}
-
 
 def _uncounted_note(counter: str, entry: str) -> str:
-    return f"{_UNCOUNTED_NOTES.get(counter, f'{counter} does not count it')} (its uncounted list: {entry})"
+    return f"in {counter}'s uncounted list: {entry}"
 
 
 def _note(counter: str, operator: str, module_type: str, delta: int, result: CounterResult) -> str:

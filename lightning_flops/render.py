@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lightning_flops.markup import escape_markdown
 from lightning_flops.report import human_count
 
 if TYPE_CHECKING:
     from lightning_flops.explain import Discrepancy, ReportDiff
-    from lightning_flops.report import FlopsReport
+    from lightning_flops.report import FlopsReport, Uncounted
 
 __all__ = [
     "diff_header",
@@ -25,7 +27,41 @@ __all__ = [
     "report_markdown",
     "statement",
     "tex_escape",
+    "uncounted_lines",
 ]
+
+_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
+    """One text line per uncounted operator, for display only (the data keeps every concrete module).
+
+    Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
+    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
+
+    Args:
+        entries: the ``uncounted`` tuple of one counter.
+    """
+    merged: dict[tuple[str, str, str], int] = {}
+    modules: dict[tuple[str, str, str], set[str]] = {}
+    for entry in entries:
+        where = _REPEATED_INDEX.sub(".*", "." + entry.module)[1:] if entry.module else ""
+        key = (entry.operator, where, entry.reason)
+        merged[key] = merged.get(key, 0) + entry.calls
+        modules.setdefault(key, set()).add(entry.module)
+    merged = {  # a pattern that stands for one module only is shown as that module
+        (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
+        for (op, where, reason), n in merged.items()
+    }
+    lines = []
+    for (operator, where, reason), calls in merged.items():
+        if not where and not calls and reason.startswith(operator):
+            lines.append(reason)  # read from an older report, where each entry was this text
+            continue
+        place = f" in {where}" if where else ""
+        count = f", {calls}x" if calls else ""
+        lines.append(f"{operator}{place} ({reason}{count})")
+    return lines
 
 
 def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
@@ -67,9 +103,9 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
         lines += ["", "Counted elsewhere than first tried:"]
         lines += [f"- {r.name} (counted on {r.device}): {r.device_note}" for r in moved]
     lines += _top_modules_markdown(report, top_modules)
-    uncounted = [(r.name, u) for r in results for u in r.uncounted]
+    uncounted = [(r.name, line) for r in results for line in uncounted_lines(r.uncounted)]
     if uncounted:
-        lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
+        lines += ["", "Uncounted (seen, counted as 0):", ""] + [f"- {n}: {line}" for n, line in uncounted]
     lines += _parts_markdown(report)
     lines += _explain_markdown(report)
     if report.gaps:
@@ -93,7 +129,7 @@ def _parts_markdown(report: FlopsReport) -> list[str]:
     lines.append("|---|---|" + "---|" * len(names))
     for label, part in report.parts.items():
         cells = [human_count(part.macs[n] / per, "MACs") if part.macs.get(n) is not None else "-" for n in names]
-        lines.append(f"| {label} | {human_count(part.params.total, '')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {escape_markdown(label)} | {human_count(part.params.total, '')} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -191,8 +227,6 @@ def explain_rows(report: FlopsReport, rows: Sequence[Discrepancy]) -> list[dict[
 
 
 def _matches(module: str, pattern: str) -> bool:
-    import re
-
     return re.fullmatch(re.escape(pattern).replace(r"\*", r"\d+"), module) is not None
 
 
@@ -213,7 +247,7 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
     cells = [[_cell(row[c], c) for c in columns] for row in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        return "\n".join(lines + ["| " + " | ".join(cell) + " |" for cell in cells])
+        return "\n".join(lines + ["| " + " | ".join(escape_markdown(c) for c in cell) + " |" for cell in cells])
     widths = [max([len(c)] + [len(cell[i]) for cell in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(x.ljust(w) for x, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]

@@ -10,8 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from lightning_flops.counters.base import CORE_OPERATORS, flops_from_macs
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.schema import check_report_dict
+from lightning_flops.vocabulary import CORE_OPERATORS
 
 if TYPE_CHECKING:
     from lightning_flops.explain import Discrepancy
@@ -24,6 +26,7 @@ __all__ = [
     "InputSpec",
     "ParamCount",
     "PartCount",
+    "Uncounted",
     "human_count",
 ]
 
@@ -84,6 +87,42 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Uncounted:
+    """An operator (or module) that a counter saw and counted as 0 although it may do multiply-accumulates.
+
+    Args:
+        operator: the kernel or function (``"_grouped_mm"``, ``"mylib::fused_mlp"``, ``"einsum"``), or the module
+            type for a module without a rule (``"MyBlock"``).
+        module: qualified ``named_modules()`` name of the innermost module it ran in (``""`` is the root, or unknown
+            where the counter does not say, as fvcore).
+        calls: how many times it ran there during the counted call.
+        reason: why it was not counted (``"no formula"``, ``"functional call: thop counts modules only"``, ...).
+
+    Example::
+
+        Uncounted(operator="_grouped_mm", module="model.layers.0.mlp.experts", calls=2, reason="no formula")
+    """
+
+    operator: str
+    module: str
+    calls: int
+    reason: str
+
+    @classmethod
+    def from_data(cls, data: Any) -> Uncounted:
+        """Read one entry of a report's ``uncounted`` list; a plain string (older reports) becomes the reason."""
+        if isinstance(data, str):
+            operator = data.split(" ", 1)[0]
+            return cls(operator=operator, module="", calls=0, reason=data)
+        return cls(
+            operator=str(data["operator"]),
+            module=str(data.get("module", "")),
+            calls=int(data.get("calls", 0)),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
 class CounterResult:
     """What one counter measured for one forward call (all samples), in MACs.
 
@@ -95,7 +134,7 @@ class CounterResult:
         error: ``"<Type>: <message>"`` when the counter failed.
         device: where it counted: ``"meta"`` for a meta copy, else the model's own device (counted in place).
         module_operators: inclusive MACs per module name (``""`` is the root) and vocabulary operator.
-        uncounted: operators or modules the counter saw and did not count.
+        uncounted: operators or modules the counter saw and did not count, each with its module and calls.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
         device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
@@ -113,7 +152,7 @@ class CounterResult:
     error: str | None = None
     device: str | None = None
     module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
-    uncounted: tuple[str, ...] = ()
+    uncounted: tuple[Uncounted, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
     device_note: str | None = None
@@ -272,7 +311,7 @@ class FlopsReport:
         data = asdict(self)
         for name, result in self.counters.items():
             entry = data["counters"][name]
-            entry["uncounted"] = list(result.uncounted)
+            entry["uncounted"] = [asdict(u) for u in result.uncounted]
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
@@ -299,6 +338,7 @@ class FlopsReport:
                 f"report schema_version {version} is newer than this lightning-flops reads ({SCHEMA_VERSION}):"
                 " upgrade lightning-flops"
             )
+        check_report_dict(data)
         try:
             counters = {name: _counter_from_dict(entry) for name, entry in data["counters"].items()}
             known = {f.name for f in fields(cls)}
@@ -332,7 +372,7 @@ class FlopsReport:
         """Parse :meth:`to_json` output."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
             raise ReportFormatError(f"not valid JSON: {err}") from err
         return cls.from_dict(data)
 
@@ -347,7 +387,7 @@ class FlopsReport:
 def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:
     known = {f.name for f in fields(CounterResult)}
     kwargs = {k: v for k, v in entry.items() if k in known}
-    kwargs["uncounted"] = tuple(entry.get("uncounted", ()))
+    kwargs["uncounted"] = tuple(Uncounted.from_data(u) for u in entry.get("uncounted", ()))
     kwargs["module_operators"] = {m: dict(ops) for m, ops in entry.get("module_operators", {}).items()}
     return CounterResult(**kwargs)
 

@@ -25,6 +25,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from lightning_flops.cli import compare, diff, explain, profile, statement
 from lightning_flops.cli._common import PROG, CliError
@@ -36,12 +37,21 @@ __all__ = ["COMMANDS", "CliError", "InputShape", "build_parser", "main", "make_i
 COMMANDS = (compare, profile, explain, diff, statement)
 
 
+def _version() -> str:
+    """The installed distribution's version (``importlib.metadata``); ``unknown`` when it is not installed."""
+    try:
+        return version("lightning-flops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lightning-flops``: one sub-command per module in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Compare the compute (MACs, FLOPs = 2 x MACs, parameters) of runs, or profile a model.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     names = ",".join(command.NAME for command in COMMANDS)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar=f"{{{names}}}")
     for command in COMMANDS:

@@ -7,11 +7,10 @@ light.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+from lightning_flops._files import create_temporary
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.report import FlopsReport
 
@@ -44,21 +43,32 @@ def per_sample(count: int | None, batch_size: int) -> int | float | None:
 
 
 def find_reports(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Report files under ``paths`` (files as given, directories searched recursively), plus the errors."""
+    """Report files under ``paths`` (files as given, directories searched recursively), plus the errors.
+
+    Anything given or found under a report's name that is not a readable regular file (a FIFO, a device such as
+    ``/dev/null``, a directory or a dangling symbolic link named ``flops_report.json``) is an error naming what it is,
+    never skipped in silence.
+    """
     found: list[Path] = []
     errors: list[str] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
+        files: list[Path] = []
         if path.is_dir():
-            files = sorted(p for p in path.rglob(REPORT_GLOB) if p.is_file())
-            if not files:
+            for candidate in sorted(path.rglob(REPORT_GLOB)):
+                if candidate.is_file():
+                    files.append(candidate)
+                else:
+                    errors.append(f"{candidate}: named like a report but is {_kind(candidate)}")
+            if not files and not errors:
                 errors.append(f"{raw}: no {REPORT_GLOB} found under this directory")
         elif path.is_file():
             files = [path]
         else:
-            errors.append(f"{raw}: no such file or directory")
-            files = []
+            errors.append(
+                f"{raw}: {_kind(path)}" if path.is_symlink() or path.exists() else f"{raw}: no such file or directory"
+            )
         for file in files:
             key = file.resolve()
             if key not in seen:
@@ -67,44 +77,36 @@ def find_reports(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
     return found, errors
 
 
+def _kind(path: Path) -> str:
+    """What ``path`` is when it is not a regular file: for error messages."""
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)!r})"
+    if path.is_dir():
+        return "a directory"
+    if path.is_fifo():
+        return "a FIFO (named pipe), not a report file"
+    if path.is_char_device() or path.is_block_device():
+        return "a device, not a report file"
+    if path.is_socket():
+        return "a socket, not a report file"
+    return "not a regular file"
+
+
 def load_reports(files: Sequence[Path]) -> tuple[list[tuple[Path, FlopsReport]], list[str]]:
     """Parse every file; a malformed, non-UTF-8 or future-schema file becomes an error naming it."""
     loaded: list[tuple[Path, FlopsReport]] = []
     errors: list[str] = []
     for file in files:
         try:
-            report = _checked_numbers(FlopsReport.from_json(file.read_text(encoding="utf-8")))
+            report = FlopsReport.from_json(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ReportFormatError) as err:
             errors.append(f"{file}: {err}")
             continue
+        if report.batch_size < 1:  # the reader allows 0 (nothing profiled); a comparison divides by it
+            errors.append(f"{file}: malformed report: `batch_size` must be >= 1 to compare, got {report.batch_size}")
+            continue
         loaded.append((file, report))
     return loaded, errors
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _checked_numbers(report: FlopsReport) -> FlopsReport:
-    """Refuse a report whose counts are not whole numbers (the reader checks the layout, not the values' types)."""
-    bad = []
-    if not (_is_count(report.batch_size) and report.batch_size >= 1):
-        bad.append(f"batch_size={report.batch_size!r}")
-    if not (_is_count(report.params.total) and _is_count(report.params.trainable)):
-        bad.append(f"params={report.params!r}")
-    for name, result in report.counters.items():
-        if result.macs is not None and not _is_count(result.macs):
-            bad.append(f"counters.{name}.macs={result.macs!r}")
-    if report.train_step_flops is not None and not _is_count(report.train_step_flops):
-        bad.append(f"train_step_flops={report.train_step_flops!r}")
-    for gap in report.gaps:
-        if not all(isinstance(v, (int, float)) for v in (gap.relative, gap.core_relative)):
-            bad.append(f"gaps.{gap.key}={gap.relative!r}, {gap.core_relative!r}")
-    if bad:
-        raise ReportFormatError(
-            f"malformed report: counts must be integers >= 0 (batch_size >= 1), got {', '.join(bad)}"
-        )
-    return report
 
 
 def check_output(path_text: str, option: str, force: bool, suffixes: Sequence[str] | None = None) -> Path:
@@ -116,24 +118,26 @@ def check_output(path_text: str, option: str, force: bool, suffixes: Sequence[st
         raise CliError(f"`{option}`: directory {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise CliError(f"`{option}`: {path_text!r} is a directory")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CliError(f"`{option}`: directory {str(path.parent)!r} is not writable")
     if path.exists() and not force:
         raise CliError(f"`{option}`: {path_text!r} already exists; pass --force to overwrite it")
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> None:
-    """Write through a temporary file in the same directory, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output file gets the usual mode
+    """Write through a temporary file in the same directory, then rename it over ``path``.
+
+    An operating-system error (a directory that refuses files, a full disk) becomes a :class:`CliError` naming
+    ``path``; nothing is left behind.
+    """
     try:
-        write(tmp)
+        fd, tmp = create_temporary(path.parent, f".{path.name}.")  # the mode open() gives, not mkstemp's 0600
+    except OSError as err:
+        raise CliError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
+    os.close(fd)
+    try:
+        write(str(tmp))
         if overwrite:
             os.replace(tmp, path)
             return
@@ -142,6 +146,9 @@ def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> N
         except FileExistsError:
             raise CliError(f"{str(path)!r} appeared while writing; pass --force to overwrite it") from None
         Path(tmp).unlink()
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CliError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -29,6 +29,7 @@ from lightning_flops.cli._common import (
     per_sample,
 )
 from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.markup import escape_markdown
 from lightning_flops.render import latex_table
 from lightning_flops.report import FlopsReport, human_count
 
@@ -102,7 +103,7 @@ def _sort_keys() -> tuple[str, ...]:
         "params_trainable",
         *per_counter,
         "largest_gap_relative",
-        "train_step_flops",
+        "train_step_flops_per_sample",
     )
 
 
@@ -128,10 +129,14 @@ def _row(run: _Run, counters: Sequence[str], parts: Sequence[str] = ()) -> dict[
     if gap is None:
         row["largest_gap_relative"] = None
     else:
-        row["largest_gap_relative"] = gap.core_relative if report.flag_on == "core" else gap.relative
+        relative = gap.core_relative if report.flag_on == "core" else gap.relative
+        row["largest_gap_relative"] = relative if math.isfinite(relative) else None  # NaN: no gap to show
     row["flag_on"] = report.flag_on
     row["flagged"] = report.flagged
-    row["train_step_flops"] = per_sample(report.train_step_flops, report.train_step_batch_size or report.batch_size)
+    # per sample, hence the name; the JSON report keeps `train_step_flops` per batch
+    row["train_step_flops_per_sample"] = per_sample(
+        report.train_step_flops, report.train_step_batch_size or report.batch_size
+    )
     for label in parts:  # MACs of the reference counter (torch), per sample, and parameters of each part
         part = report.parts.get(label)
         row[f"part_{label}_macs"] = per_sample(part.macs.get("torch") if part else None, report.batch_size)
@@ -188,7 +193,7 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str], parts: Se
         "largest_gap_relative",
         "flag_on",
         "flagged",
-        "train_step_flops",
+        "train_step_flops_per_sample",
         *(f"part_{label}_{unit}" for label in parts for unit in ("macs", "params")),
         *baseline_columns,
         "path",
@@ -215,6 +220,8 @@ def _human_cells(
         line += [human_count(row[f"{c}_macs"], "MACs") if row[f"{c}_macs"] is not None else "failed" for c in counters]
         if row["largest_gap"] is None:
             line.append("-")
+        elif row["largest_gap_relative"] is None:
+            line.append(f"{row['largest_gap']} n/a ({row['flag_on']})")
         else:
             line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
         line.append("yes" if row["flagged"] else "no")
@@ -225,7 +232,7 @@ def _human_cells(
             for col in relative:
                 ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
                 line.append("-" if ratio is None else f"{ratio:.2f}x ({pct:+.1f}%)")
-        cells.append([cell.strip() for cell in line])
+        cells.append([" ".join(cell.split()) for cell in line])  # one line per run, whatever the names hold
     return headers, cells
 
 
@@ -239,7 +246,7 @@ def _render_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str
 
 def _render_markdown(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
     return "\n".join(lines)
 
 
@@ -254,7 +261,7 @@ def _render_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _render_json(rows: Sequence[dict[str, Any]], columns: Sequence[str], baseline: str | None) -> str:
     data = {"units": UNITS, "baseline": baseline, "runs": [{k: row.get(k) for k in columns} for row in rows]}
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=2, allow_nan=False)  # valid JSON: a missing value is null, never NaN
 
 
 def _require_matplotlib() -> None:
@@ -280,7 +287,8 @@ def _plot(
     width = 0.8 / max(len(counters), 1)
     for i, counter in enumerate(counters):
         offsets = [x + (i - (len(counters) - 1) / 2) * width for x in range(len(names))]
-        values = [math.nan if row[f"{counter}_macs"] is None else row[f"{counter}_macs"] for row in rows]
+        # floats: matplotlib converts large Python ints to C longs and overflows past 2**63
+        values = [math.nan if row[f"{counter}_macs"] is None else float(row[f"{counter}_macs"]) for row in rows]
         ax.bar(offsets, values, width, label=counter)
     ax.set_xticks(range(len(names)), labels=names, rotation=20, ha="right")
     ax.set_ylabel("MACs per sample (FLOPs = 2 x MACs)")
@@ -306,10 +314,10 @@ def run(args: argparse.Namespace) -> int:
     files, errors = find_reports(args.paths)
     loaded, bad = load_reports(files)
     errors += bad
-    if errors and not args.keep_going:
-        raise CliError("bad input (pass --keep-going to compare the other runs):\n  " + "\n  ".join(errors))
     if not loaded:
         raise CliError("no readable reports to compare:\n  " + "\n  ".join(errors))
+    if errors and not args.keep_going:
+        raise CliError("bad input (pass --keep-going to compare the other runs):\n  " + "\n  ".join(errors))
 
     runs = [_Run(name, file, report) for name, (file, report) in zip(_run_names(loaded), loaded, strict=True)]
     counters = _counters_of(runs)

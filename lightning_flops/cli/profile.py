@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
+import io
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,12 @@ INPUT_DTYPES = (
     "bool",
 )
 
+#: Most elements ``profile`` allocates for its random inputs on a real device (400 MB as float32); above it, it
+#: asks for ``--device meta``, where tensors have shapes and no memory.
+MAX_INPUT_ELEMENTS = 10**8
+#: torch sizes are int64: no dimension and no element count may reach ``2**63``, on any device.
+_MAX_SIZE = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class InputShape:
@@ -55,7 +64,25 @@ def parse_shape(text: str) -> InputShape:
         raise CliError(
             f"`--input` {text!r} is not a shape: give sizes >= 1 separated by commas, e.g. 2,3,224,224 or int64:1,128"
         )
-    return InputShape(dtype, tuple(int(p) for p in parts))
+    shape = tuple(int(p) for p in parts)
+    if math.prod(shape) > _MAX_SIZE:
+        raise CliError(f"`--input` {text!r} has more than 2**63 - 1 elements: torch cannot index it on any device")
+    return InputShape(dtype, shape)
+
+
+def check_input_size(shapes: Sequence[InputShape], device: str) -> None:
+    """Refuse random inputs too large to allocate on a real device (:data:`MAX_INPUT_ELEMENTS` in all); meta is free.
+
+    Args:
+        shapes: the parsed ``--input`` values.
+        device: ``"cpu"`` or ``"meta"``.
+    """
+    elements = sum(math.prod(spec.shape) for spec in shapes)
+    if device != "meta" and elements > MAX_INPUT_ELEMENTS:
+        raise CliError(
+            f"`--input` asks for {elements:,} elements, more than the {MAX_INPUT_ELEMENTS:,} that profile allocates on "
+            "--device cpu; pass --device meta to count with shapes only (no memory), or give a smaller input"
+        )
 
 
 def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
@@ -89,17 +116,14 @@ def _import_target(target: str) -> Any:
         sys.path.insert(0, str(path.resolve().parent))
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
-        except Exception as err:
+            _guarded_import(target, location, lambda: spec.loader.exec_module(module))
+        except CliError:
             sys.modules.pop(module_name, None)
-            raise CliError(f"cannot import `{target}`: {type(err).__name__}: {err}") from err
+            raise
     else:
         if os.getcwd() not in sys.path:  # the console script does not put the working directory on sys.path
             sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(location)
-        except Exception as err:
-            raise CliError(f"cannot import `{target}`: {type(err).__name__}: {err}") from err
+        module = _guarded_import(target, location, lambda: importlib.import_module(location))
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -107,6 +131,35 @@ def _import_target(target: str) -> Any:
         except AttributeError as err:
             raise CliError(f"cannot import `{target}`: {location} has no attribute {attr!r}") from err
     return obj
+
+
+def _guarded_import(target: str, location: str, load: Callable[[], Any]) -> Any:
+    """Run ``load()`` (the import of TARGET's module) so that whatever it does at import time is reported as such.
+
+    The module sees ``sys.argv == [location]`` (a command line parsed at import time finds no options of ours), its
+    stderr is held back and shown again only on success, and an exception or a ``sys.exit()`` (any status: exit 0
+    must not pass for a profile) becomes one :class:`CliError` line that says it came from importing TARGET.
+    """
+    argv, held = sys.argv, io.StringIO()
+    sys.argv = [location]
+    try:
+        with contextlib.redirect_stderr(held):
+            result = load()
+    except SystemExit as exit_:
+        last = next((line for line in reversed(held.getvalue().splitlines()) if line.strip()), "")
+        said = f"; it printed: {last.strip()}" if last else ""
+        raise CliError(
+            f"cannot import `{target}`: importing {location} called sys.exit({exit_.code!r}){said} "
+            '(code that runs a command line at import belongs under `if __name__ == "__main__":`)'
+        ) from None
+    except Exception as err:
+        raise CliError(
+            f"cannot import `{target}`: {type(err).__name__}: {err} (raised while importing {location})"
+        ) from err
+    finally:
+        sys.argv = argv
+    sys.stderr.write(held.getvalue())
+    return result
 
 
 def _build_model(target: str, kwargs: dict[str, Any], device: str) -> Any:
@@ -123,6 +176,8 @@ def _build_model(target: str, kwargs: dict[str, Any], device: str) -> Any:
                 model = factory(**kwargs)
         else:
             model = factory(**kwargs)
+    except SystemExit as exit_:  # sys.exit() in a factory is not a model: never a silent exit 0
+        raise CliError(f"building `{target}` with {kwargs} called sys.exit({exit_.code!r})") from None
     except Exception as err:
         raise CliError(f"building `{target}` with {kwargs} failed: {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
@@ -156,6 +211,7 @@ def make_inputs(model: Any, shapes: Sequence[InputShape], device: str, seed: int
 def run(args: argparse.Namespace) -> int:
     """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
     shapes = [parse_shape(text) for text in args.input]
+    check_input_size(shapes, args.device)
     kwargs = parse_kwargs(args.kwargs)
     json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
 
@@ -214,12 +270,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--device",
         choices=("cpu", "meta"),
         default="cpu",
-        help="meta: build the model inside torch.device('meta') (no memory for weights) and count there",
+        help="cpu (default): real weights and random inputs; meta: build the model inside torch.device('meta') "
+        "(no memory for weights or inputs) and count there",
     )
-    parser.add_argument("--counters", nargs="+", default=list(COUNTER_NAMES), metavar="NAME", help="counters to run")
-    parser.add_argument("--mode", default="eval", help="eval (inference cost) or train (training-mode forward)")
-    parser.add_argument("--limit", type=float, default=0.01, help="relative gap above which counters are flagged")
-    parser.add_argument("--flag-on", default="core", help="core (MAC core only) or total")
+    parser.add_argument(
+        "--counters",
+        nargs="+",
+        default=list(COUNTER_NAMES),
+        metavar="NAME",
+        help=f"counters to run, any of: {', '.join(COUNTER_NAMES)} (default: all; torch is the exact reference)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="eval",
+        metavar="MODE",
+        help="eval (default: inference cost) or train (training-mode forward)",
+    )
+    parser.add_argument(
+        "--limit", type=float, default=0.01, help="relative gap above which counters are flagged (default: 0.01 = 1%%)"
+    )
+    parser.add_argument("--flag-on", default="core", help="core (default: MAC core only) or total")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (atomically)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     return parser
