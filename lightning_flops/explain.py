@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lightning_flops.counters.base import CONVENTION_OPERATORS, CORE_OPERATORS
+from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS
 
 if TYPE_CHECKING:
     from lightning_flops.report import CounterResult, FlopsReport

@@ -83,7 +83,12 @@ def count_parts(
         for result in counters:
             by_module = result.by_module if result.ok else None
             macs[result.name] = None if by_module is None else sum(by_module.get(n, 0) for n in names)
-        params = {id(p): p for n in names for p in modules[n].parameters()}
+        params = {
+            id(p): p
+            for n in names
+            for p in modules[n].parameters()
+            if not isinstance(p, nn.parameter.UninitializedParameter)  # a lazy module not initialized yet
+        }
         out[label] = PartCount(
             modules=names,
             macs=macs,

@@ -489,9 +489,12 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def own_parameters(model: nn.Module) -> dict[str, int]:
-    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name)."""
+    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name);
+    parameters of lazy modules that are not initialized yet are not counted."""
     out: dict[str, int] = {}
     for name, param in model.named_parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            continue
         module = name.rpartition(".")[0]
         out[module] = out.get(module, 0) + param.numel()
     return out
