@@ -32,6 +32,7 @@ from lightning_flops.isolation import (
     shared_copy,
     unwrap_compiled,
 )
+from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
@@ -104,9 +105,10 @@ def validate_options(
                 f"got {type(custom_ops).__name__}"
             )
         for key, rule in custom_ops.items():
-            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not callable(rule):
+            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not (callable(rule) or _is_rate(rule)):
                 raise FlopsConfigError(
-                    f"`custom_ops` keys must be nn.Module subclasses and values callables, got {key!r}: {rule!r}"
+                    "`custom_ops` keys must be nn.Module subclasses and values callables or numbers >= 0 "
+                    f"(MACs per output element), got {key!r}: {rule!r}"
                 )
     return counters
 
@@ -163,6 +165,28 @@ def active_parameters(model: nn.Module, called: set[str]) -> int:
                     seen.add(id(param))
                     total += param.numel()
     return total
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _per_output_element(rate: float) -> Rule:
+    """A ``custom_ops`` rule from a number: ``rate`` MACs per element of the module's (first tensor) output."""
+
+    def rule(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> float:
+        first = next((t for _, t in iter_tensors(output)), None)
+        return rate * (first.numel() if first is not None else 0)
+
+    rule.__name__ = rule.__qualname__ = f"{rate:g} MACs per output element"
+    return rule
+
+
+def expand_custom_ops(custom_ops: Mapping[type, Rule | float] | None) -> dict[type, Rule] | None:
+    """``custom_ops`` with each number ``n`` turned into the rule "n MACs per output element" (named so)."""
+    if not custom_ops:
+        return None
+    return {key: _per_output_element(rule) if _is_rate(rule) else rule for key, rule in custom_ops.items()}
 
 
 def _model_device(model: nn.Module) -> str:
@@ -533,6 +557,18 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def own_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name);
+    parameters of lazy modules that are not initialized yet are not counted."""
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            continue
+        module = name.rpartition(".")[0]
+        out[module] = out.get(module, 0) + param.numel()
+    return out
+
+
 def count_parameters(model: nn.Module) -> ParamCount:
     """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``.
 
@@ -563,6 +599,7 @@ def profile_model(
     batch_size: int | None = None,
     strict: bool = False,
     tokens_fn: Callable[[Any], int] | None = None,
+    parts: Mapping[str, str | Sequence[str]] | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -576,13 +613,15 @@ def profile_model(
         limit: relative gap above which a pair of counters is flagged.
         flag_on: ``"core"`` compares the MAC core only (conventions never flag); ``"total"`` the totals.
         mode: ``"eval"`` (inference cost, what papers report) or ``"train"`` (the training-mode forward).
-        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter.
+        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter;
+            a number ``n`` instead of a rule means ``n`` MACs per output element (``{nn.LayerNorm: 4}``).
         device: ``None`` lets each counter count on a meta copy where it can; ``"meta"`` forces it; ``"model"``
             counts in place on the model's own device.
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
         tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
             numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
+        parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
 
     Example::
 
@@ -596,6 +635,8 @@ def profile_model(
         raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
     model = unwrap_compiled(model)
+    part_names = resolve_parts(model, parts)
+    custom_ops = expand_custom_ops(custom_ops)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = _Session(model, args, kwargs, mode, custom_ops, batch)
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
@@ -625,4 +666,7 @@ def profile_model(
         rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
         versions=_versions(),
         fingerprint=model_fingerprint(model),
+        module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        module_params=own_parameters(model),
+        parts=count_parts(model, part_names, ordered),
     )

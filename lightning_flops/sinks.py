@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_flops._files import create_temporary
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.render import verdict_markdown
 from lightning_flops.report import FlopsReport
 
@@ -52,7 +53,9 @@ REPORT_NAME = "flops_report.json"
 _MAX_SUFFIX = 10_000
 
 
-def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bool = False) -> list[str]:
+def metric_keys(
+    counters: Sequence[str], prefix: str = "compute", train_step: bool = False, parts: Sequence[str] = ()
+) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
 
     The reference counter's (``torch``, else the last one) MACs and FLOPs, the parameters and the flag come first;
@@ -62,6 +65,7 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
         counters: counter names in the order given to the monitor; gap keys follow that order.
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
+        parts: part labels: ``{prefix}/part/{label}/{macs,flops,params}`` each.
     """
     # TensorBoard's HPARAMS view shows the first columns and hides the rest: what most users need comes first
     reference = [name for name in counters if name == "torch"] or list(counters[-1:])
@@ -75,6 +79,7 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
         keys.append(f"{prefix}/train_step/flops_per_batch")
     keys.append(f"{prefix}/params/active")
     keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
+    keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
     return keys
 
 
@@ -106,6 +111,13 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
         if macs is not None and flops is not None:
             metrics[f"{prefix}/{name}/macs_per_token"] = float(macs)
             metrics[f"{prefix}/{name}/flops_per_token"] = float(flops)
+    per = max(report.batch_size, 1)
+    for label, part in report.parts.items():  # the reference counter (torch), per sample
+        macs = part.macs.get("torch")
+        if macs is not None:
+            metrics[f"{prefix}/part/{label}/macs"] = macs / per
+            metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
+        metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
     return metrics
 
 
