@@ -248,9 +248,11 @@ def test_meta_copy_keeps_shared_weights_shared_and_requires_grad() -> None:
 
 
 def test_report_records_where_each_counter_counted() -> None:
-    # fvcore cannot trace convolutions on meta, so by default it counts in place; the others use a meta copy
+    # every counter counts on a meta copy by default, fvcore's convolutions included (traced through the shim)
     report = lf.profile_model(build_net(), torch.randn(2, 3, 16, 16))
-    assert {n: r.device for n, r in report.counters.items()} == {"thop": "meta", "fvcore": "cpu", "torch": "meta"}
+    assert {n: r.device for n, r in report.counters.items()} == {"thop": "meta", "fvcore": "meta", "torch": "meta"}
+    in_place = lf.profile_model(build_net(), torch.randn(2, 3, 16, 16), device="model")
+    assert {n: r.device for n, r in in_place.counters.items()} == {"thop": "cpu", "fvcore": "cpu", "torch": "cpu"}
 
 
 def test_profiling_does_not_move_or_copy_the_model_parameters() -> None:

@@ -1,0 +1,101 @@
+"""Private APIs of torch and glibc that lightning-flops touches, each in one place, with the version checked.
+
+* :func:`traceable_meta_convolution`: lets ``torch.jit.trace`` (fvcore) record convolutions on the meta device.
+* :func:`release_free_memory`: hands freed heap memory back to the system the way glibc expects (``malloc_trim``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["META_CONV_TRACING", "release_free_memory", "traceable_meta_convolution"]
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+# Checked against torch 2.13: `aten::convolution` is in the JIT tracer's "do not record" list (it records the
+# `aten::_convolution` that the CompositeExplicitAutograd kernel of `convolution` calls). On the meta device a Python
+# meta kernel for `convolution` (torch/_meta_registrations.py `meta_conv`) takes precedence over that composite
+# kernel, so the trace records no convolution at all and `meta_conv` runs while the tracer is still on, where
+# `tensor.shape[i]` is a traced tensor: `torch._check(... == ...)` raises "cond must be a bool, but got a Tensor".
+# Older torch is left alone (fvcore then counts convolutional models on their own device).
+META_CONV_TRACING = _torch_version() >= (2, 13)
+
+_aten = torch.ops.aten
+
+
+def _convolution_through_composite(*args: Any, **kwargs: Any) -> Any:
+    # the path a CPU or CUDA tensor takes: convolution -> _convolution, which the tracer records (and switches itself
+    # off for, so that the meta kernel of `_convolution` sees plain integer shapes)
+    return _aten.convolution.default._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def traceable_meta_convolution() -> Iterator[None]:
+    """While active, ``aten::convolution`` on meta tensors runs as on real ones, so a JIT trace records it.
+
+    The meta kernel of ``aten::convolution`` is overridden by one that calls its ``CompositeExplicitAutograd``
+    kernel, exactly the route of a CPU tensor; the trace then holds the same ``aten::_convolution`` node with the same
+    shapes, and fvcore counts the same MACs as on CPU (``tests/test_fvcore_meta_tracing.py``). The override is
+    removed on exit, restoring torch's own meta kernel. Does nothing on torch older than 2.13 (not checked).
+
+    Example::
+
+        with torch.no_grad(), traceable_meta_convolution():
+            FlopCountAnalysis(meta_model, meta_input).total()
+    """
+    if not META_CONV_TRACING:
+        yield
+        return
+    import torch.library
+
+    key = "aten/convolution/Meta"
+    had_key = key in torch.library._impls  # torch 2.13: the set of (namespace/op/key) overridden from Python
+    library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
+            library.impl("convolution", _convolution_through_composite, "Meta")
+        yield
+    finally:
+        library._destroy()  # the dispatcher falls back to torch's own meta kernel
+        # _destroy() (and the finalizer that runs again when `library` dies) drops the key from torch's record of
+        # Python overrides, although torch's own meta library still holds one: forget ours, keep torch's on record
+        library._op_impls.clear()
+        if had_key:
+            torch.library._impls.add(key)
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None  # glibc only (not musl)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_free_memory() -> bool:
+    """Return the heap memory freed so far to the system (glibc ``malloc_trim(0)``); ``False`` where unavailable.
+
+    Checked against glibc 2.35.
+    """
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.malloc_trim(0))
