@@ -1,6 +1,8 @@
 """Private APIs of torch and glibc that lightning-flops touches, each in one place, with the version checked.
 
 * :func:`traceable_meta_convolution`: lets ``torch.jit.trace`` (fvcore) record convolutions on the meta device.
+* :func:`fast_meta_kernels`: shape-only meta kernels for hot operators whose torch meta kernel is a slow Python
+  decomposition (``addmm``: every ``nn.Linear`` on 2-d input, GPT-2's ``Conv1D``).
 * :func:`release_free_memory`: hands freed heap memory back to the system the way glibc expects (``malloc_trim``).
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["META_CONV_TRACING", "release_free_memory", "traceable_meta_convolution"]
+__all__ = ["META_CONV_TRACING", "fast_meta_kernels", "release_free_memory", "traceable_meta_convolution"]
 
 
 def _torch_version() -> tuple[int, int]:
@@ -73,6 +75,58 @@ def traceable_meta_convolution() -> Iterator[None]:
         # _destroy() (and the finalizer that runs again when `library` dies) drops the key from torch's record of
         # Python overrides, although torch's own meta library still holds one: forget ours, keep torch's on record
         library._op_impls.clear()
+        if had_key:
+            torch.library._impls.add(key)
+
+
+# Checked against torch 2.13: `activate_meta()` in torch/_meta_registrations.py registers the Python decomposition of
+# `aten::addmm` (torch/_decomp/decompositions.py, through torch._prims elementwise metas) as its meta kernel, over the
+# C++ structured one; it costs ~0.5 ms a call on an idle core, most of the time of counting a model of small linears.
+def _addmm_meta(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: Any = 1, alpha: Any = 1) -> Any:
+    plain = (
+        mat1.dim() == 2
+        and mat2.dim() == 2
+        and mat1.shape[1] == mat2.shape[0]
+        and self.dtype == mat1.dtype == mat2.dtype
+        and self.dim() <= 2
+        and all(s in (1, n) for s, n in zip(self.shape[::-1], (mat2.shape[1], mat1.shape[0]), strict=False))
+    )
+    if not plain:  # anything unusual (errors, dtype mixes): torch's own kernel decides
+        return _ADDMM_DECOMPOSITION(self, mat1, mat2, beta=beta, alpha=alpha)
+    return torch.empty((mat1.shape[0], mat2.shape[1]), dtype=mat1.dtype, device="meta")  # contiguous, as torch's
+
+
+_ADDMM_DECOMPOSITION: Any = None
+
+
+@contextlib.contextmanager
+def fast_meta_kernels() -> Iterator[None]:
+    """While active, ``aten::addmm`` on meta tensors computes its output shape directly (same shape, dtype and
+    strides as torch's meta kernel, ``tests/test_compat.py``) instead of running torch's Python decomposition.
+
+    Counts do not change: every counter reads shapes, and FlopCounterMode sees ``addmm`` above the meta kernel.
+    Does nothing on torch older than 2.13 (not checked).
+    """
+    global _ADDMM_DECOMPOSITION
+    if not META_CONV_TRACING:
+        yield
+        return
+    import torch._decomp
+    import torch.library
+
+    if _ADDMM_DECOMPOSITION is None:
+        _ADDMM_DECOMPOSITION = torch._decomp.global_decomposition_table["post_autograd"][_aten.addmm.default]
+    key = "aten/addmm/Meta"
+    had_key = key in torch.library._impls
+    library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
+            library.impl("addmm", _addmm_meta, "Meta")
+        yield
+    finally:
+        library._destroy()
+        library._op_impls.clear()  # see traceable_meta_convolution
         if had_key:
             torch.library._impls.add(key)
 

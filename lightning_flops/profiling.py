@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_flops._compat import fast_meta_kernels
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
@@ -198,7 +199,7 @@ class _Session:
             target = meta_copy(self.model)
             self._prepared(target)
             args, kwargs = to_device(args, "meta"), to_device(kwargs, "meta")
-            with torch.no_grad(), _rule_hooks(target, self.custom_ops, rule_macs):
+            with torch.no_grad(), fast_meta_kernels(), _rule_hooks(target, self.custom_ops, rule_macs):
                 raw = counter.count(target, args, kwargs)
             return raw, rule_macs, "meta"
         snapshot = ModelSnapshot(self.model)
