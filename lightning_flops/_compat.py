@@ -1,24 +1,20 @@
-"""Private APIs of torch and glibc that lightning-flops touches, each in one place, with the version checked.
+"""Private APIs of torch that lightning-flops touches, each in one place, with the version checked.
 
 * :func:`traceable_meta_convolution`: lets ``torch.jit.trace`` (fvcore) record convolutions on the meta device.
 * :func:`fast_meta_kernels`: shape-only meta kernels for hot operators whose torch meta kernel is a slow Python
   decomposition (``addmm``: every ``nn.Linear`` on 2-d input, GPT-2's ``Conv1D``).
-* :func:`release_free_memory`: hands freed heap memory back to the system the way glibc expects (``malloc_trim``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["META_CONV_TRACING", "fast_meta_kernels", "release_free_memory", "traceable_meta_convolution"]
+__all__ = ["META_CONV_TRACING", "fast_meta_kernels", "traceable_meta_convolution"]
 
 
 def _torch_version() -> tuple[int, int]:
@@ -129,27 +125,3 @@ def fast_meta_kernels() -> Iterator[None]:
         library._op_impls.clear()  # see traceable_meta_convolution
         if had_key:
             torch.library._impls.add(key)
-
-
-# ------------------------------------------------------------------------------------------------------ memory
-def _libc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None  # glibc only (not musl)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def release_free_memory() -> bool:
-    """Return the heap memory freed so far to the system (glibc ``malloc_trim(0)``); ``False`` where unavailable.
-
-    Checked against glibc 2.35.
-    """
-    if _LIBC is None:
-        return False
-    return bool(_LIBC.malloc_trim(0))

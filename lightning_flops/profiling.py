@@ -186,6 +186,7 @@ class _Session:
         self.model, self.args, self.kwargs, self.mode, self.custom_ops = model, args, kwargs, mode, custom_ops
         self.batch = batch
         self.torch_meta_macs: int | None = None
+        self._meta_model: nn.Module | None = None
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
@@ -196,11 +197,14 @@ class _Session:
     def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
         rule_macs: dict[str, float] = {}
         if placement == "meta":
-            target = meta_copy(self.model)
-            self._prepared(target)
+            target = self._shared_meta_copy()
             args, kwargs = to_device(args, "meta"), to_device(kwargs, "meta")
-            with torch.no_grad(), fast_meta_kernels(), _rule_hooks(target, self.custom_ops, rule_macs):
-                raw = counter.count(target, args, kwargs)
+            try:
+                with torch.no_grad(), fast_meta_kernels(), _rule_hooks(target, self.custom_ops, rule_macs):
+                    raw = counter.count(target, args, kwargs)
+            except BaseException:
+                self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
+                raise
             return raw, rule_macs, "meta"
         snapshot = ModelSnapshot(self.model)
         try:
@@ -210,6 +214,14 @@ class _Session:
         finally:
             snapshot.restore()
         return raw, rule_macs, _model_device(self.model)
+
+    def _shared_meta_copy(self) -> nn.Module:
+        """One meta copy for every counter of this call: deep-copying the module tree is most of the per-module cost
+        of counting on meta, and the counters leave nothing on it (thop's buffers and every hook are removed)."""
+        if self._meta_model is None:
+            self._meta_model = meta_copy(self.model)
+            self._prepared(self._meta_model)
+        return self._meta_model
 
     def one_sample_inputs(self) -> tuple[tuple, dict] | None:
         """One sample of the input, when it costs exactly 1/batch of the whole batch (checked with the torch counter
