@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
+import types
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,15 +19,8 @@ from typing_extensions import override
 from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
-from lightning_flops.isolation import to_device
-from lightning_flops.profiling import (
-    detect_batch_size,
-    error_text,
-    model_fingerprint,
-    profile_model,
-    split_input,
-    validate_options,
-)
+from lightning_flops.inputs import detect_batch_size, iter_tensors, split_input, to_device
+from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport
 from lightning_flops.train_step import train_step_flops
 
@@ -36,6 +31,22 @@ ON_GAP = ("warn", "raise", "ignore")
 
 class _NoInput(Exception):
     """No model input could be taken from the batch; the message says why."""
+
+
+class _UserCodeFailed(Exception):
+    """``input_fn(batch)`` or ``batch_size_fn(batch)`` raised: the user's error, kept whole in ``error``."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        super().__init__(f"`{what}` raised {error_text(error)}")
+        self.error = error
+
+
+def _call_user(what: str, fn: Callable[[Any], Any], batch: Any) -> Any:
+    """``fn(batch)``; its exception is wrapped in :class:`_UserCodeFailed` (not our bug, a failure to report)."""
+    try:
+        return fn(batch)
+    except Exception as err:
+        raise _UserCodeFailed(what, err) from err
 
 
 class FlopsMonitor(Callback):
@@ -117,11 +128,19 @@ class FlopsMonitor(Callback):
         self.custom_ops = custom_ops
         self.strict = strict
         self.report: FlopsReport | None = None
+        # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
+        self._report_key: str | None = None
         self._pending = False
         # log dir -> the report file this callback wrote there and the report it holds (rank zero only)
-        self._published: dict[str, tuple[Path, FlopsReport] | None] = {}
+        self._published: dict[str, tuple[sinks.ReportFile, FlopsReport] | None] = {}
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """Unique per prefix, mode and counters, so several monitors (e.g. eval and ``mode="train"``) can coexist."""
+        return self._generate_state_key(prefix=self.prefix, mode=self.mode, counters=list(self.counters))
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -169,7 +188,7 @@ class FlopsMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"report": self.report.to_json() if self.report is not None else None}
+        return {"report": self.report.to_json() if self.report is not None else None, "key": self._report_key}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -179,18 +198,33 @@ class FlopsMonitor(Callback):
         except (ReportFormatError, TypeError) as err:
             rank_zero_warn(f"FlopsMonitor: the stored report cannot be read ({err}); the model is profiled again.")
             self.report = None
+        key = state_dict.get("key")  # absent in checkpoints written before it existed: profile again
+        self._report_key = key if isinstance(key, str) and self.report is not None else None
 
     # ---------------------------------------------------------------- the work
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
-        directory = str(trainer.log_dir)  # a collective under DDP: every rank asks
-        report, failure = self._reusable_report(pl_module), None
+        directory = sinks.report_directory(trainer)  # a collective under DDP: every rank asks
+        try:  # the user's input_fn and batch_size_fn are called once per profile
+            prepared: tuple[Any, int | None] | Exception = self._prepare(pl_module, batch)
+        except Exception as err:  # _NoInput, _UserCodeFailed, or our bug: _profile sorts them out
+            prepared = err
+        key = None if isinstance(prepared, Exception) else self._reuse_key(pl_module, batch, *prepared)
+        report = self.report if key is not None and key == self._report_key else None
+        failure: Exception | None = None
+        bug = False  # the failure is in lightning-flops' own code
         if report is None:
+            # a profiling failure never stops training unless strict
             try:
-                report = self._profile(pl_module, batch)
-            except Exception as err:  # a profiling failure never stops training unless strict
+                report = self._profile(pl_module, prepared)
+                self._report_key = key if report is not None else None
+            except _UserCodeFailed as err:  # the user's input_fn / batch_size_fn
+                failure = err.error
+            except (FlopsConfigError, CounterError) as err:  # bad input, or a counter failed under strict
                 failure = err
+            except Exception as err:  # anything else is our bug: loud, never a quiet "profiling failed"
+                failure, bug = err, True
         # a batch without samples gives 0 MACs "per sample": every rank (a collective) waits for the next batch
         if trainer.strategy.reduce_boolean_decision(report is not None and report.batch_size == 0, all=False):
             self._pending = True
@@ -220,13 +254,17 @@ class FlopsMonitor(Callback):
         any_failure = trainer.strategy.reduce_boolean_decision(local_failure, all=False)
         any_gap = trainer.strategy.reduce_boolean_decision(local_gap, all=False)
         if any_failure:
+            if bug:
+                internal_error(failure, "profiling the model", strict=True)  # raises it, noting it is our bug
             if failure is not None:
                 raise failure
             raise CounterError(
                 "FlopsMonitor: profiling or writing the report failed on another rank (strict=True); "
                 "see that rank's error"
             )
-        if failure is not None:
+        if bug:
+            internal_error(failure, "profiling the model (training goes on without compute metrics)", strict=False)
+        elif failure is not None:
             rank_zero_warn(
                 f"FlopsMonitor: profiling failed, training goes on without compute metrics: {error_text(failure)}"
             )
@@ -235,23 +273,55 @@ class FlopsMonitor(Callback):
         elif any_gap:
             raise FlopsGapError("FlopsMonitor: counters disagree above the limit on another rank (on_gap='raise')")
 
-    def _reusable_report(self, pl_module: LightningModule) -> FlopsReport | None:
-        report = self.report
-        if report is None:
-            return None
-        same = (
-            report.fingerprint == model_fingerprint(pl_module)
-            and tuple(report.counters) == self.counters
-            and report.mode == self.mode
-            and report.limit == self.limit
-            and report.flag_on == self.flag_on
-        )
-        return report if same else None
+    def _reuse_key(self, pl_module: LightningModule, batch: Any, example: Any, batch_size: int | None) -> str | None:
+        """Everything the report depends on, as JSON: the stored report is reused only when this is identical.
 
-    def _profile(self, pl_module: LightningModule, batch: Any) -> FlopsReport | None:
+        The model fingerprint, the options, the shapes and dtypes of the input that would be profiled now (and of
+        the training-step input when ``example_input`` is fixed), the batch size from ``batch_size_fn``, and the
+        ``custom_ops`` rules (type and rule names plus a digest of each rule's code and captured values).
+        ``None`` when the input cannot be described (then nothing is reused).
+        """
         try:
-            example, from_batch = self._input(pl_module, batch)
-        except _NoInput as err:
+            specs = _input_specs(example)
+            # the training step counts the batch itself, which a fixed example_input does not describe
+            train_input = _input_specs(self._batch_input(pl_module, batch)) if self.example_input is not None else None
+        except Exception:  # no reuse; profiling meets the same problem and reports it
+            return None
+        key = {
+            "fingerprint": model_fingerprint(pl_module),
+            "counters": list(self.counters),
+            "mode": self.mode,
+            "limit": self.limit,
+            "flag_on": self.flag_on,
+            "strict": self.strict,
+            "inputs": specs,
+            "train_inputs": train_input,
+            "batch_size": batch_size,
+            "rules": sorted(
+                [_callable_key(kind), _callable_key(rule)] for kind, rule in (self.custom_ops or {}).items()
+            ),
+            # options other helpers add (parts, tokens_fn) take part when present
+            "parts": getattr(self, "parts", None),
+            "tokens_fn": _callable_key(getattr(self, "tokens_fn", None)),
+        }
+        return json.dumps(key, sort_keys=True, default=repr)
+
+    def _prepare(self, pl_module: LightningModule, batch: Any) -> tuple[Any, int | None]:
+        """The model input and ``batch_size_fn(batch)`` when it describes that input (else ``None``).
+
+        Raises :class:`_NoInput` when no input fits and :class:`_UserCodeFailed` when ``input_fn`` or
+        ``batch_size_fn`` raises.
+        """
+        example, from_batch = self._input(pl_module, batch)
+        batch_size = None
+        if self.batch_size_fn is not None and from_batch:
+            batch_size = _call_user("batch_size_fn", self.batch_size_fn, batch)
+        return example, batch_size
+
+    def _profile(self, pl_module: LightningModule, prepared: tuple[Any, int | None] | Exception) -> FlopsReport | None:
+        """Profile the prepared input; warn (or raise under strict) when there is none."""
+        if isinstance(prepared, _NoInput):
+            err = prepared
             message = (
                 f"FlopsMonitor could not find the model input in the batch ({err}); pass "
                 "`FlopsMonitor(input_fn=lambda batch: ...)` returning the input of `forward` "
@@ -261,9 +331,9 @@ class FlopsMonitor(Callback):
                 raise FlopsConfigError(message) from None
             rank_zero_warn(message + " No compute metrics are logged for this run.")
             return None
-        batch_size = None
-        if self.batch_size_fn is not None and from_batch:
-            batch_size = self.batch_size_fn(batch)
+        if isinstance(prepared, Exception):
+            raise prepared
+        example, batch_size = prepared
         return profile_model(
             pl_module,
             example,
@@ -292,7 +362,7 @@ class FlopsMonitor(Callback):
     def _batch_input(self, pl_module: LightningModule, batch: Any) -> Any:
         """``input_fn(batch)``, else the default batch rules; raises :class:`_NoInput` saying why nothing fits."""
         if self.input_fn is not None:
-            return to_device(self.input_fn(batch), pl_module.device)
+            return to_device(_call_user("input_fn", self.input_fn, batch), pl_module.device)
         return to_device(batch_to_input(pl_module, batch), pl_module.device)
 
     def _with_train_step(self, pl_module: LightningModule, batch: Any, report: FlopsReport) -> FlopsReport:
@@ -329,7 +399,7 @@ class FlopsMonitor(Callback):
         path = published[0]
         key = f"{self.prefix}/train_step/flops_per_batch"
         sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
-        sinks.rewrite_report(report, path)
+        sinks.rewrite_report(report, path, trainer.loggers)
         self._published[directory] = (path, report)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
@@ -376,6 +446,36 @@ def batch_to_input(pl_module: torch.nn.Module, batch: Any) -> Any:
     raise _NoInput(f"a batch of type {type(batch).__name__} has no default rule")
 
 
+def _input_specs(example: Any) -> list[list[Any]]:
+    """``[path, shape, dtype]`` of every tensor of a model input, as :class:`~lightning_flops.report.InputSpec`."""
+    args, kwargs = split_input(example)
+    return [[path, list(t.shape), str(t.dtype)] for path, t in (*iter_tensors(list(args)), *iter_tensors(kwargs))]
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Digest of a code object's bytecode, names and constants (nested functions included, addresses excluded)."""
+    digest = hashlib.sha256(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        digest.update(_code_digest(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
+    return digest.hexdigest()[:16]
+
+
+def _callable_key(fn: Any) -> str | None:
+    """A text that changes when a rule changes: its qualified name, a digest of its code and its captured values."""
+    if fn is None:
+        return None
+    if isinstance(fn, type) or not callable(fn):
+        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    code = getattr(fn, "__code__", None)
+    if code is None:  # functools.partial and callable objects: their repr shows their arguments (or their address)
+        return f"{name}:{fn!r}"
+    captured = [cell.cell_contents for cell in (getattr(fn, "__closure__", None) or ())]
+    defaults = getattr(fn, "__defaults__", None)
+    return f"{name}#{_code_digest(code)}:{captured!r}:{defaults!r}"
+
+
 def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
     """The hyperparameters Lightning logs for this run, and whether Lightning will log them (with ``hp_metric``).
 
@@ -394,4 +494,5 @@ def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
         params.update(datamodule.hparams_initial)
         logged = True
     params.pop("_class_path", None)
-    return params, logged and trainer.enable_autolog_hparams
+    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.5.2; before it Lightning always logged them
+    return params, logged and getattr(trainer, "enable_autolog_hparams", True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from lightning_flops.counters.base import CORE_OPERATORS
-from lightning_flops.report import CounterResult, Gap
+from lightning_flops.report import CounterResult, Gap, Uncounted
+from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, NO_FORMULA
 
 __all__ = ["apply_rules", "attribute_gap", "compute_gaps", "relative_gap"]
 
@@ -76,16 +76,28 @@ def _restricted(ops: Mapping[str, int], core_only: bool) -> dict[str, int]:
     return {op: v for op, v in ops.items() if not core_only or op in CORE_OPERATORS}
 
 
-def attribute_gap(a: ModuleOperators, b: ModuleOperators, core_only: bool = True) -> tuple[str, tuple[str, ...]]:
+def attribute_gap(
+    a: ModuleOperators, b: ModuleOperators, core_only: bool = True, uncounted: Sequence[Uncounted] = ()
+) -> tuple[str, tuple[str, ...]]:
     """Name the module and operators that hold the gap between two counters.
 
     Walks down from the root along the child (the module's own operators count as one more child) holding the
     largest absolute share of the difference, and stops where the module's own operators win or it has no children.
 
+    An operator that either counter saw and did not count inside the named module (``uncounted``) is named first,
+    as ``"_grouped_mm (uncounted)"`` (unless it is already named as a measured difference, as thop's missed
+    ``einsum``). A kernel the reference ran with no formula (reason ``"no formula..."``) hides
+    MACs that neither counter measured, so the walk heads for the child that holds it rather than a measured
+    difference beside it (two such children: it stops above them). Blind spots of thop and fvcore need no detour:
+    the other counter measured them, so they are part of the measured difference. Entries with module ``""``
+    (fvcore does not say where) are named only for a gap at the root; with ``core_only``, those marked as
+    convention ops are left out.
+
     Args:
         a: inclusive module/operator MACs of the first counter.
         b: the same for the second counter.
         core_only: look at core operators only (as flagging does with ``flag_on="core"``).
+        uncounted: what the two counters saw and did not count (entries with module ``""`` only name the root).
 
     Returns:
         ``(module name, operators where the counts differ, largest difference first)``.
@@ -94,7 +106,8 @@ def attribute_gap(a: ModuleOperators, b: ModuleOperators, core_only: bool = True
     def total(counts: ModuleOperators, name: str) -> int:
         return sum(_restricted(counts.get(name, {}), core_only).values())
 
-    names = dict.fromkeys([*a.keys(), *b.keys()])
+    unknown = {u.module for u in uncounted if u.module and u.reason.startswith(NO_FORMULA)}
+    names = dict.fromkeys([*a.keys(), *b.keys(), *unknown])
     for name in list(names):
         for ancestor in _ancestors(name):  # a counter may skip a level that holds nothing
             names.setdefault(ancestor)
@@ -110,6 +123,12 @@ def attribute_gap(a: ModuleOperators, b: ModuleOperators, core_only: bool = True
         diffs = {kid: total(a, kid) - total(b, kid) for kid in kids}
         own = (total(a, current) - total(b, current)) - sum(diffs.values())
         best = max(kids, key=lambda kid: abs(diffs[kid]), default=None)
+        blind = [kid for kid in kids if any(_is_within(m, kid) for m in unknown)]
+        if blind and best not in blind:
+            if len(blind) == 1:  # MACs nobody measured outrank the measured difference next to them
+                current = blind[0]
+                continue
+            break
         if best is None or abs(diffs[best]) <= abs(own) or diffs[best] == 0:
             break
         current = best
@@ -117,7 +136,12 @@ def attribute_gap(a: ModuleOperators, b: ModuleOperators, core_only: bool = True
     ops_b = _restricted(b.get(current, {}), core_only)
     op_diffs = {op: ops_a.get(op, 0) - ops_b.get(op, 0) for op in {*ops_a, *ops_b}}
     operators = tuple(op for op, d in sorted(op_diffs.items(), key=lambda kv: (-abs(kv[1]), kv[0])) if d != 0)
-    return current, operators
+    inside = [u for u in uncounted if _is_within(u.module, current) and u.operator not in operators]
+    inside.sort(key=lambda u: not u.reason.startswith(NO_FORMULA))  # what nobody measured first
+    missed = dict.fromkeys(
+        f"{u.operator} (uncounted)" for u in inside if not (core_only and u.reason.endswith(CONVENTION_UNCOUNTED))
+    )
+    return current, (*missed, *operators)
 
 
 def compute_gaps(counters: Sequence[CounterResult], limit: float, flag_on: str = "core") -> tuple[Gap, ...]:
@@ -138,7 +162,10 @@ def compute_gaps(counters: Sequence[CounterResult], limit: float, flag_on: str =
             module, operators = (None, ())
             if decisive > 0:
                 module, operators = attribute_gap(
-                    first.module_operators, second.module_operators, core_only=flag_on == "core"
+                    first.module_operators,
+                    second.module_operators,
+                    core_only=flag_on == "core",
+                    uncounted=(*first.uncounted, *second.uncounted),
                 )
             gaps.append(Gap(first.name, second.name, total, core, decisive > limit, module, operators))
     return tuple(gaps)

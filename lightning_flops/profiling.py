@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
+import numbers
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -18,7 +20,18 @@ from lightning_flops._compat import fast_meta_kernels
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
-from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, to_device, unwrap_compiled
+from lightning_flops.inputs import detect_batch_size, iter_tensors, map_tensors, slice_batch, split_input
+from lightning_flops.isolation import (
+    ALL,
+    CopyRecord,
+    ModelSnapshot,
+    WriteWatch,
+    meta_copy,
+    own_global_hooks,
+    preserved_rng,
+    shared_copy,
+    unwrap_compiled,
+)
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
@@ -26,9 +39,8 @@ __all__ = [
     "FLAG_ON",
     "MODES",
     "error_text",
-    "iter_tensors",
+    "internal_error",
     "profile_model",
-    "split_input",
     "validate_options",
 ]
 
@@ -90,60 +102,6 @@ def validate_options(
     return counters
 
 
-def split_input(example_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` for ``model(*args, **kwargs)``: Tensor -> (x,), tuple/list -> positional, dict -> keywords."""
-    if isinstance(example_input, torch.Tensor):
-        return (example_input,), {}
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input), {}
-    if isinstance(example_input, Mapping):
-        if not all(isinstance(k, str) for k in example_input):
-            raise FlopsConfigError("`example_input` as a dict must have str keys (keyword arguments of forward)")
-        return (), dict(example_input)
-    raise FlopsConfigError(
-        "`example_input` must be a Tensor (model(x)), a tuple/list (model(*x)) or a dict (model(**x)), "
-        f"got {type(example_input).__name__}"
-    )
-
-
-def iter_tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside tuples, lists, dicts and dataclasses, with its path (``"0"``, ``"0.image"``, ``"mask"``)."""
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from iter_tensors(item, f"{path}.{i}" if path else str(i))
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from iter_tensors(item, f"{path}.{key}" if path else str(key))
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from iter_tensors(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
-
-
-def detect_batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Size of dim 0 of the first tensor with a dimension (positional first); 1 when there is none."""
-    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
-        if tensor.dim() > 0:
-            return int(tensor.shape[0])
-    return 1
-
-
-def _slice_batch(value: Any, batch: int) -> tuple[Any, bool]:
-    """Keep one sample of every tensor whose dim 0 is ``batch``; also says whether anything was sliced."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() > 0 and value.shape[0] == batch:
-            return value[:1], True
-        return value, False
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        items = [_slice_batch(v, batch) for v in value]
-        return type(value)(v for v, _ in items), any(s for _, s in items)
-    if isinstance(value, dict):
-        items = {k: _slice_batch(v, batch) for k, v in value.items()}
-        return {k: v for k, (v, _) in items.items()}, any(s for _, s in items.values())
-    return value, False
-
-
 def _model_device(model: nn.Module) -> str:
     tensor = next(iter(model.parameters()), None)
     if tensor is None:
@@ -158,6 +116,24 @@ def _batch_coupled(model: nn.Module, mode: str) -> bool:
     )
 
 
+class RuleValueError(ValueError):
+    """A ``custom_ops`` rule returned something that is not a finite number of MACs >= 0."""
+
+
+def _rule_value(value: Any, module: nn.Module, name: str, rule: Rule) -> float:
+    """``value`` as a float when it is a finite number >= 0; else :class:`RuleValueError` naming the rule."""
+    number = value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta":
+        number = value.item()
+    if isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number) and number >= 0:
+        return float(number)
+    rule_name = getattr(rule, "__qualname__", type(rule).__qualname__)
+    raise RuleValueError(
+        f"custom_ops rule {rule_name} for {type(module).__name__} (module {name or '<root>'!r}) returned {value!r}; "
+        "a rule must return a finite number of MACs >= 0"
+    )
+
+
 @contextlib.contextmanager
 def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: dict[str, float]) -> Iterator[None]:
     """Evaluate ``custom_ops`` rules on every call of a matching module, summing MACs per module name."""
@@ -169,7 +145,7 @@ def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: 
                 continue
 
             def hook(mod: nn.Module, inputs: Any, output: Any, name: str = name, rule: Rule = rule) -> None:
-                sink[name] = sink.get(name, 0) + float(rule(mod, inputs, output))
+                sink[name] = sink.get(name, 0) + _rule_value(rule(mod, inputs, output), mod, name, rule)
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -179,57 +155,166 @@ def _rule_hooks(model: nn.Module, custom_ops: Mapping[type, Rule] | None, sink: 
             handle.remove()
 
 
+def _indexed(fn: Callable[[int, torch.Tensor], torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with ``fn(i, t)`` for the i-th tensor met (the same order for a batch and its slice)."""
+    counter = iter(range(1 << 62))
+    new_args, new_kwargs = map_tensors(lambda t: fn(next(counter), t), (args, kwargs))
+    return new_args, new_kwargs
+
+
+def _materialize_lazy(target: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Initialize the lazy modules of a copy with one plain forward, so that counters see their final types
+    (``LazyLinear`` becomes ``Linear``: thop picks its rule by type)."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in target.modules()):
+        with torch.no_grad(), own_global_hooks():
+            target(*args, **kwargs)
+
+
 class _Session:
-    """One profile_model call: the model, the input and options shared by every counter run."""
+    """One profile_model call: the model, the input and options shared by every counter run.
+
+    Every counter runs on a structural copy (:mod:`lightning_flops.isolation`): a meta copy, or for counting in
+    place a copy sharing the model's tensors. A meta pass also shows, through version counters, which tensors of the
+    model and of the input the forward writes in place; counting in place then clones exactly those (all of them
+    when no meta pass can run), so the model's values and the caller's batch never change.
+    """
 
     def __init__(self, model: nn.Module, args: tuple, kwargs: dict, mode: str, custom_ops: Any, batch: int) -> None:
         self.model, self.args, self.kwargs, self.mode, self.custom_ops = model, args, kwargs, mode, custom_ops
         self.batch = batch
         self.torch_meta_macs: int | None = None
-        self._meta_model: nn.Module | None = None
+        self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
+        self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
+        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+        self._meta_model: nn.Module | None = None  # the meta copy shared by the counters (see _meta_pass)
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
             target.eval()
-        elif not target.training:  # "train" on an eval-mode model: train it all, as fit would (restored after)
+        elif not target.training:  # "train" on an eval-mode model: train it all, as fit would (copy only)
             target.train()
+
+    def _meta_pass(
+        self,
+        args: tuple,
+        kwargs: dict,
+        run: Callable[[nn.Module, tuple, dict], Any],
+        record: CopyRecord | None = None,
+        shared: bool = False,
+    ) -> tuple[Any, list[torch.Tensor]]:
+        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order.
+
+        ``shared``: the counters use one copy per call (deep-copying the module tree is most of the per-module cost
+        of counting on meta; thop's buffers and every hook are removed after each count); a failed run drops it.
+        """
+        target = self._meta_model if shared else None
+        if target is None:
+            target = meta_copy(self.model, record)
+            self._prepared(target)
+            if shared:
+                self._meta_model = target
+        inputs: list[torch.Tensor] = []
+
+        def to_meta(index: int, tensor: torch.Tensor) -> torch.Tensor:
+            inputs.append(tensor.to("meta"))
+            return inputs[-1]
+
+        meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
+        try:
+            _materialize_lazy(target, meta_args, meta_kwargs)
+            return run(target, meta_args, meta_kwargs), inputs
+        except BaseException:
+            if shared:
+                self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
+            raise
+
+    def _learn_writes(self) -> None:
+        """Find what the forward writes in place with one watched meta pass; unknown (clone all) when it fails."""
+        record = CopyRecord()
+        watch: WriteWatch | None = None
+
+        def forward(target: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+            nonlocal watch
+            model_tensors = {id(real): twin for real, twin in record.pairs}
+            inputs = [t for t in iter_tensors((args, kwargs))]
+            watched = {**model_tensors, **{-1 - i: t for i, (_, t) in enumerate(inputs)}}
+            with torch.no_grad(), own_global_hooks(), WriteWatch(watched) as watch:
+                target(*args, **kwargs)
+            return []
+
+        try:
+            self._meta_pass(self.args, self.kwargs, forward, record)
+        except Exception:
+            self.written, self.written_inputs = ALL, None
+            return
+        assert watch is not None
+        self.written = {key for key in watch.hit if key >= 0}
+        self.written_inputs = {-1 - key for key in watch.hit if key < 0}
+
+    def parameter_model(self) -> nn.Module:
+        """The model whose parameters are counted: itself, or for lazy modules a meta copy after one forward (their
+        shapes come from the input); the model itself when that forward fails."""
+        if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.model.parameters()):
+            return self.model
+
+        def forward(target: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
+            with torch.no_grad(), own_global_hooks():
+                target(*args, **kwargs)
+            return target
+
+        try:
+            return self._meta_pass(self.args, self.kwargs, forward)[0]
+        except Exception:
+            return self.model
 
     def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
         rule_macs: dict[str, float] = {}
-        if placement == "meta":
-            target = self._shared_meta_copy()
-            args, kwargs = to_device(args, "meta"), to_device(kwargs, "meta")
-            try:
-                with torch.no_grad(), fast_meta_kernels(), _rule_hooks(target, self.custom_ops, rule_macs):
-                    raw = counter.count(target, args, kwargs)
-            except BaseException:
-                self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
-                raise
-            return raw, rule_macs, "meta"
-        snapshot = ModelSnapshot(self.model)
-        try:
-            self._prepared(self.model)
-            with torch.no_grad(), _rule_hooks(self.model, self.custom_ops, rule_macs):
-                raw = counter.count(self.model, args, kwargs)
-        finally:
-            snapshot.restore()
-        return raw, rule_macs, _model_device(self.model)
 
-    def _shared_meta_copy(self) -> nn.Module:
-        """One meta copy for every counter of this call: deep-copying the module tree is most of the per-module cost
-        of counting on meta, and the counters leave nothing on it (thop's buffers and every hook are removed)."""
-        if self._meta_model is None:
-            self._meta_model = meta_copy(self.model)
-            self._prepared(self._meta_model)
-        return self._meta_model
+        def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
+            with torch.no_grad(), own_global_hooks(), _rule_hooks(target, self.custom_ops, rule_macs):
+                return counter.count(target, run_args, run_kwargs)
+
+        if placement == "meta":
+            with fast_meta_kernels():
+                raw, _ = self._meta_pass(args, kwargs, run, shared=True)
+            return raw, rule_macs, "meta"
+        if self.written is None and not self.scripted:
+            self._learn_writes()
+        written_inputs = self.written_inputs
+        args, kwargs = _indexed(
+            lambda i, t: t if written_inputs is not None and i not in written_inputs else t.detach().clone(),
+            args,
+            kwargs,
+        )
+        requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            if self.scripted:  # no structural copy of a ScriptModule: count on it, then restore what can be
+                snapshot = ModelSnapshot(self.model)
+                try:
+                    self._prepared(self.model)
+                    raw = run(self.model, args, kwargs)
+                finally:
+                    snapshot.restore()
+            else:
+                target = shared_copy(self.model, self.written if self.written is not None else ALL)
+                self._prepared(target)
+                _materialize_lazy(target, args, kwargs)
+                raw = run(target, args, kwargs)
+        finally:
+            for param, flag in requires_grad:
+                if param.requires_grad != flag:
+                    param.requires_grad_(flag)
+        return raw, rule_macs, _model_device(self.model)
 
     def one_sample_inputs(self) -> tuple[tuple, dict] | None:
         """One sample of the input, when it costs exactly 1/batch of the whole batch (checked with the torch counter
         on meta); ``None`` when the model couples samples, nothing can be sliced or the check cannot run."""
         if self.batch <= 1 or _batch_coupled(self.model, self.mode):
             return None
-        one_args, sliced_a = _slice_batch(self.args, self.batch)
-        one_kwargs, sliced_k = _slice_batch(self.kwargs, self.batch)
+        one_args, sliced_a = slice_batch(self.args, self.batch)
+        one_kwargs, sliced_k = slice_batch(self.kwargs, self.batch)
         if not (sliced_a or sliced_k):
             return None
         torch_counter = get_counter("torch")
@@ -259,47 +344,93 @@ def _checked(raw: Any) -> RawCount:
 
 
 def _run_counter(name: str, session: _Session, device: str | None, strict: bool) -> CounterResult:
+    """Run one counter; a failure of the counting library or of the user's forward becomes a failed result.
+
+    Only the counter's own work (building the adapter, counting, the MAC count it returns) is a counter failure;
+    an error in our post-processing of a good count is a lightning-flops bug: see :func:`internal_error`.
+    """
     start = time.perf_counter()
-    errors: list[str] = []
+    failures: list[tuple[str, BaseException]] = []  # (placement, the exception itself, traceback included)
     try:
         counter = get_counter(name)
-        if device == "meta":
-            placements = ["meta"]
-        elif device == "model":
-            placements = ["model"]
-        else:
-            placements = ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
-        failures: list[tuple[str, str]] = []  # (placement, "<Type>: <message>")
-        for placement in placements:
-            args, kwargs, scale = session.args, session.kwargs, 1
-            one_sample = (
-                session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
-            )
-            if one_sample is not None:
-                (args, kwargs), scale = one_sample, session.batch
-            try:
-                raw, rule_macs, where = session.count(counter, placement, args, kwargs)
-                raw = _checked(raw)
-            except Exception as err:
-                failures.append((placement, error_text(err)))
-                continue
-            if name == "torch" and where == "meta" and scale == 1:
-                session.torch_meta_macs = int(raw.macs)
-            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start)
-        if len({text for _, text in failures}) == 1:
-            errors = [failures[0][1]]  # the same failure everywhere: "<Type>: <message>" once
-        else:
-            errors = [f"{text} (on {placement})" for placement, text in failures]
-        raise RuntimeError("; ".join(errors))
+        placements = _placements(counter, session, device)
     except Exception as err:
-        text = "; ".join(errors) if errors else error_text(err)
-        if strict:
-            raise CounterError(f"counter {name!r} failed: {text}") from err
-        return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+        failures.append(("", err))
+        placements = []
+    for placement in placements:
+        args, kwargs, scale = session.args, session.kwargs, 1
+        one_sample = (
+            session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
+        )
+        if one_sample is not None:
+            (args, kwargs), scale = one_sample, session.batch
+        try:
+            raw, rule_macs, where = session.count(counter, placement, args, kwargs)
+            raw = _checked(raw)
+        except Exception as err:
+            failures.append((placement, err))
+            continue
+        if name == "torch" and where == "meta" and scale == 1:
+            session.torch_meta_macs = int(raw.macs)
+        note = "; ".join(f"{p}: {error_text(e)}" for p, e in failures) or None  # why the earlier placements failed
+        try:
+            return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
+        except Exception as err:  # the count is good: failing to read it is our bug, not the counter's
+            text = internal_error(err, f"reading the result of counter {name!r}", strict)
+            return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+    texts = [error_text(err) for _, err in failures]
+    if len(set(texts)) == 1:
+        text = texts[0]  # the same failure everywhere: "<Type>: <message>" once
+    else:
+        text = "; ".join(f"{t} (on {placement})" for (placement, _), t in zip(failures, texts, strict=True))
+    if strict:
+        # chained from the real exception (the last placement tried: in place, the user's own forward)
+        raise CounterError(f"counter {name!r} failed: {text}") from failures[-1][1]
+    return CounterResult(name=name, ok=False, error=text, seconds=time.perf_counter() - start)
+
+
+def _placements(counter: Any, session: _Session, device: str | None) -> list[str]:
+    """Where to try counting, in order: ``device`` when forced, else meta first where the counter can count there."""
+    if device == "meta":
+        return ["meta"]
+    if device == "model":
+        return ["model"]
+    return ["meta", "model"] if counter.can_count_on_meta(session.model) else ["model"]
+
+
+def internal_error(err: BaseException, context: str, strict: bool) -> str:
+    """Make an error in lightning-flops' own code loud: re-raise it under ``strict``, else warn with its traceback.
+
+    Args:
+        err: the exception, raised by our code (not by a counting library or the user's model).
+        context: what we were doing, for the message (``"reading the result of counter 'torch'"``).
+        strict: raise instead of warning.
+
+    Returns:
+        The text a report keeps for it: ``"lightning-flops bug while <context>: <Type>: <message>"``.
+    """
+    text = f"lightning-flops bug while {context}: {error_text(err)}"
+    if strict:
+        if hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"{text}. This is a bug in lightning-flops, not in your model; please report it.")
+        raise err
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    warnings.warn(
+        f"{text}. This is a bug in lightning-flops, not in your model; please report it with this traceback:\n{trace}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return text
 
 
 def _result(
-    name: str, raw: RawCount, rule_macs: dict[str, float], where: str, scale: int, seconds: float
+    name: str,
+    raw: RawCount,
+    rule_macs: dict[str, float],
+    where: str,
+    scale: int,
+    seconds: float,
+    note: str | None = None,
 ) -> CounterResult:
     raw_macs = int(raw.macs) * scale
     module_operators = {m: {op: int(v) * scale for op, v in ops.items()} for m, ops in raw.module_operators.items()}
@@ -319,6 +450,7 @@ def _result(
         uncounted=tuple(raw.uncounted),
         seconds=seconds,
         sample_scale=scale,
+        device_note=note,
     )
 
 
@@ -348,13 +480,15 @@ def model_fingerprint(model: nn.Module) -> str:
     """A short hash of the model class and its parameters' names, shapes and dtypes."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        lazy = isinstance(param, nn.parameter.UninitializedParameter)
+        digest.update(f"{name}:{'lazy' if lazy else tuple(param.shape)}:{param.dtype}".encode())
     return digest.hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``."""
-    params = list(model.parameters())
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
+    lazy modules that are not initialized yet are not counted."""
+    params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
     return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
 
 
@@ -406,7 +540,7 @@ def profile_model(
     ordered = [results[name] for name in counters]
     return FlopsReport(
         model=type(model).__qualname__,
-        params=count_parameters(model),
+        params=count_parameters(session.parameter_model()),
         counters={r.name: r for r in ordered},
         batch_size=batch,
         mode=mode,

@@ -10,10 +10,21 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lightning_flops.counters.base import CORE_OPERATORS, flops_from_macs
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.schema import check_report_dict
+from lightning_flops.vocabulary import CORE_OPERATORS
 
-__all__ = ["SCHEMA_VERSION", "CounterResult", "FlopsReport", "Gap", "InputSpec", "ParamCount", "human_count"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CounterResult",
+    "FlopsReport",
+    "Gap",
+    "InputSpec",
+    "ParamCount",
+    "Uncounted",
+    "human_count",
+]
 
 #: Version of the JSON layout; readers refuse newer versions.
 SCHEMA_VERSION = 1
@@ -52,6 +63,42 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Uncounted:
+    """An operator (or module) that a counter saw and counted as 0 although it may do multiply-accumulates.
+
+    Args:
+        operator: the kernel or function (``"_grouped_mm"``, ``"mylib::fused_mlp"``, ``"einsum"``), or the module
+            type for a module without a rule (``"MyBlock"``).
+        module: qualified ``named_modules()`` name of the innermost module it ran in (``""`` is the root, or unknown
+            where the counter does not say, as fvcore).
+        calls: how many times it ran there during the counted call.
+        reason: why it was not counted (``"no formula"``, ``"functional call: thop counts modules only"``, ...).
+
+    Example::
+
+        Uncounted(operator="_grouped_mm", module="model.layers.0.mlp.experts", calls=2, reason="no formula")
+    """
+
+    operator: str
+    module: str
+    calls: int
+    reason: str
+
+    @classmethod
+    def from_data(cls, data: Any) -> Uncounted:
+        """Read one entry of a report's ``uncounted`` list; a plain string (older reports) becomes the reason."""
+        if isinstance(data, str):
+            operator = data.split(" ", 1)[0]
+            return cls(operator=operator, module="", calls=0, reason=data)
+        return cls(
+            operator=str(data["operator"]),
+            module=str(data.get("module", "")),
+            calls=int(data.get("calls", 0)),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
 class CounterResult:
     """What one counter measured for one forward call (all samples), in MACs.
 
@@ -63,9 +110,10 @@ class CounterResult:
         error: ``"<Type>: <message>"`` when the counter failed.
         device: where it counted: ``"meta"`` for a meta copy, else the model's own device (counted in place).
         module_operators: inclusive MACs per module name (``""`` is the root) and vocabulary operator.
-        uncounted: operators or modules the counter saw and did not count.
+        uncounted: operators or modules the counter saw and did not count, each with its module and calls.
         seconds: wall time of the counter.
         sample_scale: the counter ran on ``batch_size / sample_scale`` samples and its counts were multiplied back.
+        device_note: why it did not count where it first tried (``"meta: <Type>: <message>"``), else ``None``.
 
     Example::
 
@@ -80,9 +128,10 @@ class CounterResult:
     error: str | None = None
     device: str | None = None
     module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
-    uncounted: tuple[str, ...] = ()
+    uncounted: tuple[Uncounted, ...] = ()
     seconds: float = 0.0
     sample_scale: int = 1
+    device_note: str | None = None
 
     @property
     def flops(self) -> int | None:
@@ -218,7 +267,7 @@ class FlopsReport:
         data = asdict(self)
         for name, result in self.counters.items():
             entry = data["counters"][name]
-            entry["uncounted"] = list(result.uncounted)
+            entry["uncounted"] = [asdict(u) for u in result.uncounted]
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
@@ -245,6 +294,7 @@ class FlopsReport:
                 f"report schema_version {version} is newer than this lightning-flops reads ({SCHEMA_VERSION}):"
                 " upgrade lightning-flops"
             )
+        check_report_dict(data)
         try:
             counters = {name: _counter_from_dict(entry) for name, entry in data["counters"].items()}
             known = {f.name for f in fields(cls)}
@@ -268,93 +318,22 @@ class FlopsReport:
         """Parse :meth:`to_json` output."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
             raise ReportFormatError(f"not valid JSON: {err}") from err
         return cls.from_dict(data)
 
     # -------------------------------------------------------------- Markdown
     def to_markdown(self, top_modules: int = 8) -> str:
-        """A Markdown summary: counters as columns (per sample, human units), top modules, uncounted ops, gaps."""
-        names = list(self.counters)
-        lines = [
-            f"### {self.model}: compute per sample (batch {self.batch_size}, mode {self.mode})",
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
+        """A Markdown summary (see :func:`lightning_flops.render.report_markdown`)."""
+        from lightning_flops.render import report_markdown  # lazy: render imports this module
 
-        def row(label: str, cells: list[str]) -> None:
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-        per = max(self.batch_size, 1)
-        results = [self.counters[n] for n in names]
-        row("MACs", [human_count(r.macs / per, "MACs") if r.ok and r.macs is not None else "failed" for r in results])
-        row("FLOPs (2 x MACs)", [human_count(r.flops / per, "FLOPs") if r.flops is not None else "-" for r in results])
-        row("core MACs", [human_count(r.core_macs / per, "MACs") if r.core_macs is not None else "-" for r in results])
-        row(
-            "convention MACs",
-            [human_count(r.convention_macs / per, "MACs") if r.convention_macs is not None else "-" for r in results],
-        )
-        row("counted on", [r.device or "-" for r in results])
-        row("seconds", [f"{r.seconds:.2f}" for r in results])
-        lines += [
-            "",
-            f"Parameters: {self.params.total:,} total, {self.params.trainable:,} trainable "
-            f"({human_count(self.params.total, '')}). FLOPs = 2 x MACs.",
-        ]
-        if self.train_step_flops is not None:
-            lines.append(
-                f"Training step (forward + backward, per batch): {human_count(self.train_step_flops, 'FLOPs')}"
-            )
-        failed = [r for r in results if not r.ok]
-        if failed:
-            lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
-        lines += self._top_modules_markdown(top_modules)
-        uncounted = [(r.name, u) for r in results for u in r.uncounted]
-        if uncounted:
-            lines += ["", "Uncounted (seen, counted as 0):"] + [f"- {n}: {u}" for n, u in uncounted]
-        if self.gaps:
-            lines += ["", f"| gap (limit {self.limit:.2%}, flags on {self.flag_on}) | total | core | flagged | where |"]
-            lines.append("|---|---|---|---|---|")
-            for gap in self.gaps:
-                where = f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.flagged else "-"
-                lines.append(
-                    f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
-                    f"{'**yes**' if gap.flagged else 'no'} | {where} |"
-                )
-        return "\n".join(lines)
-
-    def _top_modules_markdown(self, top: int) -> list[str]:
-        reference = next((r for r in reversed(list(self.counters.values())) if r.ok), None)
-        if reference is None or top <= 0:
-            return []
-        by_module = reference.by_module
-        parent = ""
-        while True:  # skip wrappers (a LightningModule's `model`): list the first level with several modules
-            prefix = f"{parent}." if parent else ""
-            level = {m: v for m, v in by_module.items() if m.startswith(prefix) and m and "." not in m[len(prefix) :]}
-            if len(level) != 1:
-                break
-            parent = next(iter(level))
-        ranked = sorted(level.items(), key=lambda kv: -kv[1])[:top]
-        if not ranked:
-            return []
-        names = list(self.counters)
-        per = max(self.batch_size, 1)
-        lines = ["", "| top modules (MACs per sample) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for module, _ in ranked:
-            cells = []
-            for n in names:
-                value = self.counters[n].by_module.get(module) if self.counters[n].ok else None
-                cells.append(human_count(value / per, "MACs") if value is not None else "-")
-            lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
-        return lines
+        return report_markdown(self, top_modules=top_modules)
 
 
 def _counter_from_dict(entry: dict[str, Any]) -> CounterResult:
     known = {f.name for f in fields(CounterResult)}
     kwargs = {k: v for k, v in entry.items() if k in known}
-    kwargs["uncounted"] = tuple(entry.get("uncounted", ()))
+    kwargs["uncounted"] = tuple(Uncounted.from_data(u) for u in entry.get("uncounted", ()))
     kwargs["module_operators"] = {m: dict(ops) for m, ops in entry.get("module_operators", {}).items()}
     return CounterResult(**kwargs)
 

@@ -11,26 +11,40 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec.utils
+from lightning.fabric.loggers import CSVLogger as FabricCSVLogger
 from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogger
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.loggers import CSVLogger as PytorchCSVLogger
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_flops.report import FlopsReport
+from lightning_flops._files import create_temporary
+from lightning_flops.markup import escape_markdown
+from lightning_flops.report import FlopsReport, human_count
 
 __all__ = [
     "REPORT_NAME",
+    "ReportFile",
+    "attach_to_trackers",
     "declare_hparams_metrics",
     "is_tensorboard",
     "log_metrics",
     "log_text",
+    "logger_directory",
     "metric_keys",
     "metrics_from_report",
     "print_summary",
     "publish",
+    "report_directory",
+    "report_location_line",
     "rewrite_report",
+    "tensorboard_text",
+    "verdict_line",
     "write_report",
 ]
 
@@ -138,22 +152,72 @@ def log_text(loggers: Iterable[Logger], tag: str, markdown: str, step: int) -> N
             logger.experiment.flush()
 
 
-def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path:
+@dataclass(frozen=True)
+class ReportFile:
+    """Where a published report lives: its file, whose directory holds it, and the tracker runs that carry a copy.
+
+    Args:
+        path: the report file: a local :class:`~pathlib.Path`, or an fsspec URL (``s3://...``) as text.
+        owner: the logger whose directory holds it (``"CSVLogger"``), or ``"default_root_dir"``.
+        attached: the tracker runs the report was also attached to, e.g. ``("MLFlowLogger run 3f2a...",)``.
+    """
+
+    path: Path | str
+    owner: str
+    attached: tuple[str, ...] = ()
+
+
+def logger_directory(logger: Any) -> str | None:
+    """The directory a logger writes its run into, or ``None`` when it has none on a file system.
+
+    As ``Trainer.log_dir`` reads it (lightning 2.6.6): ``log_dir`` for TensorBoard and CSV loggers, ``save_dir`` for
+    the others. MLflow with a database or server store and W&B-less dummy loggers (``fast_dev_run``) give ``None``.
+    """
+    if isinstance(logger, (FabricTensorBoardLogger, FabricCSVLogger, PytorchCSVLogger)):
+        directory = logger.log_dir
+    else:
+        directory = getattr(logger, "save_dir", None)
+    if directory is None or not isinstance(directory, (str, os.PathLike)) or str(directory) in ("", "None"):
+        return None
+    return str(directory)
+
+
+def report_directory(trainer: Any) -> str:
+    """The directory of the run's report: the first logger with a directory, else ``trainer.default_root_dir``.
+
+    Never ``"None"``: ``trainer.log_dir`` is ``None`` for an MLflow logger on a database (``sqlite:///``, ``http://``)
+    and under ``fast_dev_run`` (whose dummy logger has no directory). A collective under DDP: call it on every rank.
+
+    Args:
+        trainer: the Lightning ``Trainer``.
+    """
+    directory = next((d for d in map(logger_directory, trainer.loggers) if d is not None), None)
+    if directory is None:
+        directory = str(trainer.default_root_dir)
+    return trainer.strategy.broadcast(directory)
+
+
+def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path | str:
     """Write ``report`` as JSON into ``directory``, atomically, never over another run's report.
 
     The text goes to a temporary file first, then gets its final name in one step: ``flops_report.json``, or when
     that name is taken ``flops_report.1.json``, ``flops_report.2.json``, ... (an exclusive link, so two runs sharing
-    a directory never overwrite each other and a reader never sees half a file).
+    a directory never overwrite each other and a reader never sees half a file). A remote directory
+    (``s3://bucket/logs``, ``memory://``; any fsspec URL, as Lightning's loggers and checkpoints take) is written
+    through its fsspec file system: one whole-object write under the first free name (the check for a free name and
+    the write are two steps there).
 
     Returns:
-        The path written.
+        The path written: a :class:`~pathlib.Path` for a local directory, the URL for a remote one.
     """
+    if not _is_local(directory):
+        return _write_remote(report.to_json(), str(directory))
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_copy(report, folder)
     try:
         for index in range(_MAX_SUFFIX):
-            target = folder / (REPORT_NAME if index == 0 else f"flops_report.{index}.json")
+            target = folder / _report_name(index)
             if _claim(tmp, target):
                 return target
         raise FileExistsError(f"no free report name in {folder} (tried {REPORT_NAME} to .{_MAX_SUFFIX - 1}.json)")
@@ -161,21 +225,104 @@ def write_report(report: FlopsReport, directory: str | os.PathLike[str]) -> Path
         tmp.unlink(missing_ok=True)
 
 
-def rewrite_report(report: FlopsReport, path: str | os.PathLike[str]) -> None:
-    """Atomically replace a report file that this run wrote itself (temp file + rename), e.g. to add a late field."""
-    target = Path(path)
-    tmp = _temporary_copy(report, target.parent)
-    try:
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def rewrite_report(
+    report: FlopsReport, path: ReportFile | str | os.PathLike[str], loggers: Sequence[Logger] = ()
+) -> None:
+    """Atomically replace a report file that this run wrote itself (temp file + rename), e.g. to add a late field.
+
+    Args:
+        report: the new content.
+        path: the file (or the :class:`ReportFile` :func:`publish` returned).
+        loggers: the run's loggers: the copies attached to trackers are replaced as well.
+    """
+    target = path.path if isinstance(path, ReportFile) else path
+    if not _is_local(target):
+        _fs(target).pipe_file(str(target), report.to_json().encode("utf-8"))
+    else:
+        target = Path(target)
+        tmp = _temporary_copy(report, target.parent)
+        try:
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if isinstance(path, ReportFile) and path.attached:
+        attach_to_trackers(report, loggers, path.path)
+
+
+def attach_to_trackers(report: FlopsReport, loggers: Sequence[Logger], path: Path | str) -> tuple[str, ...]:
+    """Put the report in the run of every logger that keeps files, so that its UI and syncing carry it.
+
+    MLflow: an artifact of the logger's run (``MlflowClient.log_artifact``), named like the report file. W&B: a copy
+    in the run's files directory (``run.dir``), which ``wandb sync`` and the end of the run upload. Other loggers are
+    skipped. A tracker that fails is named in a warning; the report file itself is already written.
+
+    Returns:
+        One ``"<Logger> run <id>"`` per tracker that holds the report.
+    """
+    name = Path(str(path)).name
+    attached = []
+    for logger in loggers:
+        kind = type(logger).__name__
+        try:
+            if _is_mlflow(logger):
+                with tempfile.TemporaryDirectory(prefix="flops_report.") as folder:
+                    local = Path(folder) / name
+                    local.write_text(report.to_json(), encoding="utf-8")
+                    logger.experiment.log_artifact(logger.run_id, str(local))
+                attached.append(f"{kind} run {logger.run_id}")
+            elif _is_wandb(logger):
+                run_dir = Path(logger.experiment.dir)
+                if Path(str(path)).parent.resolve() != run_dir.resolve():
+                    copy = _temporary_copy(report, run_dir)
+                    os.replace(copy, run_dir / name)  # the run's own directory: its copy is replaced, not renamed
+                attached.append(f"{kind} run {logger.version}")
+        except Exception as err:  # a tracker that refuses the file must not lose the report or stop training
+            rank_zero_warn(f"FlopsMonitor: could not attach the report to {kind}: {type(err).__name__}: {err}")
+    return tuple(attached)
+
+
+def _is_mlflow(logger: Any) -> bool:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return isinstance(logger, MLFlowLogger)
+
+
+def _is_wandb(logger: Any) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def _report_name(index: int) -> str:
+    return REPORT_NAME if index == 0 else f"flops_report.{index}.json"
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is on the local file system (no ``s3://``-style protocol), as Lightning decides it."""
+    return fsspec.utils.get_protocol(str(path)) == "file"
+
+
+def _fs(path: str | os.PathLike[str]) -> Any:
+    return get_filesystem(str(path))
+
+
+def _write_remote(text: str, directory: str) -> str:
+    """Write ``text`` under the first free report name of a remote ``directory`` (one whole-object write)."""
+    fs = _fs(directory)
+    fs.makedirs(directory, exist_ok=True)
+    base = directory.rstrip("/")
+    for index in range(_MAX_SUFFIX):
+        target = f"{base}/{_report_name(index)}"
+        if not fs.exists(target):
+            fs.pipe_file(target, text.encode("utf-8"))
+            return target
+    raise FileExistsError(f"no free report name in {directory} (tried {REPORT_NAME} to .{_MAX_SUFFIX - 1}.json)")
 
 
 def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
     """``report`` as JSON in a hidden temporary file of ``folder``, flushed to disk, ready to be renamed."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".flops_report.", suffix=".tmp", dir=folder)
+    fd, tmp_name = create_temporary(folder, ".flops_report.")
     try:
-        os.chmod(tmp_name, readable_mode())  # mkstemp makes 0600; a log file is as readable as its neighbours
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
             handle.flush()
@@ -184,13 +331,6 @@ def _temporary_copy(report: FlopsReport, folder: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
-
-
-def readable_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _claim(tmp: Path, target: Path) -> bool:
@@ -213,6 +353,43 @@ def _claim(tmp: Path, target: Path) -> bool:
         return True
 
 
+def verdict_line(report: FlopsReport) -> str:
+    """One line for the top of the TensorBoard text: the reference's MACs and FLOPs per sample, flagged or not, why.
+
+    Args:
+        report: the report to sum up; the reference is ``torch`` when it ran, else the last counter that ran.
+    """
+    ok = [name for name, result in report.counters.items() if result.ok and result.macs is not None]
+    if not ok:
+        return "**Every counter failed**: no MACs for this run (the reasons are below)."
+    reference = "torch" if "torch" in ok else ok[-1]
+    macs, flops = report.macs_per_sample(reference), report.flops_per_sample(reference)
+    line = (
+        f"**{human_count(macs, 'MACs')} = {human_count(flops, 'FLOPs')} per sample** "
+        f"({escape_markdown(reference)}{' reference' if reference == 'torch' else ''}, "
+        f"{escape_markdown(report.model)}, batch {report.batch_size}, mode {report.mode})"
+    )
+    gap = report.largest_gap()
+    if report.flagged and gap is not None:
+        value = gap.core_relative if report.flag_on == "core" else gap.relative
+        where = escape_markdown(gap.module or "<root>")
+        operators = escape_markdown(", ".join(gap.operators) or "no operator named")
+        line += (
+            f". **Flagged**: {gap.a} vs {gap.b} differ by {value:.2%} ({report.flag_on}, limit {report.limit:.2%}), "
+            f"mostly in `{where}` ({operators})."
+        )
+    elif gap is not None:
+        line += f". Not flagged: the counters agree within {report.limit:.2%} on the {report.flag_on}."
+    else:
+        line += ". Not flagged: fewer than two counters ran, nothing to compare."
+    return line
+
+
+def tensorboard_text(report: FlopsReport) -> str:
+    """The TensorBoard text card: :func:`verdict_line` first (the card shows its top), then the full report."""
+    return verdict_line(report) + "\n\n" + report.to_markdown()
+
+
 def print_summary(report: FlopsReport) -> None:
     """Print the report's Markdown table through ``rank_zero_info``."""
     rank_zero_info(report.to_markdown())
@@ -220,14 +397,30 @@ def print_summary(report: FlopsReport) -> None:
 
 def publish(
     report: FlopsReport, loggers: Sequence[Logger], directory: str | os.PathLike[str], prefix: str, step: int
-) -> Path:
-    """Send ``report`` everywhere (call on global rank zero): metrics, TensorBoard text, JSON file, console.
+) -> ReportFile:
+    """Send ``report`` everywhere (call on global rank zero): metrics, TensorBoard text, JSON file, trackers, console.
 
     Returns:
-        The path of the JSON report.
+        Where the JSON report went (see :class:`ReportFile`).
     """
     log_metrics(loggers, metrics_from_report(report, prefix), step)
-    log_text(loggers, f"{prefix}/report", report.to_markdown(), step)
+    log_text(loggers, f"{prefix}/report", tensorboard_text(report), step)
     path = write_report(report, directory)
+    owner = next((type(lg).__name__ for lg in loggers if logger_directory(lg) == str(directory)), "default_root_dir")
+    attached = attach_to_trackers(report, loggers, path)
     print_summary(report)
-    return path
+    rank_zero_info(report_location_line(ReportFile(path, owner, attached), several=len(loggers) > 1))
+    return ReportFile(path, owner, attached)
+
+
+def report_location_line(file: ReportFile, several: bool) -> str:
+    """``FlopsMonitor: report written to PATH``, saying whose directory holds it (with ``several`` loggers, or when
+    it is ``default_root_dir``) and which tracker runs carry it."""
+    line = f"FlopsMonitor: report written to {file.path}"
+    if file.owner == "default_root_dir":
+        line += " (trainer.default_root_dir: no logger has a directory)"
+    elif several:
+        line += f" (the directory of the {file.owner})"
+    if file.attached:
+        line += "; attached to " + ", ".join(file.attached)
+    return line

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from lightning_flops.counters.torch_dispatch import count_flops
-from lightning_flops.isolation import meta_copy, preserved_rng, to_device, unwrap_compiled
-from lightning_flops.profiling import iter_tensors, split_input
+from lightning_flops.inputs import iter_tensors, split_input, to_device
+from lightning_flops.isolation import meta_copy, preserved_rng, unwrap_compiled
 
 __all__ = ["train_step_flops"]
 

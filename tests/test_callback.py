@@ -58,6 +58,7 @@ def test_event_files_hold_every_metric_key(fitted: Path) -> None:
 @pytest.mark.parametrize("counter", COUNTERS)
 def test_logged_flops_are_twice_the_logged_macs(fitted: Path, counter: str) -> None:
     scalars = read_scalars(fitted)
+    assert scalars[f"compute/{counter}/macs"] > 0  # else 0 == 2 * 0 would pass
     assert scalars[f"compute/{counter}/flops"] == 2 * scalars[f"compute/{counter}/macs"]
 
 

@@ -259,7 +259,7 @@ def test_plot_refuses_an_existing_file_without_force(tmp_path: Path, capsys: pyt
         (
             '{"schema_version": 1, "model": "Net", "params": {"total": 1, "trainable": 1}, "batch_size": "4",'
             ' "counters": {"torch": {"name": "torch", "ok": true, "macs": 8}}}',
-            "malformed report: counts must be integers >= 0 (batch_size >= 1), got batch_size='4'",
+            "malformed report: `batch_size` must be an integer >= 0, got '4'",
         ),
     ],
 )

@@ -128,3 +128,45 @@ def test_rule_on_a_module_called_twice_counts_both_calls() -> None:
 
     report = lf.profile_model(Twice(), torch.randn(3, 8), counters=("torch",), custom_ops={nn.LayerNorm: layer_norm_4})
     assert report.counters["torch"].macs == 2 * 4 * 3 * 8  # calls * 4 * elements
+
+
+def negative_1000(module: nn.Module, inputs: tuple, output: Any) -> int:
+    return -1000
+
+
+def not_a_number(module: nn.Module, inputs: tuple, output: Any) -> float:
+    return float("nan")
+
+
+def a_string(module: nn.Module, inputs: tuple, output: Any) -> str:
+    return "12"
+
+
+BAD_RULES = [(negative_1000, "-1000"), (not_a_number, "nan"), (a_string, "'12'")]
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+@pytest.mark.parametrize(("rule", "shown"), BAD_RULES, ids=[r.__name__ for r, _ in BAD_RULES])
+def test_a_rule_returning_a_bad_value_fails_the_counter_naming_the_rule(counter: str, rule: Any, shown: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    report = lf.profile_model(model, torch.randn(2, 4), counters=(counter,), custom_ops={nn.ReLU: rule})
+    result = report.counters[counter]
+    assert not result.ok
+    assert result.macs is None
+    assert f"custom_ops rule {rule.__name__} for ReLU (module '1') returned {shown}" in result.error
+
+
+@pytest.mark.parametrize(("rule", "shown"), BAD_RULES, ids=[r.__name__ for r, _ in BAD_RULES])
+def test_a_rule_returning_a_bad_value_raises_under_strict(rule: Any, shown: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with pytest.raises(lf.CounterError, match=rf"custom_ops rule {rule.__name__} for ReLU .* returned {shown}"):
+        lf.profile_model(model, torch.randn(2, 4), counters=("torch",), custom_ops={nn.ReLU: rule}, strict=True)
+
+
+def test_a_rule_may_return_a_one_element_tensor_or_a_float() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Tanh())
+    rules = {nn.ReLU: lambda m, i, o: torch.tensor(6), nn.Tanh: lambda m, i, o: 2.0}
+    report = lf.profile_model(model, torch.randn(2, 4), counters=("torch",), device="model", custom_ops=rules)
+    result = report.counters["torch"]
+    assert result.ok
+    assert result.macs == 2 * 4 * 8 + 6 + 2  # batch * in * out, then the two rules' MACs for the whole call

@@ -75,7 +75,7 @@ def test_training_step_per_sample_uses_the_training_batch_not_a_fixed_example_in
     assert main(["compare", str(tmp_path), "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     (row,) = printed if isinstance(printed, list) else printed["runs"]
-    assert row["train_step_flops"] == data["train_step_flops"] // 4
+    assert row["train_step_flops_per_sample"] == data["train_step_flops"] // 4  # compare: per sample; JSON: per batch
 
 
 def test_the_report_file_gets_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
@@ -91,3 +91,25 @@ def test_the_report_file_gets_the_mode_a_plain_open_would_give(tmp_path: Path) -
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600: others may read the log dir
+
+
+def test_writing_reports_never_changes_the_process_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    from lightning_flops.sinks import write_report
+
+    report = lf.profile_model(nn.Linear(2, 2), torch.randn(1, 2), counters=("torch",))
+    mask = os.umask(0o027)
+    calls: list[int] = []
+    try:
+        monkeypatch.setattr(os, "umask", lambda value: calls.append(value) or 0)  # another thread would see it
+        path = write_report(report, tmp_path)
+        cli = ["profile", "examples.models:SmallCNN", "--input", "1,3,8,8", "--counters", "torch"]
+        assert main([*cli, "--json", str(tmp_path / "cli.json")]) == 0
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+    assert calls == []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 less the umask, applied by the system
+    assert stat.S_IMODE((tmp_path / "cli.json").stat().st_mode) == 0o640

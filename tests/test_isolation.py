@@ -94,6 +94,11 @@ def profiled(counter: str, device: str | None, mode: str) -> tuple[dict[str, Any
     example = torch.randn(2, 3, 16, 16)  # drawn before the RNG state is captured
     before = capture(model)
     report = lf.profile_model(model, example, counters=(counter,), device=device, mode=mode)
+    result = report.counters[counter]
+    # a counter that failed before touching anything would make every isolation row pass: it must have counted
+    assert result.ok, f"{counter} did not count, so the isolation checks would prove nothing: {result.error}"
+    assert result.macs > 0
+    assert result.device == ("cpu" if device == "model" else "meta")  # fvcore traces convolutions on meta too
     return before, capture(model), model, report
 
 
@@ -174,7 +179,8 @@ def test_user_global_hook_survives_and_nothing_is_added() -> None:
     try:
         model = build_net()
         before = capture(model)["global_hooks"]
-        lf.profile_model(model, torch.randn(2, 3, 16, 16), device="model", mode="train")
+        report = lf.profile_model(model, torch.randn(2, 3, 16, 16), device="model", mode="train")
+        assert all(r.ok and r.macs > 0 for r in report.counters.values())  # every counter ran with the hook there
         assert capture(model)["global_hooks"] == before
         assert _forward_hook in [h for _, h in before["_global_forward_hooks"]]
     finally:

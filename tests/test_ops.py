@@ -226,3 +226,112 @@ def test_torch_counts_the_fused_cpu_multi_head_attention_kernel() -> None:
             lambda: torch._native_multi_head_attention(x, x, x, 64, 4, w_qkv, b_qkv, w_out, b_out, need_weights=False)
         )
     assert flops == 2 * (4 * (2 * 32 * 64 * 64) + 2 * (2 * 32 * 32 * 64))  # 2 FLOPs per MAC: projections + products
+
+
+# ----------------------------------------------------------------------- kernels torch 2.13 has no formula for
+def _flops_of(fn: Callable[[], Any]) -> tuple[int, tuple]:
+    from lightning_flops.counters.torch_dispatch import count_flops_and_uncounted
+
+    with torch.no_grad():
+        flops, _, _, uncounted = count_flops_and_uncounted(fn)
+    return flops, uncounted
+
+
+# fmt: off
+EXTRA_KERNELS = [
+    ("addmm_inplace", lambda: torch.randn(4, 16).addmm_(torch.randn(4, 3), torch.randn(3, 16)), 4 * 3 * 16),
+    ("baddbmm_inplace", lambda: torch.randn(2, 4, 16).baddbmm_(torch.randn(2, 4, 3), torch.randn(2, 3, 16)),
+     2 * 4 * 3 * 16),  # batch * n * k * m
+    ("addbmm", lambda: torch.addbmm(torch.randn(4, 16), torch.randn(2, 4, 3), torch.randn(2, 3, 16)), 2 * 4 * 3 * 16),
+    ("mv", lambda: torch.mv(torch.randn(8, 16), torch.randn(16)), 8 * 16),
+    ("addmv", lambda: torch.addmv(torch.randn(8), torch.randn(8, 16), torch.randn(16)), 8 * 16),
+    ("dot", lambda: torch.dot(torch.randn(16), torch.randn(16)), 16),
+    ("addr", lambda: torch.addr(torch.randn(8, 16), torch.randn(8), torch.randn(16)), 8 * 16),
+    ("int_mm", lambda: torch._int_mm(torch.ones(32, 64, dtype=torch.int8), torch.ones(64, 32, dtype=torch.int8)),
+     32 * 64 * 32),
+    ("addmm_activation", lambda: torch.ops.aten._addmm_activation(torch.randn(8), torch.randn(4, 16),
+                                                                 torch.randn(16, 8)), 4 * 16 * 8),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("kernel", "fn", "macs"), EXTRA_KERNELS, ids=[k[0] for k in EXTRA_KERNELS])
+def test_torch_counts_kernels_flop_counter_mode_lacks(kernel: str, fn: Callable[[], Any], macs: int) -> None:
+    flops, uncounted = _flops_of(fn)
+    assert flops == 2 * macs
+    assert uncounted == ()
+
+
+def _meta(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, device="meta")
+
+
+def _lstm_weights(inputs: int, hidden: int, layers: int, directions: int) -> list[torch.Tensor]:
+    """cuDNN's weight list: per layer and direction w_ih [4H, in], w_hh [4H, H], b_ih [4H], b_hh [4H]."""
+    weights = []
+    for layer in range(layers):
+        width = inputs if layer == 0 else hidden * directions
+        for _ in range(directions):
+            weights += [_meta(4 * hidden, width), _meta(4 * hidden, hidden), _meta(4 * hidden), _meta(4 * hidden)]
+    return weights
+
+
+def test_cudnn_rnn_formula_equals_the_lstm_count() -> None:
+    # CUDA-only: called on meta tensors. The 2-layer bidirectional LSTM of CORE_OPS, sequence-first [T, B, I]
+    from lightning_flops.counters import torch_dispatch as td
+
+    x, weights = _meta(10, 2, 64), _lstm_weights(64, 128, 2, 2)
+    flops = td._cudnn_rnn_flop(x, weights, 4, None, _meta(4, 2, 128), _meta(4, 2, 128), 2, 128, 0, 2, False, 0.0,
+                               False, True, [], None)  # fmt: skip
+    assert flops == 2 * (2 * (2 * 10 * 4 * 128 * (64 + 128)) + 2 * (2 * 10 * 4 * 128 * (2 * 128 + 128)))
+    mask = [True, True, True, True]
+    backward = td._cudnn_rnn_backward_flop(x, weights, 4, None, None, None, None, None, None, None, 2, 128, 0, 2,
+                                           False, 0.0, True, True, [], None, None, mask)  # fmt: skip
+    assert backward == 2 * flops  # data gradients (one forward) + weight gradients (one forward)
+    packed = td._cudnn_rnn_flop(_meta(15, 64), weights, 4, None, None, None, 2, 128, 0, 2, False, 0.0, False, True,
+                                [2, 2, 2, 2, 2, 1, 1, 1, 1, 1], None)  # fmt: skip
+    assert packed == 2 * 15 * sum(w.shape[0] * w.shape[1] for w in weights if w.dim() == 2)  # 15 packed tokens
+
+
+def test_miopen_rnn_formula_equals_the_lstm_count() -> None:
+    from lightning_flops.counters import torch_dispatch as td
+
+    x, weights = _meta(10, 2, 64), _lstm_weights(64, 128, 1, 1)
+    flops = td._miopen_rnn_flop(x, weights, 4, None, None, 2, 128, 1, False, 0.0, False, False, [], None)
+    assert flops == 2 * 2 * 10 * 4 * 128 * (64 + 128)  # batch * seq * gates * hidden * (in + hidden)
+
+
+def test_scaled_grouped_mm_formula_reads_its_offs() -> None:
+    from lightning_flops.counters import torch_dispatch as td
+
+    x, w = _meta(16, 64), _meta(4, 64, 32)
+    offs = torch.tensor([4, 8, 12, 14], dtype=torch.int32)
+    assert td._scaled_grouped_mm_flop(x, w, _meta(16), _meta(4, 32), offs) == 2 * 14 * 64 * 32
+    assert td._scaled_grouped_mm_v2_flop(x, w, [], [], [], [], [], [], offs) == 2 * 14 * 64 * 32
+    assert td._mm_flop(_meta(32, 64), _meta(64, 48)) == 2 * 32 * 64 * 48  # _scaled_mm_v2
+
+
+def test_cuda_attention_formulas_equal_the_sdpa_count() -> None:
+    # q [B=2, H=4, 32, 16], k/v [2, 4, 24, 16]: q k^T and p v, each b * h * n * m * d; backward 2.5x (torch's rule)
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    from lightning_flops.counters import torch_dispatch as td
+
+    q, k, v = _meta(2, 4, 32, 16), _meta(2, 4, 24, 16), _meta(2, 4, 24, 16)
+    forward = 2 * (2 * (2 * 4 * 32 * 24 * 16))
+    assert td._fused_attention_flop(q, k, v) == forward
+    assert td._cudnn_attention_flop(q, k, v, None, None, None, 32, 24) == forward
+    backward = sdpa_backward_flop_count(q.shape, q.shape, k.shape, v.shape)
+    assert backward == 2 * 5 * (2 * 4 * 32 * 24 * 16)  # dq, dk, dv, dp and the recomputed scores
+    assert td._fused_attention_backward_flop(q, q, k, v) == backward
+    assert td._cudnn_attention_backward_flop(q, q, k, v, q, None, None, None, None, None, None, 32, 24) == backward
+
+
+def test_cudnn_attention_formula_counts_packed_sequences_one_by_one() -> None:
+    # two sequences of 5 and 3 tokens packed as [8, H=2, D=16]: 5 * 5 and 3 * 3 score blocks
+    from lightning_flops.counters import torch_dispatch as td
+
+    q = k = v = torch.empty(8, 2, 16)
+    cum = torch.tensor([0, 5, 8], dtype=torch.int32)
+    flops = td._cudnn_attention_flop(q, k, v, None, cum, cum, 5, 5)
+    assert flops == 2 * 2 * (2 * 5 * 5 * 16 + 2 * 3 * 3 * 16)  # (q k^T + p v) per sequence, heads * n * m * d each

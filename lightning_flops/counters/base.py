@@ -1,13 +1,19 @@
-"""What every counter shares: names, the operator vocabulary, the one MAC<->FLOP conversion, the raw result.
+"""What every counter shares: names, the one MAC<->FLOP conversion, the raw result.
 
-This module imports no torch, so that reports can be read and compared without it.
+The operator labels live in :mod:`lightning_flops.vocabulary` (re-exported here). This module imports no torch, so
+that reports can be read and compared without it.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS, OPERATORS
+
+if TYPE_CHECKING:
+    from lightning_flops.report import Uncounted
 
 __all__ = [
     "CONVENTION_OPERATORS",
@@ -21,13 +27,6 @@ __all__ = [
 
 #: The counters that ``profile_model`` knows, in their default order.
 COUNTER_NAMES: tuple[str, ...] = ("thop", "fvcore", "torch")
-
-#: Operators that make up the MAC core: every counter should agree on these.
-CORE_OPERATORS: frozenset[str] = frozenset({"conv", "linear", "matmul", "einsum", "attention", "rnn"})
-#: Operators whose cost is a convention (counters legitimately differ): shown, never flagged by default.
-CONVENTION_OPERATORS: frozenset[str] = frozenset(
-    {"norm", "activation", "pool", "softmax", "interpolate", "elementwise", "custom", "other"}
-)
 
 _COUNTER_MODULES = {
     "thop": "lightning_flops.counters.thop_hooks",
@@ -53,12 +52,24 @@ class RawCount:
     Args:
         macs: total MACs of the call.
         module_operators: inclusive MACs per qualified module name (``""`` is the root) and vocabulary operator.
-        uncounted: operators or modules that the counter saw and did not count.
+        uncounted: operators (or modules) that the counter saw and did not count, with the module they ran in.
+
+    Raises:
+        ValueError: a module's operators use a label outside :data:`~lightning_flops.vocabulary.OPERATORS`
+            (a lightning-flops bug: every adapter maps to the one vocabulary).
     """
 
     macs: int
     module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
-    uncounted: list[str] = field(default_factory=list)
+    uncounted: tuple[Uncounted, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.uncounted = tuple(self.uncounted)
+        unknown = {op for ops in self.module_operators.values() for op in ops} - OPERATORS
+        if unknown:
+            raise ValueError(
+                f"lightning-flops bug: operator labels {sorted(unknown)} are not in the vocabulary {sorted(OPERATORS)}"
+            )
 
 
 class Counter(Protocol):

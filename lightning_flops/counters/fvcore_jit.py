@@ -15,52 +15,25 @@ from typing import Any
 from torch import nn
 
 from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
-from lightning_flops.counters.base import CORE_OPERATORS, RawCount
+from lightning_flops.counters.base import RawCount
 from lightning_flops.counters.tracing import PositionalCall, quiet, user_module_name
+from lightning_flops.report import Uncounted
+from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, operator_of_fvcore
 
-__all__ = ["FvcoreCounter", "make_counter"]
+__all__ = ["FvcoreCounter", "make_counter", "operator_of_fvcore"]
 
-
-def operator_of_fvcore(name: str) -> str:
-    """Map an fvcore operator name (``conv``, ``addmm``, ``batch_norm``, ``upsample_bilinear2d``, ...) to ours."""
-    name = name.removeprefix("aten::")
-    if "conv" in name:
-        return "conv"
-    if name in ("linear", "addmm", "mm"):
-        return "linear"
-    if name in ("matmul", "bmm", "baddbmm"):
-        return "matmul"
-    if name == "einsum":
-        return "einsum"
-    if "attention" in name:
-        return "attention"
-    if name in ("lstm", "gru", "rnn_tanh", "rnn_relu") or "rnn" in name:
-        return "rnn"
-    if "norm" in name:
-        return "norm"
-    if "upsample" in name or "interpolate" in name:
-        return "interpolate"
-    if "pool" in name:
-        return "pool"
-    if "softmax" in name:
-        return "softmax"
-    if name in ("relu", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardswish", "prelu"):
-        return "activation"
-    return "other"
+_CORE_REASON = "unsupported by fvcore"
+_OTHER_REASON = f"unsupported by fvcore; {CONVENTION_UNCOUNTED}"
 
 
-def _uncounted(unsupported: dict[str, int]) -> list[str]:
-    """Unsupported ops that may hide real MACs one by one (core, attention, RNN), the convention ones in one line."""
-    core, other = [], []
+def _uncounted(unsupported: dict[str, int]) -> tuple[Uncounted, ...]:
+    """Every op fvcore skipped, with its calls; fvcore does not say where it ran (module ``""``)."""
+    entries = []
     for op, n in sorted(unsupported.items()):
         name = op.removeprefix("aten::")
-        if operator_of_fvcore(name) in CORE_OPERATORS:
-            core.append(f"{name} (unsupported by fvcore, {n}x)")
-        else:
-            other.append(name)
-    if other:
-        core.append(f"{len(other)} convention/elementwise op types not counted by fvcore: {', '.join(other)}")
-    return core
+        core = operator_of_fvcore(name) in CORE_OPERATORS
+        entries.append(Uncounted(operator=name, module="", calls=n, reason=_CORE_REASON if core else _OTHER_REASON))
+    return tuple(entries)
 
 
 class FvcoreCounter:
@@ -73,7 +46,8 @@ class FvcoreCounter:
 
     def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
         try:
-            from fvcore.nn import FlopCountAnalysis
+            with quiet():  # fvcore.nn scripts its focal losses on import: torch's deprecation warnings
+                from fvcore.nn import FlopCountAnalysis
         except ImportError as err:
             raise ImportError(f"fvcore is not installed ({err}); install it with `pip install fvcore`") from err
         wrapper = PositionalCall(model, args, kwargs)
@@ -82,7 +56,7 @@ class FvcoreCounter:
             analysis = FlopCountAnalysis(wrapper, wrapper.tensors)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
+            analysis.tracer_warnings("no_tracer_warning")  # "none" would ignore every warning, the user's too
             total = analysis.total()
             per_module = analysis.by_module_and_operator()
             unsupported = analysis.unsupported_ops()

@@ -8,7 +8,6 @@ we hand it a :class:`PositionalCall` wrapper whose ``train()`` does nothing, and
 
 from __future__ import annotations
 
-import re
 from importlib import metadata
 from typing import Any
 
@@ -23,10 +22,10 @@ from lightning_flops.counters.tracing import (
     quiet,
     user_module_name,
 )
+from lightning_flops.report import Uncounted
 
 __all__ = ["ThopCounter", "make_counter", "thop_variant"]
 
-_REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
 _THOP_BUFFERS = ("total_ops", "total_params")
 
 
@@ -97,11 +96,14 @@ class ThopCounter:
         if total > module_sum:  # the fork also counts functional ops, into the total only
             own.setdefault("", {})["other"] = total - module_sum
 
-        uncounted = []
+        uncounted: list[Uncounted] = []
         if variant == "mit":
-            uncounted += [f"{label} (functional call, {n}x)" for label, n in sorted(watch.blind.items())]
-        uncounted += _modules_without_rule(wrapper, stack.called, register_hooks)
-        return RawCount(macs=total, module_operators=inclusive_counts(own), uncounted=uncounted)
+            uncounted += [
+                Uncounted(operator=label, module=module, calls=n, reason=_FUNCTIONAL_REASON)
+                for (label, module), n in watch.blind.items()
+            ]
+        uncounted += _modules_without_rule(wrapper, stack.calls, register_hooks)
+        return RawCount(macs=total, module_operators=inclusive_counts(own), uncounted=tuple(uncounted))
 
 
 class _BlindSpotWatch(FunctionLabeler):
@@ -114,29 +116,42 @@ class _BlindSpotWatch(FunctionLabeler):
     def __init__(self, stack: ModuleStack, rules: dict[type, Any], zero_rule: Any) -> None:
         super().__init__()
         self.stack, self.rules, self.zero_rule = stack, rules, zero_rule
-        self.blind: dict[str, int] = {}
+        self.blind: dict[tuple[str, str], int] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         label = self._labels.get(func)
         _, innermost = self.stack.current
         counted_here = innermost is not None and self.rules.get(type(innermost)) not in (None, self.zero_rule)
         if label is not None and self.label is None and not counted_here:
-            where = _REPEATED_INDEX.sub(".*", "." + self.stack.current[0])[1:]  # blocks.0.attn -> blocks.*.attn
-            key = f"{label} in {where or '<root>'}"
+            key = (label, self.stack.current[0])  # the concrete module; displays collapse blocks.0 -> blocks.*
             self.blind[key] = self.blind.get(key, 0) + 1
         return super().__torch_function__(func, types, args, kwargs)
 
 
-def _modules_without_rule(wrapper: nn.Module, called: set[str], rules: dict[type, Any]) -> list[str]:
-    """Called leaf modules with parameters whose type thop has no rule for (thop counts them as 0)."""
-    found: dict[str, int] = {}
+_FUNCTIONAL_REASON = "functional call: thop counts modules only"
+_NO_RULE_REASON = "module type without a thop rule"
+
+
+def _modules_without_rule(wrapper: nn.Module, calls: dict[str, int], rules: dict[type, Any]) -> list[Uncounted]:
+    """Called leaf modules with parameters whose type thop has no rule for (thop counts them as 0).
+
+    Args:
+        wrapper: the :class:`PositionalCall` thop profiled.
+        calls: calls per user module name, from the :class:`ModuleStack`.
+        rules: thop's rules by module type.
+    """
+    found = []
     for name, module in wrapper.named_modules():
         stripped = user_module_name(name)
-        if stripped not in called or type(module) in rules or isinstance(module, nn.Embedding):
+        if stripped not in calls or type(module) in rules or isinstance(module, nn.Embedding):
             continue
         if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
-            found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
-    return [f"module {name} (no thop rule, {n}x)" for name, n in sorted(found.items())]
+            found.append(
+                Uncounted(
+                    operator=type(module).__name__, module=stripped, calls=calls[stripped], reason=_NO_RULE_REASON
+                )
+            )
+    return found
 
 
 def make_counter() -> ThopCounter:

@@ -4,99 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_flops.vocabulary import function_labels, operator_of_module
+
 __all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module", "user_module_name"]
-
-_MODULE_OPERATORS: tuple[tuple[tuple[type, ...], str], ...] = (
-    ((nn.modules.conv._ConvNd,), "conv"),
-    ((nn.Linear, nn.Bilinear), "linear"),
-    ((nn.MultiheadAttention,), "attention"),
-    ((nn.RNNBase, nn.RNNCellBase), "rnn"),
-    (
-        (
-            nn.modules.batchnorm._NormBase,
-            nn.LayerNorm,
-            nn.GroupNorm,
-            nn.LocalResponseNorm,
-            *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-        ),
-        "norm",
-    ),
-    ((nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax"),
-    (
-        (
-            nn.modules.pooling._MaxPoolNd,
-            nn.modules.pooling._AvgPoolNd,
-            nn.modules.pooling._AdaptiveAvgPoolNd,
-            nn.modules.pooling._AdaptiveMaxPoolNd,
-        ),
-        "pool",
-    ),
-    ((nn.Upsample, nn.PixelShuffle), "interpolate"),
-    (
-        (
-            nn.ReLU,
-            nn.ReLU6,
-            nn.LeakyReLU,
-            nn.PReLU,
-            nn.GELU,
-            nn.SiLU,
-            nn.Sigmoid,
-            nn.Tanh,
-            nn.Hardswish,
-            nn.Hardsigmoid,
-            nn.ELU,
-            nn.Mish,
-        ),
-        "activation",
-    ),
-)
-
-
-def operator_of_module(module: nn.Module) -> str:
-    """The vocabulary operator of a module type (``conv``, ``linear``, ``norm``, ...); ``other`` when unknown."""
-    for types, operator in _MODULE_OPERATORS:
-        if isinstance(module, types):
-            return operator
-    return "other"
-
-
-def _function_labels() -> dict[Any, str]:
-    labels: dict[Any, str] = {}
-    candidates = {
-        "einsum": [torch.einsum],
-        "matmul": [
-            torch.matmul,
-            torch.bmm,
-            torch.mm,
-            torch.baddbmm,
-            torch.addmm,
-            torch.Tensor.matmul,
-            torch.Tensor.__matmul__,
-            torch.Tensor.__rmatmul__,
-            torch.Tensor.bmm,
-            torch.Tensor.mm,
-        ],
-        "linear": [F.linear, F.bilinear],
-        "conv": [F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d],
-        "attention": [
-            F.scaled_dot_product_attention,
-            F.multi_head_attention_forward,
-            getattr(torch, "_native_multi_head_attention", None),
-        ],
-    }
-    for label, functions in candidates.items():
-        for function in functions:
-            if function is not None:
-                labels[function] = label
-    return labels
 
 
 class FunctionLabeler(TorchFunctionMode):
@@ -110,7 +29,7 @@ class FunctionLabeler(TorchFunctionMode):
         super().__init__()
         self.label: str | None = None
         self.calls: dict[str, int] = {}
-        self._labels = _function_labels()
+        self._labels = function_labels()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -138,6 +57,7 @@ class ModuleStack:
         self.wrapped = wrapped
         self.stack: list[tuple[str, nn.Module]] = []
         self.called: set[str] = set()
+        self.calls: dict[str, int] = {}
         self._handles: list[Any] = []
 
     @property
@@ -149,9 +69,13 @@ class ModuleStack:
         for name, module in self.model.named_modules(remove_duplicate=True):
             stripped = user_module_name(name) if self.wrapped else name
 
-            def push(mod: nn.Module, args: Any, name: str = stripped) -> None:
+            def push(
+                mod: nn.Module, args: Any, name: str = stripped, count: bool = name != "" or not self.wrapped
+            ) -> None:
                 self.stack.append((name, mod))
                 self.called.add(name)
+                if count:  # the wrapper and the user's root share the name "": count the root's calls only
+                    self.calls[name] = self.calls.get(name, 0) + 1
 
             def pop(mod: nn.Module, args: Any, output: Any) -> None:
                 if self.stack and self.stack[-1][1] is mod:
@@ -218,12 +142,62 @@ class PositionalCall(nn.Module):
         return self
 
 
+# What thop and fvcore say that is noise here, and only that: their own modules' warnings, the deprecations they
+# trigger in torch / distutils, and the tracer's warnings (fvcore traces with torch.jit.trace). Checked against
+# thop 0.1.1 (MIT) and fvcore 0.1.5 with torch 2.13.
+_QUIET_MODULES = r"(thop|fvcore)(\.|$)"
+_QUIET_MESSAGES = (
+    r"distutils Version classes are deprecated",  # thop.profile uses distutils' LooseVersion
+    r"`torch\.jit\.(script|trace)\w*` is deprecated",  # fvcore.nn scripts its focal losses on import, traces
+)
+# thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
+# builtin itself, so they are replaced too); muted inside those modules only
+_PRINTING_MODULES = ("thop.profile", "thop.utils", "thop.fx_profile", "thop.vision.basic_hooks", "thop.rnn_hooks")
+_PRINT_NAMES = ("print", "prRed", "prGreen", "prYellow")
+_MISSING = object()
+
+
+def _discard(*args: Any, **kwargs: Any) -> None:
+    """A ``print`` that prints nothing."""
+
+
+@contextlib.contextmanager
+def _muted_prints(names: tuple[str, ...]) -> Iterator[None]:
+    """Shadow ``print`` (and thop's colour printers) inside the named, already imported modules.
+
+    ``sys.stdout`` is left alone, so the output of the user's code and of other threads still shows.
+    """
+    patched: list[tuple[Any, str, Any]] = []
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for attr in _PRINT_NAMES:
+            if attr == "print" or attr in vars(module):
+                patched.append((module, attr, vars(module).get(attr, _MISSING)))
+                setattr(module, attr, _discard)
+    try:
+        yield
+    finally:
+        for module, attr, previous in reversed(patched):
+            if previous is _MISSING:
+                vars(module).pop(attr, None)
+            else:
+                setattr(module, attr, previous)
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the prints and warnings of third-party counters."""
-    import io
-    import warnings
+    """Silence the prints and warnings of thop and fvcore, and nothing else.
 
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    ``sys.stdout`` is not swapped (another thread's output, and the user's model's, still show): thop's prints are
+    muted inside thop's own modules. Warnings are ignored only when raised from thop/fvcore modules, for the tracer
+    and for the deprecations listed in ``_QUIET_MESSAGES``; the user's own warnings still show. The warning filters
+    are restored on exit (``warnings.catch_warnings``, which like every filter change is process-wide while active).
+    """
+    with warnings.catch_warnings(), _muted_prints(_PRINTING_MODULES):
+        warnings.filterwarnings("ignore", module=_QUIET_MODULES)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        for message in _QUIET_MESSAGES:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         yield

@@ -1,0 +1,377 @@
+"""``lightning-flops compare RUN_DIR...``: one row per run from the ``flops_report*.json`` files, per sample.
+
+Reads JSON only: imports neither torch, Lightning, thop nor fvcore (nor matplotlib unless ``--plot`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_flops.cli._common import (
+    PROG,
+    REPORT_GLOB,
+    CliError,
+    atomic_write,
+    check_output,
+    find_reports,
+    load_reports,
+    per_sample,
+)
+from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.markup import escape_markdown
+from lightning_flops.report import FlopsReport, human_count
+
+NAME = "compare"
+FORMATS = ("table", "markdown", "csv", "json")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+UNITS = (
+    "per sample: *_macs are multiply-accumulates, *_flops = 2 * macs; whole-call counts divided by batch_size, "
+    "integers when exact, floats otherwise"
+)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One report found on disk, with the name shown for it."""
+
+    name: str
+    path: Path
+    report: FlopsReport
+
+
+def _run_names(loaded: Sequence[tuple[Path, FlopsReport]]) -> list[str]:
+    """Each report's directory relative to the common root of all of them (a second report in the same
+    directory adds its file name); a report at the root itself is named by its logger's name/version, else by its
+    directory's name. Names that still collide fall back to the file path relative to the root."""
+    if not loaded:
+        return []
+    dirs = [file.resolve().parent for file, _ in loaded]
+    root = Path(os.path.commonpath([str(d) for d in dirs]))
+    names = []
+    for (file, report), directory in zip(loaded, dirs, strict=True):
+        relative = directory.relative_to(root).as_posix()
+        if relative == ".":
+            logger = report.logger or {}
+            parts = [str(logger[k]) for k in ("name", "version") if logger.get(k) not in (None, "")]
+            if logger.get("version") not in (None, "") and str(logger["version"]).isdigit():
+                parts[-1] = f"version_{logger['version']}"  # Lightning's directory name for an int version
+            relative = "/".join(parts) if parts else directory.name or str(directory)
+        if file.name != "flops_report.json":
+            relative = f"{relative}/{file.stem}"
+        names.append(relative)
+    counts = {name: names.count(name) for name in names}
+    for i, (file, _) in enumerate(loaded):
+        if counts[names[i]] > 1:
+            names[i] = file.resolve().relative_to(root).with_suffix("").as_posix()
+    return names
+
+
+def _counters_of(runs: Sequence[_Run]) -> list[str]:
+    """Counter names over all runs: the known ones in their usual order, then any others as first seen."""
+    seen: list[str] = []
+    for run in runs:
+        for name in run.report.counters:
+            if name not in seen:
+                seen.append(name)
+    return [c for c in COUNTER_NAMES if c in seen] + [c for c in seen if c not in COUNTER_NAMES]
+
+
+def _sort_keys() -> tuple[str, ...]:
+    per_counter = tuple(f"{c}_{unit}" for c in COUNTER_NAMES for unit in ("macs", "flops"))
+    return (
+        "run",
+        "model",
+        "batch_size",
+        "params_total",
+        "params_trainable",
+        *per_counter,
+        "largest_gap_relative",
+        "train_step_flops_per_sample",
+    )
+
+
+def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
+    """The machine-readable row of one run: per-sample counts as exact integers where they divide."""
+    report = run.report
+    row: dict[str, Any] = {
+        "run": run.name,
+        "path": str(run.path),
+        "model": report.model,
+        "mode": report.mode,
+        "batch_size": report.batch_size,
+        "params_total": report.params.total,
+        "params_trainable": report.params.trainable,
+    }
+    for name in counters:
+        result = report.counters.get(name)
+        ok = result is not None and result.ok
+        row[f"{name}_macs"] = per_sample(result.macs if ok else None, report.batch_size)
+        row[f"{name}_flops"] = per_sample(result.flops if ok else None, report.batch_size)
+    gap = report.largest_gap()
+    row["largest_gap"] = gap.key if gap is not None else None
+    if gap is None:
+        row["largest_gap_relative"] = None
+    else:
+        relative = gap.core_relative if report.flag_on == "core" else gap.relative
+        row["largest_gap_relative"] = relative if math.isfinite(relative) else None  # NaN: no gap to show
+    row["flag_on"] = report.flag_on
+    row["flagged"] = report.flagged
+    # per sample, hence the name; the JSON report keeps `train_step_flops` per batch
+    row["train_step_flops_per_sample"] = per_sample(
+        report.train_step_flops, report.train_step_batch_size or report.batch_size
+    )
+    return row
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0:
+        return None
+    return value / base
+
+
+def _add_baseline(rows: list[dict[str, Any]], baseline: str, counters: Sequence[str]) -> list[str]:
+    """Add ``{col}_ratio`` (x) and ``{col}_change_pct`` (%) relative to the row named ``baseline``."""
+    base = next(row for row in rows if row["run"] == baseline)
+    columns = ["params_total", *(f"{c}_macs" for c in counters)]
+    added = []
+    for column in columns:
+        added += [f"{column}_ratio", f"{column}_change_pct"]
+        for row in rows:
+            ratio = _ratio(row[column], base[column])
+            row[f"{column}_ratio"] = ratio
+            row[f"{column}_change_pct"] = None if ratio is None else (ratio - 1.0) * 100.0
+    return added
+
+
+def _sorted(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict[str, Any]]:
+    """Rows ordered by ``key``; runs without a value (a failed counter) come last either way."""
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    present.sort(key=lambda r: (_natural(r[key]), _natural(r["run"])), reverse=descending)
+    return present + missing
+
+
+def _natural(value: Any) -> Any:
+    """Sort key that orders text with numbers naturally (``cnn_w8`` before ``cnn_w16``); other values as they are."""
+    if not isinstance(value, str):
+        return value
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", value) if part)
+
+
+def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[str]:
+    per_counter = [f"{c}_{unit}" for c in counters for unit in ("macs", "flops")]
+    return [
+        "run",
+        "model",
+        "mode",
+        "batch_size",
+        "params_total",
+        "params_trainable",
+        *per_counter,
+        "largest_gap",
+        "largest_gap_relative",
+        "flag_on",
+        "flagged",
+        "train_step_flops_per_sample",
+        *baseline_columns,
+        "path",
+    ]
+
+
+def _human_cells(
+    rows: Sequence[dict[str, Any]], counters: Sequence[str], baseline: str | None
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the human-readable table (table and markdown formats)."""
+    headers = ["run", "model", "params", "trainable", *(f"{c} MACs" for c in counters), "largest gap", "flagged"]
+    relative = ["params_total", *(f"{c}_macs" for c in counters)]
+    if baseline is not None:
+        headers += [f"{'params' if col == 'params_total' else col[: -len('_macs')]} vs base" for col in relative]
+    cells = []
+    for row in rows:
+        line = [
+            row["run"],
+            row["model"],
+            human_count(row["params_total"], ""),
+            human_count(row["params_trainable"], ""),
+        ]
+        line += [human_count(row[f"{c}_macs"], "MACs") if row[f"{c}_macs"] is not None else "failed" for c in counters]
+        if row["largest_gap"] is None:
+            line.append("-")
+        elif row["largest_gap_relative"] is None:
+            line.append(f"{row['largest_gap']} n/a ({row['flag_on']})")
+        else:
+            line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
+        line.append("yes" if row["flagged"] else "no")
+        if baseline is not None:
+            for col in relative:
+                ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
+                line.append("-" if ratio is None else f"{ratio:.2f}x ({pct:+.1f}%)")
+        cells.append([" ".join(cell.split()) for cell in line])  # one line per run, whatever the names hold
+    return headers, cells
+
+
+def _render_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def _render_markdown(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
+    return "\n".join(lines)
+
+
+def _render_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue().rstrip("\n")
+
+
+def _render_json(rows: Sequence[dict[str, Any]], columns: Sequence[str], baseline: str | None) -> str:
+    data = {"units": UNITS, "baseline": baseline, "runs": [{k: row.get(k) for k in columns} for row in rows]}
+    return json.dumps(data, indent=2, allow_nan=False)  # valid JSON: a missing value is null, never NaN
+
+
+def _require_matplotlib() -> None:
+    """Fail early, with what to install, when the optional ``plot`` extra is missing."""
+    try:
+        import matplotlib.figure  # noqa: F401  (probe only)
+    except ImportError as err:
+        raise CliError(
+            f"`--plot` needs matplotlib, which is not installed ({err}); install the optional extra: "
+            "pip install 'lightning-flops[plot]'"
+        ) from err
+
+
+def _plot(
+    rows: Sequence[dict[str, Any]], counters: Sequence[str], path: Path, log_scale: bool, overwrite: bool
+) -> None:
+    """Grouped bar chart: one group per run, one bar per counter, MACs per sample; written atomically."""
+    from matplotlib.figure import Figure
+
+    names = [row["run"] for row in rows]
+    fig = Figure(figsize=(max(6.0, 1.0 + 1.1 * len(names)), 4.5), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(counters), 1)
+    for i, counter in enumerate(counters):
+        offsets = [x + (i - (len(counters) - 1) / 2) * width for x in range(len(names))]
+        # floats: matplotlib converts large Python ints to C longs and overflows past 2**63
+        values = [math.nan if row[f"{counter}_macs"] is None else float(row[f"{counter}_macs"]) for row in rows]
+        ax.bar(offsets, values, width, label=counter)
+    ax.set_xticks(range(len(names)), labels=names, rotation=20, ha="right")
+    ax.set_ylabel("MACs per sample (FLOPs = 2 x MACs)")
+    ax.set_title("Compute per sample by counter")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.legend(title="counter")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()), overwrite=overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``compare``; returns the exit status (0, or 1 when ``--keep-going`` skipped files)."""
+    allowed = _sort_keys()
+    if args.sort not in allowed:
+        raise CliError(f"`--sort` must be one of {', '.join(allowed)}, got {args.sort!r}")
+    plot_path = None
+    if args.plot is not None:
+        plot_path = check_output(args.plot, "--plot", args.force, PLOT_SUFFIXES)
+        _require_matplotlib()
+
+    files, errors = find_reports(args.paths)
+    loaded, bad = load_reports(files)
+    errors += bad
+    if not loaded:
+        raise CliError("no readable reports to compare:\n  " + "\n  ".join(errors))
+    if errors and not args.keep_going:
+        raise CliError("bad input (pass --keep-going to compare the other runs):\n  " + "\n  ".join(errors))
+
+    runs = [_Run(name, file, report) for name, (file, report) in zip(_run_names(loaded), loaded, strict=True)]
+    counters = _counters_of(runs)
+    rows = [_row(run, counters) for run in runs]
+    baseline_columns: list[str] = []
+    if args.baseline is not None:
+        if args.baseline not in {row["run"] for row in rows}:
+            names = ", ".join(repr(row["run"]) for row in rows)
+            raise CliError(f"`--baseline` must be one of the runs' names ({names}), got {args.baseline!r}")
+        baseline_columns = _add_baseline(rows, args.baseline, counters)
+    rows = _sorted(rows, args.sort, args.descending)
+
+    columns = _columns(counters, baseline_columns)
+    if args.format == "csv":
+        text = _render_csv(rows, columns)
+    elif args.format == "json":
+        text = _render_json(rows, columns, args.baseline)
+    else:
+        headers, cells = _human_cells(rows, counters, args.baseline)
+        render = _render_table if args.format == "table" else _render_markdown
+        caption = "Compute per sample (MACs = multiply-accumulates; FLOPs = 2 x MACs)"
+        if args.baseline is not None:
+            caption += f"; 'vs base' = ratio (x) and change (%) against run {args.baseline!r}"
+        text = f"{caption}\n\n{render(headers, cells)}"
+
+    if plot_path is not None:
+        _plot(rows, counters, plot_path, args.log_scale, args.force)
+    print(text, flush=True)
+    if plot_path is not None:
+        print(f"{PROG}: wrote {plot_path}", file=sys.stderr)
+    if errors:
+        for error in errors:
+            print(f"{PROG}: skipped {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``compare`` sub-command to ``subparsers`` and return its parser.
+
+    Args:
+        subparsers: the object ``ArgumentParser.add_subparsers`` returned.
+    """
+    parser = subparsers.add_parser(
+        NAME,
+        help="one row per run from flops_report*.json files, per sample",
+        description=(
+            f"Read {REPORT_GLOB} reports (files, or directories searched recursively) and print one row per run. "
+            "All counts are per sample; MACs are multiply-accumulates and FLOPs = 2 x MACs. csv/json hold exact "
+            "integers where the whole-call count divides by the batch size, floats otherwise."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help=f"a report file or a directory with {REPORT_GLOB}")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.add_argument(
+        "--sort", default="run", metavar="KEY", help=f"column to sort by, one of: {', '.join(_sort_keys())}"
+    )
+    parser.add_argument("--descending", action="store_true", help="sort from the largest value down")
+    parser.add_argument(
+        "--baseline", metavar="RUN", help="a run's displayed name: add ratio (x) and change (%%) columns against it"
+    )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="write a grouped bar chart (runs x counters); needs matplotlib"
+    )
+    parser.add_argument("--log-scale", action="store_true", help="log scale for the --plot y axis")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="list the readable runs, name bad files on stderr and exit with status 1 instead of 2",
+    )
+    return parser

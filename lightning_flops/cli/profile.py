@@ -1,0 +1,295 @@
+"""``lightning-flops profile TARGET --input SHAPE...``: build a model, profile it on a random input, print the report.
+
+torch and the counters are imported only when the command runs, never when the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import importlib
+import importlib.util
+import io
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_flops.cli._common import PROG, CliError, atomic_write, check_output
+from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.errors import FlopsConfigError
+
+NAME = "profile"
+#: Element types accepted by ``profile --input DTYPE:SHAPE`` (names of ``torch`` dtypes).
+INPUT_DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
+
+#: Most elements ``profile`` allocates for its random inputs on a real device (400 MB as float32); above it, it
+#: asks for ``--device meta``, where tensors have shapes and no memory.
+MAX_INPUT_ELEMENTS = 10**8
+#: torch sizes are int64: no dimension and no element count may reach ``2**63``, on any device.
+_MAX_SIZE = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """One ``--input``: dtype name and shape, e.g. ``int64:1,128`` -> ``InputShape("int64", (1, 128))``."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def parse_shape(text: str) -> InputShape:
+    """Parse ``"2,3,224,224"`` (float32) or ``"DTYPE:1,128"``; raise :class:`CliError` naming the bad string."""
+    dtype, sep, dims = text.rpartition(":")
+    dtype = dtype.strip() if sep else "float32"
+    if dtype not in INPUT_DTYPES:
+        raise CliError(f"`--input` {text!r}: unknown dtype {dtype!r}; use one of {', '.join(INPUT_DTYPES)}")
+    parts = [p.strip() for p in dims.split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise CliError(
+            f"`--input` {text!r} is not a shape: give sizes >= 1 separated by commas, e.g. 2,3,224,224 or int64:1,128"
+        )
+    shape = tuple(int(p) for p in parts)
+    if math.prod(shape) > _MAX_SIZE:
+        raise CliError(f"`--input` {text!r} has more than 2**63 - 1 elements: torch cannot index it on any device")
+    return InputShape(dtype, shape)
+
+
+def check_input_size(shapes: Sequence[InputShape], device: str) -> None:
+    """Refuse random inputs too large to allocate on a real device (:data:`MAX_INPUT_ELEMENTS` in all); meta is free.
+
+    Args:
+        shapes: the parsed ``--input`` values.
+        device: ``"cpu"`` or ``"meta"``.
+    """
+    elements = sum(math.prod(spec.shape) for spec in shapes)
+    if device != "meta" and elements > MAX_INPUT_ELEMENTS:
+        raise CliError(
+            f"`--input` asks for {elements:,} elements, more than the {MAX_INPUT_ELEMENTS:,} that profile allocates on "
+            "--device cpu; pass --device meta to count with shapes only (no memory), or give a smaller input"
+        )
+
+
+def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``["layers=40", "attention=einsum"]`` -> ``{"layers": 40, "attention": "einsum"}`` (literals, else str)."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CliError(f"`--kwargs` items must be NAME=VALUE, got {item!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+def _import_target(target: str) -> Any:
+    """Resolve ``module.path:Name`` or ``path/to/file.py:Name`` (``Name`` may be dotted) to the object."""
+    location, sep, attr = target.rpartition(":")
+    if not sep or not location or not attr:
+        raise CliError(f"`TARGET` must be module.path:Name or path/to/file.py:Name, got {target!r}")
+    if location.endswith(".py") or "/" in location or os.sep in location:
+        path = Path(location)
+        if not path.is_file():
+            raise CliError(f"cannot import `{target}`: file {location!r} does not exist")
+        module_name = f"_lightning_flops_target_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise CliError(f"cannot import `{target}`: {location!r} is not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        sys.modules[module_name] = module
+        try:
+            _guarded_import(target, location, lambda: spec.loader.exec_module(module))
+        except CliError:
+            sys.modules.pop(module_name, None)
+            raise
+    else:
+        if os.getcwd() not in sys.path:  # the console script does not put the working directory on sys.path
+            sys.path.insert(0, os.getcwd())
+        module = _guarded_import(target, location, lambda: importlib.import_module(location))
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise CliError(f"cannot import `{target}`: {location} has no attribute {attr!r}") from err
+    return obj
+
+
+def _guarded_import(target: str, location: str, load: Callable[[], Any]) -> Any:
+    """Run ``load()`` (the import of TARGET's module) so that whatever it does at import time is reported as such.
+
+    The module sees ``sys.argv == [location]`` (a command line parsed at import time finds no options of ours), its
+    stderr is held back and shown again only on success, and an exception or a ``sys.exit()`` (any status: exit 0
+    must not pass for a profile) becomes one :class:`CliError` line that says it came from importing TARGET.
+    """
+    argv, held = sys.argv, io.StringIO()
+    sys.argv = [location]
+    try:
+        with contextlib.redirect_stderr(held):
+            result = load()
+    except SystemExit as exit_:
+        last = next((line for line in reversed(held.getvalue().splitlines()) if line.strip()), "")
+        said = f"; it printed: {last.strip()}" if last else ""
+        raise CliError(
+            f"cannot import `{target}`: importing {location} called sys.exit({exit_.code!r}){said} "
+            '(code that runs a command line at import belongs under `if __name__ == "__main__":`)'
+        ) from None
+    except Exception as err:
+        raise CliError(
+            f"cannot import `{target}`: {type(err).__name__}: {err} (raised while importing {location})"
+        ) from err
+    finally:
+        sys.argv = argv
+    sys.stderr.write(held.getvalue())
+    return result
+
+
+def _build_model(target: str, kwargs: dict[str, Any], device: str) -> Any:
+    """Call the class or factory named by ``target`` with ``kwargs`` (inside ``torch.device("meta")`` for meta)."""
+    import torch
+    from torch import nn
+
+    factory = _import_target(target)
+    if not callable(factory):
+        raise CliError(f"`{target}` must name an nn.Module class or a function returning one, got {factory!r}")
+    try:
+        if device == "meta":
+            with torch.device("meta"):
+                model = factory(**kwargs)
+        else:
+            model = factory(**kwargs)
+    except SystemExit as exit_:  # sys.exit() in a factory is not a model: never a silent exit 0
+        raise CliError(f"building `{target}` with {kwargs} called sys.exit({exit_.code!r})") from None
+    except Exception as err:
+        raise CliError(f"building `{target}` with {kwargs} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise CliError(f"`{target}` must build a torch.nn.Module, it returned {type(model).__name__}")
+    return model
+
+
+def make_inputs(model: Any, shapes: Sequence[InputShape], device: str, seed: int = 0) -> list[Any]:
+    """Random tensors of ``shapes``: floats from N(0, 1); integers below the first ``nn.Embedding``'s
+    ``num_embeddings`` (0 when the model has none); on ``device="meta"`` only shapes and dtypes exist."""
+    import torch
+    from torch import nn
+
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    high = embedding.num_embeddings if embedding is not None else 1
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in shapes:
+        dtype = getattr(torch, spec.dtype)
+        if device == "meta":
+            tensors.append(torch.empty(spec.shape, dtype=dtype, device="meta"))
+        elif dtype == torch.bool:
+            tensors.append(torch.randint(0, 2, spec.shape, generator=generator).bool())
+        elif dtype.is_floating_point:
+            tensors.append(torch.randn(spec.shape, generator=generator, dtype=dtype))
+        else:
+            tensors.append(torch.randint(0, high, spec.shape, generator=generator, dtype=dtype))
+    return tensors
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
+    shapes = [parse_shape(text) for text in args.input]
+    check_input_size(shapes, args.device)
+    kwargs = parse_kwargs(args.kwargs)
+    json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
+
+    import lightning_flops
+
+    model = _build_model(args.target, kwargs, args.device)
+    inputs = make_inputs(model, shapes, args.device)
+    try:
+        report = lightning_flops.profile_model(
+            model,
+            inputs[0] if len(inputs) == 1 else tuple(inputs),
+            counters=tuple(args.counters),
+            limit=args.limit,
+            flag_on=args.flag_on,
+            mode=args.mode,
+            device="meta" if args.device == "meta" else None,
+        )
+    except FlopsConfigError as err:
+        raise CliError(str(err)) from err
+    if json_path is not None:
+        text = report.to_json()
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
+    print(report.to_markdown(), flush=True)
+    if json_path is not None:
+        print(f"{PROG}: wrote {json_path}", file=sys.stderr)
+    if not any(result.ok for result in report.counters.values()):
+        print(f"{PROG}: every counter failed (see the report above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``profile`` sub-command to ``subparsers`` and return its parser.
+
+    Args:
+        subparsers: the object ``ArgumentParser.add_subparsers`` returned.
+    """
+    parser = subparsers.add_parser(
+        NAME,
+        help="profile a model on a random input, without training",
+        description="Build TARGET, profile it with lightning_flops.profile_model and print the report (per sample).",
+    )
+    parser.add_argument("target", metavar="TARGET", help="module.path:ClassOrFactory or path/to/file.py:name")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="SHAPE",
+        help="one per positional argument of forward: 2,3,224,224 (float32) or DTYPE:1,128 (e.g. int64 token ids, "
+        "drawn below the first nn.Embedding's num_embeddings)",
+    )
+    parser.add_argument(
+        "--kwargs", nargs="+", default=[], action="extend", metavar="NAME=VALUE", help="arguments of TARGET"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "meta"),
+        default="cpu",
+        help="cpu (default): real weights and random inputs; meta: build the model inside torch.device('meta') "
+        "(no memory for weights or inputs) and count there",
+    )
+    parser.add_argument(
+        "--counters",
+        nargs="+",
+        default=list(COUNTER_NAMES),
+        metavar="NAME",
+        help=f"counters to run, any of: {', '.join(COUNTER_NAMES)} (default: all; torch is the exact reference)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="eval",
+        metavar="MODE",
+        help="eval (default: inference cost) or train (training-mode forward)",
+    )
+    parser.add_argument(
+        "--limit", type=float, default=0.01, help="relative gap above which counters are flagged (default: 0.01 = 1%%)"
+    )
+    parser.add_argument("--flag-on", default="core", help="core (default: MAC core only) or total")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (atomically)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    return parser
