@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_flops._compat import fast_meta_kernels
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
@@ -276,6 +277,7 @@ class _Session:
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+        self._meta_model: nn.Module | None = None  # the meta copy shared by the counters (see _meta_pass)
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
@@ -284,11 +286,24 @@ class _Session:
             target.train()
 
     def _meta_pass(
-        self, args: tuple, kwargs: dict, run: Callable[[nn.Module, tuple, dict], Any], record: CopyRecord | None = None
+        self,
+        args: tuple,
+        kwargs: dict,
+        run: Callable[[nn.Module, tuple, dict], Any],
+        record: CopyRecord | None = None,
+        shared: bool = False,
     ) -> tuple[Any, list[torch.Tensor]]:
-        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order."""
-        target = meta_copy(self.model, record)
-        self._prepared(target)
+        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order.
+
+        ``shared``: the counters use one copy per call (deep-copying the module tree is most of the per-module cost
+        of counting on meta; thop's buffers and every hook are removed after each count); a failed run drops it.
+        """
+        target = self._meta_model if shared else None
+        if target is None:
+            target = meta_copy(self.model, record)
+            self._prepared(target)
+            if shared:
+                self._meta_model = target
         inputs: list[torch.Tensor] = []
 
         def to_meta(index: int, tensor: torch.Tensor) -> torch.Tensor:
@@ -296,8 +311,13 @@ class _Session:
             return inputs[-1]
 
         meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
-        _materialize_lazy(target, meta_args, meta_kwargs)
-        return run(target, meta_args, meta_kwargs), inputs
+        try:
+            _materialize_lazy(target, meta_args, meta_kwargs)
+            return run(target, meta_args, meta_kwargs), inputs
+        except BaseException:
+            if shared:
+                self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
+            raise
 
     def _learn_writes(self) -> None:
         """Find what the forward writes in place with one watched meta pass; unknown (clone all) when it fails."""
@@ -350,7 +370,8 @@ class _Session:
             return raw
 
         if placement == "meta":
-            raw, _ = self._meta_pass(args, kwargs, run)
+            with fast_meta_kernels():
+                raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
         if self.written is None and not self.scripted:
             self._learn_writes()
