@@ -1,22 +1,301 @@
-"""Private APIs of torch that lightning-flops touches, each in one place, with the version checked.
+"""Every private API of torch, thop, fvcore and Lightning that lightning-flops touches: here, and nowhere else.
 
-* :func:`traceable_meta_convolution`: lets ``torch.jit.trace`` (fvcore) record convolutions on the meta device.
-* :func:`fast_meta_kernels`: shape-only meta kernels for hot operators whose torch meta kernel is a slow Python
-  decomposition (``addmm``: every ``nn.Linear`` on 2-d input, GPT-2's ``Conv1D``).
+Each name below says the version it was checked against (torch 2.13, lightning 2.6.6, thop 0.1.1, fvcore 0.1.5);
+:data:`PRIVATE_APIS` lists every private name these shims rely on, and ``tests/test_compat.py`` resolves each one,
+so that an upgrade that removes or reshapes one fails there, loudly, naming it.
+
+* torch modules: hook dicts (:data:`MODULE_HOOK_DICTS`, :func:`torch_global_hook_dicts`), tensor dicts
+  (:func:`module_parameters`, :func:`module_buffers`), :func:`compiled_inner`, :func:`fsdp_original_class`,
+  :func:`is_lazy_shape_hook`, :func:`quantized_weight_bias`.
+* torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
+  :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`.
+* torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
+  the meta device), :func:`fast_meta_kernels` (shape-only ``addmm``).
+* thop: :func:`thop_rules`, :data:`THOP_PRINTING_MODULES`. fvcore: public API only (``FlopCountAnalysis``).
+* Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`default_hp_metric`,
+  :func:`tensorboard_hparams`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode  # torch 2.13: base of our dispatch modes
 
-__all__ = ["META_CONV_TRACING", "fast_meta_kernels", "traceable_meta_convolution"]
+__all__ = [
+    "GLOBAL_HOOK_DICTS",
+    "GLOBAL_HOOK_FLAG_DICTS",
+    "HOOK_FLAG_DICTS",
+    "META_CONV_TRACING",
+    "MODULE_CHILDREN_DICT",
+    "MODULE_HOOK_DICTS",
+    "MODULE_TENSOR_DICTS",
+    "PRIVATE_APIS",
+    "THOP_PRINTING_MODULES",
+    "THOP_PRINT_NAMES",
+    "TorchDispatchMode",
+    "compiled_inner",
+    "default_hp_metric",
+    "fast_meta_kernels",
+    "fsdp_original_class",
+    "is_fake_tensor",
+    "is_hook_dict_key",
+    "is_lazy_shape_hook",
+    "is_op_overload",
+    "logs_hyperparams",
+    "mark_raw_formula",
+    "module_buffers",
+    "module_parameters",
+    "op_schema",
+    "quantized_weight_bias",
+    "set_module_tracker",
+    "storage_address",
+    "tensorboard_hparams",
+    "thop_rules",
+    "torch_global_hook_dicts",
+    "traceable_meta_convolution",
+]
+
+# (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
+# "module:Class" for an attribute of a class, "instance:<what>" for an attribute set on each instance (checked on
+# one made in the test), or "source:module" for a name that module's source sets on objects it makes.
+# tests/test_compat.py resolves each entry.
+PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
+    # torch: nn.Module internals
+    *(
+        ("torch", "instance:nn.Module", name, "torch 2.13")
+        for name in (
+            "_parameters",
+            "_buffers",
+            "_modules",
+            "_forward_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_forward_pre_hooks",
+            "_forward_pre_hooks_with_kwargs",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_state_dict_pre_hooks",
+            "_load_state_dict_pre_hooks",
+            "_load_state_dict_post_hooks",
+        )
+    ),
+    *(
+        ("torch", "torch.nn.modules.module", name, "torch 2.13")
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_hooks_always_called",
+            "_global_forward_hooks_with_kwargs",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+            "_global_module_registration_hooks",
+            "_global_parameter_registration_hooks",
+            "_global_buffer_registration_hooks",
+        )
+    ),
+    ("torch", "torch.utils._python_dispatch", "TorchDispatchMode", "torch 2.13"),
+    ("torch", "torch._subclasses", "FakeTensor", "torch 2.13"),
+    ("torch", "torch._ops", "OpOverload", "torch 2.13"),
+    ("torch", "instance:OpOverload", "_schema", "torch 2.13"),
+    ("torch", "instance:OpOverload", "_op_dk", "torch 2.13"),
+    ("torch", "instance:OptimizedModule", "_orig_mod", "torch 2.13"),
+    ("torch", "source:torch.distributed.fsdp._fully_shard._fully_shard", "_orig_cls_mro_index", "torch 2.13"),
+    ("torch", "torch.nn.modules.lazy:LazyModuleMixin", "_infer_parameters", "torch 2.13"),
+    ("torch", "torch.ao.nn.quantized.dynamic:Linear", "_weight_bias", "torch 2.13"),
+    ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
+    ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
+    ("torch", "torch.library", "_impls", "torch 2.13"),
+    ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
+    ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),
+    ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
+    ("torch", "torch._C", "DispatchKey", "torch 2.13"),
+    # thop
+    ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
+    ("thop", "thop.vision.basic_hooks", "zero_ops", "thop 0.1.1"),
+    *(("thop", "thop.utils", name, "thop 0.1.1") for name in ("prRed", "prGreen", "prYellow")),
+    # lightning
+    ("lightning", "instance:LightningModule", "_log_hyperparams", "lightning 2.6.6"),
+    ("lightning", "instance:LightningDataModule", "_log_hyperparams", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.loggers.tensorboard:TensorBoardLogger", "_sanitize_params", "lightning 2.6.6"),
+    ("lightning", "instance:TensorBoardLogger", "_default_hp_metric", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.utilities.logger", "_convert_params", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.utilities.logger", "_flatten_dict", "lightning 2.6.6"),
+)
 
 
+# ---------------------------------------------------------------------------------------------- nn.Module internals
+# Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
+MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+# Hook dicts that hold ids only (a flag per hook), each with the hook dict whose hooks it describes (torch 2.13).
+HOOK_FLAG_DICTS = {
+    "_forward_hooks_with_kwargs": "_forward_hooks",
+    "_forward_hooks_always_called": "_forward_hooks",
+    "_forward_pre_hooks_with_kwargs": "_forward_pre_hooks",
+}
+# The `__dict__` keys of a module's own tensors and children (torch 2.13), for code that copies `__dict__` itself.
+MODULE_TENSOR_DICTS = ("_parameters", "_buffers")
+MODULE_CHILDREN_DICT = "_modules"
+
+
+def is_hook_dict_key(key: str, value: Any) -> bool:
+    """Whether ``module.__dict__[key]`` is one of torch's per-module hook dicts (``_..._hooks``, torch 2.13;
+    broader than :data:`MODULE_HOOK_DICTS`, so that a dict added by a later torch is filtered too)."""
+    return key.startswith("_") and key.endswith("hooks") and isinstance(value, dict)
+
+
+# Process-wide hook dicts in `torch.nn.modules.module`, checked against torch 2.13.
+GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_module_registration_hooks",
+    "_global_parameter_registration_hooks",
+    "_global_buffer_registration_hooks",
+)
+# The global dicts that only flag a hook of `_global_forward_hooks` (dropped with it), torch 2.13.
+GLOBAL_HOOK_FLAG_DICTS = ("_global_forward_hooks_with_kwargs", "_global_forward_hooks_always_called")
+
+
+def torch_global_hook_dicts() -> dict[str, dict[int, Any]]:
+    """``{name: dict}`` of torch's process-wide module hook dicts (the live dicts, not copies), torch 2.13."""
+    module_globals = sys.modules["torch.nn.modules.module"]
+    return {k: getattr(module_globals, k) for k in GLOBAL_HOOK_DICTS if hasattr(module_globals, k)}
+
+
+def module_parameters(module: nn.Module) -> Any:
+    """``module._parameters`` (torch 2.13): the module's own parameter dict, ``None`` entries included (live)."""
+    return module._parameters
+
+
+def module_buffers(module: nn.Module) -> Any:
+    """``module._buffers`` (torch 2.13): the module's own buffer dict, ``None`` entries included (live)."""
+    return module._buffers
+
+
+def compiled_inner(model: nn.Module) -> Any:
+    """The module a ``torch.compile`` wrapper holds (``OptimizedModule._orig_mod``, torch 2.13), else ``None``."""
+    return getattr(model, "_orig_mod", None)
+
+
+def fsdp_original_class(cls: type) -> type:
+    """The user's class of a module that FSDP2's ``fully_shard`` (or ``replicate``) re-classed, else ``cls``.
+
+    Both build ``type("FSDP<Cls>", (FSDPModule, Cls), ...)`` and record ``_orig_cls_mro_index`` (torch 2.13,
+    ``torch/distributed/fsdp/_fully_shard/_fully_shard.py``).
+    """
+    index = getattr(cls, "_orig_cls_mro_index", None)
+    made_by_fsdp = "__deepcopy__" in cls.__dict__ and "_orig_cls_mro_index" not in cls.__dict__
+    if isinstance(index, int) and made_by_fsdp and 0 < index < len(cls.__mro__):
+        return cls.__mro__[index]
+    return cls
+
+
+def is_lazy_shape_hook(hook: Any) -> bool:
+    """Whether ``hook`` is a lazy module's shape inference (``LazyModuleMixin._infer_parameters``, torch 2.13)."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    return getattr(hook, "__func__", None) is LazyModuleMixin._infer_parameters
+
+
+def quantized_weight_bias(module: nn.Module) -> tuple[Any, Any]:
+    """``(weight, bias)`` of a ``torch.ao.nn.quantized`` linear (its private ``_weight_bias()``, torch 2.13)."""
+    return module._weight_bias()  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------------------------------- dispatch internals
+def is_fake_tensor(tensor: Any) -> bool:
+    """Whether ``tensor`` is a ``torch._subclasses.FakeTensor`` (torch 2.13; no data to read)."""
+    return isinstance(tensor, torch._subclasses.FakeTensor)
+
+
+def is_op_overload(func: Any) -> bool:
+    """Whether ``func`` is an operator overload (``torch._ops.OpOverload``, torch 2.13), as dispatch modes see."""
+    return isinstance(func, torch._ops.OpOverload)
+
+
+def op_schema(func: Any) -> Any:
+    """The ``FunctionSchema`` of an operator overload (``OpOverload._schema``, torch 2.13)."""
+    return func._schema
+
+
+def storage_address(tensor: torch.Tensor) -> int:
+    """The address of the StorageImpl behind ``tensor`` (``UntypedStorage._cdata``, torch 2.13): shared by its
+    views and ``.data``, stable per storage. Raises for a tensor without storage."""
+    return int(tensor.untyped_storage()._cdata)
+
+
+def set_module_tracker(counter: Any, tracker: Any) -> None:
+    """Replace ``FlopCounterMode.mod_tracker`` (torch 2.13; the ModuleTracker that hooks every module) with
+    ``tracker``, an object with ``parents`` and ``__enter__``/``__exit__``."""
+    counter.mod_tracker = tracker
+
+
+def mark_raw_formula(formula: Any) -> Any:
+    """Mark a FlopCounterMode formula as taking the raw args (``_get_raw``, torch 2.13: tensors, not shapes)."""
+    formula._get_raw = True
+    return formula
+
+
+# ------------------------------------------------------------------------------------------------------------ thop
+def thop_rules() -> tuple[dict[type, Any], Any]:
+    """thop's module-type -> rule table and its "counts nothing" rule (``thop.profile.register_hooks``,
+    ``thop.vision.basic_hooks.zero_ops``; thop 0.1.1, also in ultralytics-thop). Raises ImportError without thop."""
+    from thop.profile import register_hooks
+    from thop.vision.basic_hooks import zero_ops
+
+    return register_hooks, zero_ops
+
+
+# thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
+# builtin itself, so they are replaced too); thop 0.1.1
+THOP_PRINTING_MODULES = ("thop.profile", "thop.utils", "thop.fx_profile", "thop.vision.basic_hooks", "thop.rnn_hooks")
+THOP_PRINT_NAMES = ("print", "prRed", "prGreen", "prYellow")
+
+
+# ------------------------------------------------------------------------------------------------------- Lightning
+def logs_hyperparams(holder: Any) -> bool:
+    """Whether a LightningModule / LightningDataModule has its ``hparams_initial`` logged: the private
+    ``_log_hyperparams`` flag that ``save_hyperparameters(logger=False)`` clears (lightning 2.6.6)."""
+    return bool(getattr(holder, "_log_hyperparams", False))
+
+
+def default_hp_metric(logger: Any) -> bool:
+    """``TensorBoardLogger(default_hp_metric=...)``, kept as a private attribute (lightning 2.6.6)."""
+    return bool(logger._default_hp_metric)
+
+
+def tensorboard_hparams(logger: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` converted exactly as ``TensorBoardLogger.log_hyperparams`` converts them (lightning 2.6.6:
+    ``lightning/fabric/loggers/tensorboard.py``, ``lightning/fabric/utilities/logger.py``)."""
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+    return logger._sanitize_params(_flatten_dict(_convert_params(dict(params))))
+
+
+# ------------------------------------------------------------------------------------------------ meta kernels
 def _torch_version() -> tuple[int, int]:
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_flops import sinks
+from lightning_flops._compat import default_hp_metric, logs_hyperparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.inputs import detect_batch_size, iter_tensors, split_input, to_device
@@ -177,8 +178,7 @@ class FlopsMonitor(Callback):
             if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
                 self._declared_dirs.add(logger.log_dir)
                 try:
-                    # private attribute, checked against lightning 2.6.6 (lightning/fabric/loggers/tensorboard.py)
-                    sinks.declare_hparams_metrics(logger, params, keys, hp_metric and logger._default_hp_metric)
+                    sinks.declare_hparams_metrics(logger, params, keys, hp_metric and default_hp_metric(logger))
                 except Exception as err:  # a table without our columns must not stop training
                     rank_zero_warn(f"FlopsMonitor: could not declare the hparams metric columns: {error_text(err)}")
 
@@ -567,16 +567,16 @@ def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
 
     Mirrors ``lightning.pytorch.loggers.utilities._log_hyperparams`` (lightning 2.6.6): the module's and the
     datamodule's ``hparams_initial`` unless they were saved with ``logger=False`` (the private ``_log_hyperparams``
-    flags, read here only), without LightningCLI's ``_class_path``.
+    flags: :func:`~lightning_flops._compat.logs_hyperparams`), without LightningCLI's ``_class_path``.
     """
     pl_module = trainer.lightning_module
     datamodule = trainer.datamodule
     params: dict[str, Any] = {}
     logged = False
-    if getattr(pl_module, "_log_hyperparams", False):
+    if logs_hyperparams(pl_module):
         params.update(pl_module.hparams_initial)
         logged = True
-    if datamodule is not None and getattr(datamodule, "_log_hyperparams", False):
+    if datamodule is not None and logs_hyperparams(datamodule):
         params.update(datamodule.hparams_initial)
         logged = True
     params.pop("_class_path", None)

@@ -22,9 +22,25 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
+from lightning_flops._compat import (
+    GLOBAL_HOOK_FLAG_DICTS,
+    HOOK_FLAG_DICTS,
+    MODULE_CHILDREN_DICT,
+    MODULE_HOOK_DICTS,
+    MODULE_TENSOR_DICTS,
+    TorchDispatchMode,
+    compiled_inner,
+    fsdp_original_class,
+    is_hook_dict_key,
+    is_lazy_shape_hook,
+    module_buffers,
+    module_parameters,
+    op_schema,
+    storage_address,
+    torch_global_hook_dicts,
+)
 from lightning_flops.inputs import map_tensors
 
 __all__ = [
@@ -40,37 +56,11 @@ __all__ = [
     "unwrap_compiled",
 ]
 
-# Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
-_MODULE_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-# Process-wide hook dicts in `torch.nn.modules.module`, checked against torch 2.13: a private API, touched here only.
-_GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_hooks_always_called",
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-    "_global_buffer_registration_hooks",
-)
-
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``, torch 2.13), else ``model``."""
-    inner = getattr(model, "_orig_mod", None)
+    """The module inside a ``torch.compile`` wrapper (see :func:`~lightning_flops._compat.compiled_inner`), else
+    ``model``."""
+    inner = compiled_inner(model)
     return inner if isinstance(inner, nn.Module) else model
 
 
@@ -96,12 +86,12 @@ class ModelSnapshot:
         self.model = model
         self.modules = list(model.modules())
         self.training = [m.training for m in self.modules]
-        self.hooks = [{k: dict(getattr(m, k)) for k in _MODULE_HOOK_DICTS if hasattr(m, k)} for m in self.modules]
-        self.parameters = [dict(m._parameters) for m in self.modules]
-        self.buffers = [dict(m._buffers) for m in self.modules]
+        self.hooks = [{k: dict(getattr(m, k)) for k in MODULE_HOOK_DICTS if hasattr(m, k)} for m in self.modules]
+        self.parameters = [dict(module_parameters(m)) for m in self.modules]
+        self.buffers = [dict(module_buffers(m)) for m in self.modules]
         with torch.no_grad():
             self.buffer_values = {
-                id(b): b.detach().clone() for m in self.modules for b in m._buffers.values() if b is not None
+                id(b): b.detach().clone() for m in self.modules for b in module_buffers(m).values() if b is not None
             }
         self.requires_grad = {id(p): p.requires_grad for p in model.parameters()}
 
@@ -115,19 +105,18 @@ class ModelSnapshot:
                 current = getattr(module, key)
                 current.clear()
                 current.update(saved)
-            if not isinstance(module._parameters, dict):
+            own_params, own_buffers = module_parameters(module), module_buffers(module)
+            if not isinstance(own_params, dict):
                 continue  # a ScriptModule (torch 2.13 `OrderedDictWrapper`): its names are fixed and it has no clear()
-            if module._parameters.keys() != params.keys() or any(
-                module._parameters[k] is not v for k, v in params.items()
-            ):
-                module._parameters.clear()
-                module._parameters.update(params)
-            if module._buffers.keys() != buffers.keys() or any(module._buffers[k] is not v for k, v in buffers.items()):
-                module._buffers.clear()
-                module._buffers.update(buffers)
+            if own_params.keys() != params.keys() or any(own_params[k] is not v for k, v in params.items()):
+                own_params.clear()
+                own_params.update(params)
+            if own_buffers.keys() != buffers.keys() or any(own_buffers[k] is not v for k, v in buffers.items()):
+                own_buffers.clear()
+                own_buffers.update(buffers)
         with torch.no_grad():
             for module in self.modules:
-                for buffer in module._buffers.values():
+                for buffer in module_buffers(module).values():
                     saved = self.buffer_values.get(id(buffer)) if buffer is not None else None
                     if saved is not None and not buffer.is_meta and not torch.equal(buffer, saved):
                         buffer.copy_(saved)
@@ -171,21 +160,21 @@ def own_global_hooks() -> Iterator[None]:
     """Remove the process-wide module hooks that our counters added and left behind, and nothing else.
 
     A hook that anyone else registers meanwhile (another thread, the user's forward) stays; the dicts are never
-    cleared or refilled. The dicts are private names of ``torch.nn.modules.module`` (checked against torch 2.13).
+    cleared or refilled. The dicts are private (:func:`~lightning_flops._compat.torch_global_hook_dicts`).
     """
-    module_globals = sys.modules["torch.nn.modules.module"]
-    before = {k: set(getattr(module_globals, k)) for k in _GLOBAL_HOOK_DICTS if hasattr(module_globals, k)}
+    dicts = torch_global_hook_dicts()
+    before = {k: set(d) for k, d in dicts.items()}
     try:
         yield
     finally:
         for key, keys in before.items():
-            current = getattr(module_globals, key)
+            current = dicts[key]
             for hook_id in [i for i in list(current) if i not in keys]:
                 hook = current.get(hook_id)
                 if _hook_owner(hook).startswith(_OUR_HOOK_MODULES):
                     current.pop(hook_id, None)
-                    for extra in ("_global_forward_hooks_with_kwargs", "_global_forward_hooks_always_called"):
-                        getattr(module_globals, extra, {}).pop(hook_id, None)
+                    for extra in GLOBAL_HOOK_FLAG_DICTS:
+                        dicts.get(extra, {}).pop(hook_id, None)
 
 
 # ------------------------------------------------------------------------------------------------ structural copies
@@ -195,13 +184,6 @@ class ShardedModelError(RuntimeError):
 
 #: ``clone`` argument of :func:`shared_copy` meaning "clone every tensor" (the forward's writes are unknown).
 ALL: frozenset[int] = frozenset({-1})
-
-# Hook dicts that hold ids only (a flag per hook), filtered along with the hooks they describe (torch 2.13).
-_HOOK_FLAG_DICTS = {
-    "_forward_hooks_with_kwargs": "_forward_hooks",
-    "_forward_hooks_always_called": "_forward_hooks",
-    "_forward_pre_hooks_with_kwargs": "_forward_pre_hooks",
-}
 
 
 def _dtensor_type() -> type | None:
@@ -214,34 +196,19 @@ def _is_sharded(tensor: torch.Tensor) -> bool:
     return dtensor is not None and isinstance(tensor, dtensor)
 
 
-def _original_class(cls: type) -> type:
-    """The user's class of a module that FSDP2's ``fully_shard`` (or ``replicate``) re-classed.
-
-    Both build ``type("FSDP<Cls>", (FSDPModule, Cls), ...)`` and record ``_orig_cls_mro_index`` (torch 2.13,
-    ``torch/distributed/fsdp/_fully_shard/_fully_shard.py``): the copy takes the original class, without the FSDP
-    methods, whose hooks are not copied either.
-    """
-    index = getattr(cls, "_orig_cls_mro_index", None)
-    made_by_fsdp = "__deepcopy__" in cls.__dict__ and "_orig_cls_mro_index" not in cls.__dict__
-    if isinstance(index, int) and made_by_fsdp and 0 < index < len(cls.__mro__):
-        return cls.__mro__[index]
-    return cls
-
-
 def _functional_hook(hook: Any) -> bool:
     """Whether ``hook`` is one of torch's own hooks that compute what the forward uses (kept on a copy).
 
     Lazy modules' shape inference, ``weight_norm``, ``spectral_norm`` and pruning set the weight the forward reads
     (torch 2.13); every other hook (the user's activation monitors, FSDP's unshard hooks) stays off our passes.
     """
-    from torch.nn.modules.lazy import LazyModuleMixin
     from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
     if isinstance(hook, (WeightNorm, SpectralNorm, BasePruningMethod)):
         return True
-    return getattr(hook, "__func__", None) is LazyModuleMixin._infer_parameters
+    return is_lazy_shape_hook(hook)
 
 
 def _rebound(value: Any, old: nn.Module, new: nn.Module) -> Any:
@@ -266,7 +233,7 @@ class CopyRecord:
 def _storage_key(tensor: torch.Tensor) -> int | None:
     """Identity of the storage behind ``tensor`` (shared by its views and ``.data``); ``None`` without one."""
     try:
-        return int(tensor.untyped_storage()._cdata)  # torch 2.13: the StorageImpl address, stable per storage
+        return storage_address(tensor)
     except Exception:
         return None
 
@@ -299,7 +266,7 @@ class WriteWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        schema = func._schema
+        schema = op_schema(func)
         for index, argument in enumerate(schema.arguments):
             value = kwargs.get(argument.name) if argument.kwarg_only or index >= len(args) else args[index]
             if argument.alias_info is not None and argument.alias_info.is_write:
@@ -340,18 +307,18 @@ class _Copier:
         twin = self.modules.get(id(real))
         if twin is not None:
             return twin
-        twin = object.__new__(_original_class(type(real)))
+        twin = object.__new__(fsdp_original_class(type(real)))
         self.modules[id(real)] = twin
         source = real.__dict__
         state: dict[str, Any] = {}
         for key, value in source.items():
-            if key == "_parameters" or key == "_buffers":
+            if key in MODULE_TENSOR_DICTS:
                 state[key] = {n: None if t is None else self.tensor(t) for n, t in value.items()}
-            elif key == "_modules":
+            elif key == MODULE_CHILDREN_DICT:
                 state[key] = {n: None if m is None else self.module(m) for n, m in value.items()}
-            elif key in _HOOK_FLAG_DICTS:
+            elif key in HOOK_FLAG_DICTS:
                 continue  # filled below, from the hooks kept
-            elif key.endswith("hooks") and key.startswith("_") and isinstance(value, dict):
+            elif is_hook_dict_key(key, value):
                 kept = {i: _rebound(h, real, twin) for i, h in value.items() if _functional_hook(h)}
                 state[key] = type(value)(kept) if isinstance(value, dict) else kept
             elif key == "forward" or isinstance(value, types.MethodType):
@@ -360,7 +327,7 @@ class _Copier:
                 continue  # remapped below, once the copy's hook dicts exist
             else:
                 state[key] = self.value(value)
-        for key, hooks_key in _HOOK_FLAG_DICTS.items():
+        for key, hooks_key in HOOK_FLAG_DICTS.items():
             if key in source:
                 state[key] = type(source[key])((i, f) for i, f in source[key].items() if i in state.get(hooks_key, {}))
         for key, value in source.items():
@@ -466,12 +433,12 @@ def _deepcopy_to_meta(model: nn.Module) -> nn.Module:
     """ScriptModules only: ``copy.deepcopy`` with a memo mapping each parameter and buffer to a meta tensor."""
     memo: dict[int, Any] = {}
     for module in model.modules():
-        for param in module._parameters.values():
+        for param in module_parameters(module).values():
             if param is not None and id(param) not in memo:
                 memo[id(param)] = nn.Parameter(
                     torch.empty_like(param, device="meta"), requires_grad=param.requires_grad
                 )
-        for buffer in module._buffers.values():
+        for buffer in module_buffers(module).values():
             if buffer is not None and id(buffer) not in memo:
                 memo[id(buffer)] = torch.empty_like(buffer, device="meta")
     return copy.deepcopy(model, memo)

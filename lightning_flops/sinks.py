@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger as PytorchCSVLogger
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from lightning_flops._compat import tensorboard_hparams
 from lightning_flops._files import create_temporary
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.render import verdict_markdown
@@ -129,12 +130,9 @@ def is_tensorboard(logger: Any) -> bool:
 def _tensorboard_params(logger: FabricTensorBoardLogger, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` converted exactly as ``TensorBoardLogger.log_hyperparams`` converts them, so the row is the same.
 
-    Private Lightning helpers, checked against lightning 2.6.6 (``lightning/fabric/loggers/tensorboard.py``,
-    ``lightning/fabric/utilities/logger.py``); touched here only.
+    Private Lightning helpers: :func:`~lightning_flops._compat.tensorboard_hparams`.
     """
-    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
-    return logger._sanitize_params(_flatten_dict(_convert_params(dict(params))))
+    return tensorboard_hparams(logger, params)
 
 
 def declare_hparams_metrics(

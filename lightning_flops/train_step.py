@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_flops._compat import set_module_tracker
 from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _Recorder
 from lightning_flops.counters.tracing import FunctionLabeler
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
@@ -35,9 +36,9 @@ __all__ = ["StepObserver", "train_step_flops"]
 def _counting_mode() -> FlopCounterMode:
     """FlopCounterMode with the torch counter's formulas that books everything to one total and registers no hook."""
     counter = FlopCounterMode(display=False, custom_mapping=_Recorder(None, FunctionLabeler()).mapping())
-    # Private attribute, checked against torch 2.13 (as in counters/torch_dispatch.py): the default ModuleTracker puts
+    # A private attribute (lightning_flops._compat.set_module_tracker): the default ModuleTracker puts
     # hooks on the model's modules and tensors; a total needs none.
-    counter.mod_tracker = _GlobalOnlyTracker()
+    set_module_tracker(counter, _GlobalOnlyTracker())
     return counter
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_flops._compat import module_buffers, thop_rules
 from lightning_flops.counters.base import RawCount, inclusive_counts
 from lightning_flops.counters.tracing import (
     FunctionLabeler,
@@ -41,10 +42,11 @@ def thop_variant() -> tuple[str, str] | None:
 
 def _remove_thop_buffers(model: nn.Module) -> None:
     for module in model.modules():
-        if not isinstance(module._buffers, dict):
+        buffers = module_buffers(module)
+        if not isinstance(buffers, dict):
             continue  # a ScriptModule (torch 2.13): thop could not add buffers to it, and it has no pop()
         for key in _THOP_BUFFERS:
-            module._buffers.pop(key, None)
+            buffers.pop(key, None)
 
 
 class ThopCounter:
@@ -59,8 +61,8 @@ class ThopCounter:
         try:
             with quiet():
                 import thop
-                from thop.profile import register_hooks
-                from thop.vision.basic_hooks import zero_ops
+
+                register_hooks, zero_ops = thop_rules()
         except ImportError as err:
             raise ImportError(f"thop is not installed ({err}); install it with `pip install thop`") from err
         variant = (thop_variant() or ("mit", "?"))[0]

@@ -22,9 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
+from lightning_flops._compat import (
+    TorchDispatchMode,
+    is_fake_tensor,
+    is_op_overload,
+    mark_raw_formula,
+    quantized_weight_bias,
+    set_module_tracker,
+)
 from lightning_flops.counters.base import RawCount, inclusive_counts, macs_from_flops
 from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, operator_of_module
 from lightning_flops.report import Uncounted
@@ -119,7 +126,7 @@ def _group_total(offs: Any, full: int) -> int:
     """Sum of the group sizes from cumulative ``offs``; ``full`` (every row in a group) when they cannot be read."""
     if offs is None:
         return full
-    if offs.device.type == "meta" or isinstance(offs, torch._subclasses.FakeTensor) or offs.numel() == 0:
+    if offs.device.type == "meta" or is_fake_tensor(offs) or offs.numel() == 0:
         return full if offs.numel() else 0  # meta/fake: the sizes are unknown, count the upper bound (as torch does)
     return int(offs[-1])
 
@@ -235,7 +242,7 @@ def _varlen_shapes(query: Any, key: Any, value: Any, cum_q: Any, cum_k: Any, max
         return [(query.shape, key.shape, value.shape)]
     heads_q, dim_q = query.shape[-2], query.shape[-1]
     heads_k, dim_v = key.shape[-2], value.shape[-1]
-    if cum_q.device.type == "meta" or isinstance(cum_q, torch._subclasses.FakeTensor):
+    if cum_q.device.type == "meta" or is_fake_tensor(cum_q):
         lengths = [(max_q, max_k)] * (cum_q.numel() - 1)  # the lengths are unknown: count every sequence at max
     else:
         lengths = list(zip(cum_q.diff().tolist(), cum_k.diff().tolist(), strict=True))
@@ -321,8 +328,9 @@ def packet_name(packet: Any) -> str:
 def packed_parameter_count(model: torch.nn.Module) -> int:
     """Elements of the packed weights and biases of quantized Linear layers (not in ``model.parameters()``).
 
-    ``torch.ao.nn.quantized`` (torch 2.13) keeps them in a ``LinearPackedParams`` module; ``_weight_bias()``
-    unpacks them. Each packed module is counted once, as shared parameters are.
+    ``torch.ao.nn.quantized`` (torch 2.13) keeps them in a ``LinearPackedParams`` module; their private
+    ``_weight_bias()`` (:func:`~lightning_flops._compat.quantized_weight_bias`) unpacks them. Each packed module is
+    counted once, as shared parameters are.
 
     Args:
         model: any module; 0 when it holds no quantized Linear.
@@ -334,7 +342,7 @@ def packed_parameter_count(model: torch.nn.Module) -> int:
     total = 0
     for module in model.modules():  # modules() yields each module once
         if isinstance(module, LinearPackedParams):
-            weight, bias = module._weight_bias()
+            weight, bias = quantized_weight_bias(module)
             total += weight.numel() + (bias.numel() if bias is not None else 0)
     return total
 
@@ -362,8 +370,7 @@ class _Recorder:
             self.by_label[operator] = self.by_label.get(operator, 0) + flops
             return flops
 
-        recorded._get_raw = True  # FlopCounterMode passes tensors through; the wrapped formula shapes them
-        return recorded
+        return mark_raw_formula(recorded)  # FlopCounterMode passes tensors through; the wrapped formula shapes them
 
     def mapping(self) -> dict[Any, Callable[..., int]]:
         formulas = {**flop_registry, **FORMULAS}
@@ -401,7 +408,7 @@ class _KernelWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if isinstance(func, torch._ops.OpOverload):
+        if is_op_overload(func):
             packet = func.overloadpacket
             if packet not in self._verdicts:
                 name = packet_name(packet)
@@ -469,11 +476,11 @@ def count_flops_and_uncounted(
     mapping = recorder.mapping()
     watch = _KernelWatch(stack, set(mapping))
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    # Private attribute, checked against torch 2.13 (the only place we touch it): FlopCounterMode's ModuleTracker puts
+    # A private attribute (lightning_flops._compat.set_module_tracker): FlopCounterMode's ModuleTracker puts
     # grad hooks on module inputs and raises "Expected gradient function to be set" when a module gets a view of a
     # parameter made under no_grad (`self.query.expand(...)`). Its per-module table is unused (ModuleStack books
     # modules), and the total it keeps under "Global" is the same without it.
-    counter.mod_tracker = _GlobalOnlyTracker()
+    set_module_tracker(counter, _GlobalOnlyTracker())
     if stack is not None:
         stack.__enter__()
     try:

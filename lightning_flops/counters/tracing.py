@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES
 from lightning_flops.inputs import iter_tensors
 from lightning_flops.vocabulary import function_labels, operator_of_module
 
@@ -152,10 +153,9 @@ _QUIET_MESSAGES = (
     r"distutils Version classes are deprecated",  # thop.profile uses distutils' LooseVersion
     r"`torch\.jit\.(script|trace)\w*` is deprecated",  # fvcore.nn scripts its focal losses on import, traces
 )
-# thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
-# builtin itself, so they are replaced too); muted inside those modules only
-_PRINTING_MODULES = ("thop.profile", "thop.utils", "thop.fx_profile", "thop.vision.basic_hooks", "thop.rnn_hooks")
-_PRINT_NAMES = ("print", "prRed", "prGreen", "prYellow")
+# thop's modules that print, and their printers (thop internals: lightning_flops._compat); muted inside them only
+_PRINTING_MODULES = THOP_PRINTING_MODULES
+_PRINT_NAMES = THOP_PRINT_NAMES
 _MISSING = object()
 
 
