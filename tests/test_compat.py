@@ -1,13 +1,24 @@
-"""The shims of ``lightning_flops._compat`` give what torch gives, and are gone when they exit."""
+"""``lightning_flops._compat``: every private name it relies on still exists (an upgrade that drops one fails here,
+naming it), no other module touches one, and its shims give what torch gives and are gone when they exit."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
+from torch import nn
 
-from lightning_flops._compat import META_CONV_TRACING, fast_meta_kernels
+import lightning_flops
+from lightning_flops import _compat
+from lightning_flops._compat import META_CONV_TRACING, PRIVATE_APIS, fast_meta_kernels
 
-pytestmark = pytest.mark.skipif(not META_CONV_TRACING, reason="the meta-kernel shims are checked on torch >= 2.13")
+meta_shims = pytest.mark.skipif(not META_CONV_TRACING, reason="the meta-kernel shims are checked on torch >= 2.13")
 
 
 def _meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -27,6 +38,7 @@ ADDMM_CASES = {
 }
 
 
+@meta_shims
 @pytest.mark.parametrize("case", ADDMM_CASES)
 def test_fast_addmm_meta_kernel_matches_torchs(case: str) -> None:
     inputs = ADDMM_CASES[case]()
@@ -41,6 +53,7 @@ def test_fast_addmm_meta_kernel_matches_torchs(case: str) -> None:
     )
 
 
+@meta_shims
 @pytest.mark.parametrize(
     "inputs",
     [lambda: (_meta(64), _meta(8, 31), _meta(32, 64)), lambda: (_meta(3), _meta(8, 32), _meta(32, 64))],
@@ -54,6 +67,7 @@ def test_fast_addmm_meta_kernel_raises_what_torch_raises(inputs: object) -> None
     assert str(got.value) == str(expected.value)
 
 
+@meta_shims
 @pytest.mark.parametrize("shim", ["fast_meta_kernels", "traceable_meta_convolution"])
 def test_shims_leave_torchs_own_kernels_registered_on_exit(shim: str) -> None:
     import lightning_flops._compat as compat
@@ -67,6 +81,7 @@ def test_shims_leave_torchs_own_kernels_registered_on_exit(shim: str) -> None:
     assert f"{op.replace('::', '/')}/Meta" in torch.library._impls  # torch's own override is still on record
 
 
+@meta_shims
 def test_profile_model_makes_one_meta_copy_for_all_counters(monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_flops as lf
     import lightning_flops.profiling as profiling
@@ -80,3 +95,187 @@ def test_profile_model_makes_one_meta_copy_for_all_counters(monkeypatch: pytest.
     assert len(copies) == 1
     expected = 2 * 4 * 6 * 6 * 3 * 3 * 3 + 2 * 4 * 6 * 6 * 5  # conv: batch*out*H*W*in*k*k; linear: batch*in*out
     assert {n: r.macs for n, r in report.counters.items()} == {"thop": expected, "fvcore": expected, "torch": expected}
+
+
+# ------------------------------------------------------------------------------- every private name still exists
+def _library_instance() -> Iterator[Any]:
+    library = torch.library.Library("aten", "IMPL")
+    try:
+        yield library
+    finally:
+        library._destroy()
+
+
+def _tensorboard_logger(tmp_path: Path) -> Iterator[Any]:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    yield TensorBoardLogger(str(tmp_path))
+
+
+def _lightning_module() -> Iterator[Any]:
+    from lightning.pytorch import LightningModule
+
+    yield LightningModule()
+
+
+def _datamodule() -> Iterator[Any]:
+    from lightning.pytorch import LightningDataModule
+
+    yield LightningDataModule()
+
+
+def _instances(tmp_path: Path) -> dict[str, Callable[[], Iterator[Any]]]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return {
+        "nn.Module": lambda: iter([nn.Linear(2, 2)]),
+        "OpOverload": lambda: iter([torch.ops.aten.add.Tensor]),
+        "OptimizedModule": lambda: iter([torch.compile(nn.Linear(2, 2))]),  # wraps only: nothing is compiled
+        "FlopCounterMode": lambda: iter([FlopCounterMode(display=False)]),
+        "torch.library.Library": _library_instance,
+        "TensorBoardLogger": lambda: _tensorboard_logger(tmp_path),
+        "LightningModule": _lightning_module,
+        "LightningDataModule": _datamodule,
+    }
+
+
+@pytest.mark.parametrize("entry", PRIVATE_APIS, ids=lambda e: f"{e[1]}.{e[2]}")
+def test_every_private_name_compat_relies_on_still_exists(entry: tuple[str, str, str, str], tmp_path: Path) -> None:
+    library, where, name, checked = entry
+    message = (
+        f"lightning_flops._compat relies on the private `{name}` of `{where}` ({library}), checked against "
+        f"{checked}; this {library} no longer has it: update the shim in lightning_flops/_compat.py"
+    )
+    if where.startswith("instance:"):
+        factory = _instances(tmp_path)[where.removeprefix("instance:")]
+        made = factory()
+        try:
+            assert hasattr(next(made), name), message
+        finally:
+            getattr(made, "close", lambda: None)()  # a generator's clean-up (destroys the Library)
+    elif where.startswith("source:"):
+        module = importlib.import_module(where.removeprefix("source:"))
+        assert name in inspect.getsource(module), message
+    else:
+        module_name, _, owner = where.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as err:
+            pytest.fail(f"{message} (cannot import `{module_name}`: {err})")
+        if owner:
+            assert hasattr(target, owner), message
+            target = getattr(target, owner)
+        assert hasattr(target, name), message
+
+
+def test_private_names_have_the_shape_compat_expects() -> None:
+    import torch.nn.modules.module as module_globals
+    from thop.profile import register_hooks
+
+    module = nn.Linear(2, 2)
+    for key in _compat.MODULE_HOOK_DICTS + _compat.MODULE_TENSOR_DICTS + (_compat.MODULE_CHILDREN_DICT,):
+        assert isinstance(module.__dict__[key], dict), f"nn.Module.{key} is no longer a dict in __dict__ (torch 2.13)"
+    for key, hooks in _compat.HOOK_FLAG_DICTS.items():
+        assert key in module.__dict__ and hooks in _compat.MODULE_HOOK_DICTS, key
+    for key in _compat.GLOBAL_HOOK_DICTS:
+        assert isinstance(getattr(module_globals, key), dict), f"torch.nn.modules.module.{key} is not a dict"
+    assert set(_compat.GLOBAL_HOOK_FLAG_DICTS) <= set(_compat.GLOBAL_HOOK_DICTS)
+    assert isinstance(torch.library._impls, set), "torch.library._impls is not a set of 'ns/op/key' (torch 2.13)"
+    assert register_hooks[nn.Linear] is not None, "thop.profile.register_hooks no longer maps nn.Linear (thop 0.1.1)"
+    assert torch._decomp.global_decomposition_table["post_autograd"][torch.ops.aten.addmm.default] is not None
+
+
+def test_the_shims_give_what_the_private_names_give(tmp_path: Path) -> None:
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    inner = nn.Linear(2, 3)
+    assert _compat.compiled_inner(torch.compile(inner)) is inner
+    assert _compat.compiled_inner(inner) is None
+    assert _compat.module_parameters(inner).keys() == {"weight", "bias"}
+    assert _compat.module_buffers(nn.BatchNorm1d(4)).keys() == {"running_mean", "running_var", "num_batches_tracked"}
+    base = torch.zeros(4, 4)
+    assert (
+        _compat.storage_address(base[1:])
+        == _compat.storage_address(base.data)
+        != _compat.storage_address(torch.zeros(4))
+    )
+    with FakeTensorMode():
+        fake = torch.empty(3)
+    assert _compat.is_fake_tensor(fake) and not _compat.is_fake_tensor(torch.empty(3))
+    assert _compat.is_op_overload(torch.ops.aten.add.Tensor) and not _compat.is_op_overload(torch.add)
+    assert _compat.op_schema(torch.ops.aten.add_.Tensor).arguments[0].alias_info.is_write
+    lazy = nn.LazyLinear(3)
+    assert any(_compat.is_lazy_shape_hook(h) for h in lazy._forward_pre_hooks.values())
+
+    class Quiet(LightningModule):
+        def __init__(self, width: int = 8) -> None:
+            super().__init__()
+            self.save_hyperparameters(logger=False)
+
+    class Loud(Quiet):
+        def __init__(self, width: int = 8) -> None:
+            LightningModule.__init__(self)
+            self.save_hyperparameters()
+
+    assert (_compat.logs_hyperparams(Quiet()), _compat.logs_hyperparams(Loud())) == (False, True)
+    off = TensorBoardLogger(str(tmp_path), default_hp_metric=False)
+    assert (_compat.default_hp_metric(TensorBoardLogger(str(tmp_path))), _compat.default_hp_metric(off)) == (
+        True,
+        False,
+    )
+    assert _compat.tensorboard_hparams(off, {"a": {"b": 1}, "c": None}) == {"a/b": 1, "c": "None"}
+
+
+# ------------------------------------------------------------------------------------ and nowhere but in _compat
+_PRIVATE_NAMES = {name for _, _, name, _ in PRIVATE_APIS} | {
+    "_get_raw",  # FlopCounterMode formulas (mark_raw_formula)
+    "_subclasses",
+    "_ops",
+    "_decomp",
+    "_python_dispatch",
+    "_C",
+    "_dynamo",
+}
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``line: what`` for each private name of torch/thop/fvcore/Lightning that ``path`` touches."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in _PRIVATE_NAMES:
+            found.append(f"{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in _PRIVATE_NAMES:
+            found.append(f"{node.lineno}: {node.value!r}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in _LIBRARIES:
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            if any(part.startswith("_") for part in node.module.split(".")) or private:
+                found.append(f"{node.lineno}: from {node.module} import {', '.join(a.name for a in node.names)}")
+            elif node.module.split(".")[0] in ("thop", "fvcore") and node.module not in ("fvcore.nn",):
+                found.append(f"{node.lineno}: from {node.module} (an internal module)")
+    return found
+
+
+_LIBRARIES = ("torch", "lightning", "pytorch_lightning", "thop", "fvcore")
+
+
+def test_no_module_but_compat_touches_a_private_api() -> None:
+    package = Path(lightning_flops.__file__).parent
+    offenders = {
+        str(path.relative_to(package)): uses
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "_compat.py" and (uses := _private_uses(path))
+    }
+    assert offenders == {}, f"private APIs touched outside lightning_flops/_compat.py: {offenders}"
+
+
+def test_the_scan_sees_a_private_use(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from torch.utils._python_dispatch import TorchDispatchMode\n"
+        "from thop.profile import register_hooks\n"
+        "x = module._buffers\n"
+        "y = getattr(model, '_orig_mod', None)\n"
+    )
+    assert [use.split(":")[0] for use in _private_uses(sample)] == ["1", "2", "3", "4"]
