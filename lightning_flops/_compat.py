@@ -19,6 +19,7 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,7 @@ __all__ = [
     "default_hp_metric",
     "fast_meta_kernels",
     "fsdp_original_class",
+    "handle_with_refs",
     "is_fake_tensor",
     "is_hook_dict_key",
     "is_lazy_shape_hook",
@@ -61,75 +63,6 @@ __all__ = [
     "torch_global_hook_dicts",
     "traceable_meta_convolution",
 ]
-
-# (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
-# "module:Class" for an attribute of a class, "instance:<what>" for an attribute set on each instance (checked on
-# one made in the test), or "source:module" for a name that module's source sets on objects it makes.
-# tests/test_compat.py resolves each entry.
-PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
-    # torch: nn.Module internals
-    *(
-        ("torch", "instance:nn.Module", name, "torch 2.13")
-        for name in (
-            "_parameters",
-            "_buffers",
-            "_modules",
-            "_forward_hooks",
-            "_forward_hooks_with_kwargs",
-            "_forward_hooks_always_called",
-            "_forward_pre_hooks",
-            "_forward_pre_hooks_with_kwargs",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-            "_state_dict_hooks",
-            "_state_dict_pre_hooks",
-            "_load_state_dict_pre_hooks",
-            "_load_state_dict_post_hooks",
-        )
-    ),
-    *(
-        ("torch", "torch.nn.modules.module", name, "torch 2.13")
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_hooks_always_called",
-            "_global_forward_hooks_with_kwargs",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-            "_global_module_registration_hooks",
-            "_global_parameter_registration_hooks",
-            "_global_buffer_registration_hooks",
-        )
-    ),
-    ("torch", "torch.utils._python_dispatch", "TorchDispatchMode", "torch 2.13"),
-    ("torch", "torch._subclasses", "FakeTensor", "torch 2.13"),
-    ("torch", "torch._ops", "OpOverload", "torch 2.13"),
-    ("torch", "instance:OpOverload", "_schema", "torch 2.13"),
-    ("torch", "instance:OpOverload", "_op_dk", "torch 2.13"),
-    ("torch", "instance:OptimizedModule", "_orig_mod", "torch 2.13"),
-    ("torch", "source:torch.distributed.fsdp._fully_shard._fully_shard", "_orig_cls_mro_index", "torch 2.13"),
-    ("torch", "torch.nn.modules.lazy:LazyModuleMixin", "_infer_parameters", "torch 2.13"),
-    ("torch", "torch.ao.nn.quantized.dynamic:Linear", "_weight_bias", "torch 2.13"),
-    ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
-    ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
-    ("torch", "torch.library", "_impls", "torch 2.13"),
-    ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
-    ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),
-    ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
-    ("torch", "torch._C", "DispatchKey", "torch 2.13"),
-    # thop
-    ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
-    ("thop", "thop.vision.basic_hooks", "zero_ops", "thop 0.1.1"),
-    *(("thop", "thop.utils", name, "thop 0.1.1") for name in ("prRed", "prGreen", "prYellow")),
-    # lightning
-    ("lightning", "instance:LightningModule", "_log_hyperparams", "lightning 2.6.6"),
-    ("lightning", "instance:LightningDataModule", "_log_hyperparams", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.loggers.tensorboard:TensorBoardLogger", "_sanitize_params", "lightning 2.6.6"),
-    ("lightning", "instance:TensorBoardLogger", "_default_hp_metric", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.utilities.logger", "_convert_params", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.utilities.logger", "_flatten_dict", "lightning 2.6.6"),
-)
-
 
 # ---------------------------------------------------------------------------------------------- nn.Module internals
 # Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
@@ -223,6 +156,15 @@ def is_lazy_shape_hook(hook: Any) -> bool:
 def quantized_weight_bias(module: nn.Module) -> tuple[Any, Any]:
     """``(weight, bias)`` of a ``torch.ao.nn.quantized`` linear (its private ``_weight_bias()``, torch 2.13)."""
     return module._weight_bias()  # type: ignore[operator]
+
+
+def handle_with_refs(handle: Any, mapped: Any) -> Any:
+    """A copy of a hook's ``RemovableHandle`` whose weak references to hook dicts are ``mapped(ref)``
+    (``hooks_dict_ref``, ``extra_dict_ref``: public but undocumented fields, torch 2.13)."""
+    new = copy.copy(handle)
+    new.hooks_dict_ref = mapped(handle.hooks_dict_ref)
+    new.extra_dict_ref = tuple(mapped(r) for r in handle.extra_dict_ref)
+    return new
 
 
 # --------------------------------------------------------------------------------------------- dispatch internals
@@ -404,3 +346,48 @@ def fast_meta_kernels() -> Iterator[None]:
         library._op_impls.clear()  # see traceable_meta_convolution
         if had_key:
             torch.library._impls.add(key)
+
+
+# (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
+# "module:Class" for an attribute of a class, "instance:<what>" for an attribute set on each instance (checked on
+# one made in the test), or "source:module" for a name that module's source sets on objects it makes.
+# tests/test_compat.py resolves each entry.
+PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
+    # torch: nn.Module internals
+    *(
+        ("torch", "instance:nn.Module", name, "torch 2.13")
+        for name in (*MODULE_TENSOR_DICTS, MODULE_CHILDREN_DICT, *MODULE_HOOK_DICTS)
+    ),
+    *(("torch", "torch.nn.modules.module", name, "torch 2.13") for name in GLOBAL_HOOK_DICTS),
+    # RemovableHandle's (public, undocumented) weak references to the dicts it removes from, torch 2.13
+    ("torch", "instance:RemovableHandle", "hooks_dict_ref", "torch 2.13"),
+    ("torch", "instance:RemovableHandle", "extra_dict_ref", "torch 2.13"),
+    ("torch", "torch.utils._python_dispatch", "TorchDispatchMode", "torch 2.13"),
+    ("torch", "torch._subclasses", "FakeTensor", "torch 2.13"),
+    ("torch", "torch._ops", "OpOverload", "torch 2.13"),
+    ("torch", "instance:OpOverload", "_schema", "torch 2.13"),
+    ("torch", "instance:OpOverload", "_op_dk", "torch 2.13"),
+    ("torch", "instance:OptimizedModule", "_orig_mod", "torch 2.13"),
+    ("torch", "source:torch.distributed.fsdp._fully_shard._fully_shard", "_orig_cls_mro_index", "torch 2.13"),
+    ("torch", "torch.nn.modules.lazy:LazyModuleMixin", "_infer_parameters", "torch 2.13"),
+    ("torch", "torch.ao.nn.quantized.dynamic:Linear", "_weight_bias", "torch 2.13"),
+    ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
+    ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
+    ("torch", "source:torch.utils.flop_counter", "_get_raw", "torch 2.13"),
+    ("torch", "torch.library", "_impls", "torch 2.13"),
+    ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
+    ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),
+    ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
+    ("torch", "torch._C", "DispatchKey", "torch 2.13"),
+    # thop
+    ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
+    ("thop", "thop.vision.basic_hooks", "zero_ops", "thop 0.1.1"),
+    *(("thop", "thop.utils", name, "thop 0.1.1") for name in ("prRed", "prGreen", "prYellow")),
+    # lightning
+    ("lightning", "instance:LightningModule", "_log_hyperparams", "lightning 2.6.6"),
+    ("lightning", "instance:LightningDataModule", "_log_hyperparams", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.loggers.tensorboard:TensorBoardLogger", "_sanitize_params", "lightning 2.6.6"),
+    ("lightning", "instance:TensorBoardLogger", "_default_hp_metric", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.utilities.logger", "_convert_params", "lightning 2.6.6"),
+    ("lightning", "lightning.fabric.utilities.logger", "_flatten_dict", "lightning 2.6.6"),
+)

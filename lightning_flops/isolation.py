@@ -33,6 +33,7 @@ from lightning_flops._compat import (
     TorchDispatchMode,
     compiled_inner,
     fsdp_original_class,
+    handle_with_refs,
     is_hook_dict_key,
     is_lazy_shape_hook,
     module_buffers,
@@ -346,10 +347,7 @@ def _remapped_handle(handle: RemovableHandle, source: dict[str, Any], state: dic
         twin = by_id.get(id(target)) if target is not None else None
         return weakref.ref(twin) if twin is not None else ref
 
-    new = copy.copy(handle)
-    new.hooks_dict_ref = mapped(handle.hooks_dict_ref)
-    new.extra_dict_ref = tuple(mapped(r) for r in handle.extra_dict_ref)
-    return new
+    return handle_with_refs(handle, mapped)
 
 
 def _has_script_module(model: nn.Module) -> bool:

@@ -130,6 +130,7 @@ def _instances(tmp_path: Path) -> dict[str, Callable[[], Iterator[Any]]]:
     return {
         "nn.Module": lambda: iter([nn.Linear(2, 2)]),
         "OpOverload": lambda: iter([torch.ops.aten.add.Tensor]),
+        "RemovableHandle": lambda: iter([nn.Linear(2, 2).register_forward_hook(lambda *args: None)]),
         "OptimizedModule": lambda: iter([torch.compile(nn.Linear(2, 2))]),  # wraps only: nothing is compiled
         "FlopCounterMode": lambda: iter([FlopCounterMode(display=False)]),
         "torch.library.Library": _library_instance,
