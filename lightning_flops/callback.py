@@ -494,5 +494,5 @@ def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
         params.update(datamodule.hparams_initial)
         logged = True
     params.pop("_class_path", None)
-    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.5.2; before it Lightning always logged them
+    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.6.0; before it, Lightning always logs them
     return params, logged and getattr(trainer, "enable_autolog_hparams", True)
