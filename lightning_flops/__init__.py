@@ -20,6 +20,7 @@ __all__ = [
     "ParamCount",
     "ReportFormatError",
     "profile_model",
+    "train_step_flops",
 ]
 
 _LOCATIONS = {
@@ -33,6 +34,7 @@ _LOCATIONS = {
     "ParamCount": "lightning_flops.report",
     "profile_model": "lightning_flops.profiling",
     "FlopsMonitor": "lightning_flops.callback",
+    "train_step_flops": "lightning_flops.train_step",
 }
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
     from lightning_flops.profiling import profile_model
     from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount
+    from lightning_flops.train_step import train_step_flops
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -37,6 +38,8 @@ __all__ = [
     "DEVICES",
     "FLAG_ON",
     "MODES",
+    "active_parameters",
+    "detect_tokens",
     "error_text",
     "internal_error",
     "profile_model",
@@ -77,6 +80,13 @@ def validate_options(
         raise FlopsConfigError(f"`counters` must not repeat a name, got {counters!r}")
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
         raise FlopsConfigError(f"`limit` must be a number >= 0 (a relative gap, e.g. 0.01 for 1%), got {limit!r}")
+    if limit >= 1:  # a gap is at most 1 (100%): `limit=1` never flags, `limit=5` was meant as 5%
+        warnings.warn(
+            f"`limit={limit!r}` is a fraction, not a percentage: a relative gap is at most 1.0, so nothing is ever "
+            f"flagged; for {limit:g}% pass limit={limit / 100:g}",
+            UserWarning,
+            stacklevel=3,
+        )
     if flag_on not in FLAG_ON:
         raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}")
     if mode not in MODES:
@@ -99,6 +109,60 @@ def validate_options(
                     f"`custom_ops` keys must be nn.Module subclasses and values callables, got {key!r}: {rule!r}"
                 )
     return counters
+
+
+def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> int | None:
+    """Tokens in the input: ``B * T`` of the first integer tensor of shape ``[B, T]`` (``input_ids``), else ``None``.
+
+    ``B`` must be the batch size. Padding tokens count (the model computes them); an ``attention_mask`` is not
+    used to discount them. Pass ``tokens_fn`` for other layouts (packed sequences, sequence-first inputs).
+    """
+    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
+        integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+        if integer and tensor.dim() == 2 and tensor.shape[0] == batch:
+            return int(tensor.shape[0] * tensor.shape[1])
+    return None
+
+
+def count_tokens(
+    tokens_fn: Callable[[Any], int] | None, value: Any, args: tuple, kwargs: dict, batch: int
+) -> int | None:
+    """``tokens_fn(value)`` checked (an int >= 0, else :class:`FlopsConfigError`), or :func:`detect_tokens`."""
+    if tokens_fn is None:
+        return detect_tokens(args, kwargs, batch)
+    tokens = tokens_fn(value)
+    if isinstance(tokens, torch.Tensor) and tokens.numel() == 1 and not tokens.is_floating_point():
+        tokens = int(tokens.item())
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise FlopsConfigError(f"`tokens_fn` must return an int >= 0 (tokens in the input), got {tokens!r}")
+    return tokens
+
+
+@contextlib.contextmanager
+def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
+    """Collect the ``named_modules()`` names of the modules that run (a forward pre-hook each, removed after)."""
+    handles = []
+    for name, module in model.named_modules():
+        with contextlib.suppress(RuntimeError):  # ScriptModules refuse hooks
+            handles.append(module.register_forward_pre_hook(lambda mod, args, name=name: sink.add(name)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def active_parameters(model: nn.Module, called: set[str]) -> int:
+    """Parameter elements held directly by the modules named in ``called`` (shared weights once)."""
+    seen: set[int] = set()
+    total = 0
+    for name, module in model.named_modules():
+        if name in called:
+            for param in module.parameters(recurse=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
+    return total
 
 
 def _model_device(model: nn.Module) -> str:
@@ -184,6 +248,7 @@ class _Session:
         self.model, self.args, self.kwargs, self.mode, self.custom_ops = model, args, kwargs, mode, custom_ops
         self.batch = batch
         self.torch_meta_macs: int | None = None
+        self.called: dict[str, set[str]] = {}  # counter name -> modules that ran in its successful count
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
@@ -253,8 +318,12 @@ class _Session:
         rule_macs: dict[str, float] = {}
 
         def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
-            with torch.no_grad(), own_global_hooks(), _rule_hooks(target, self.custom_ops, rule_macs):
-                return counter.count(target, run_args, run_kwargs)
+            called: set[str] = set()
+            rules = _rule_hooks(target, self.custom_ops, rule_macs)
+            with torch.no_grad(), own_global_hooks(), rules, _called_modules(target, called):
+                raw = counter.count(target, run_args, run_kwargs)
+            self.called[counter.name] = called
+            return raw
 
         if placement == "meta":
             raw, _ = self._meta_pass(args, kwargs, run)
@@ -465,10 +534,21 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
-    lazy modules that are not initialized yet are not counted."""
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``.
+
+    Parameters of lazy modules that are not initialized yet are not counted. Quantized Linear layers
+    (``torch.ao.quantization.quantize_dynamic``) keep their weight and bias packed, outside ``model.parameters()``:
+    their elements are counted in ``total`` and ``packed`` (never trainable).
+    """
+    from lightning_flops.counters.torch_dispatch import packed_parameter_count
+
     params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
-    return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
+    packed = packed_parameter_count(model)
+    return ParamCount(
+        total=sum(p.numel() for p in params) + packed,
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        packed=packed,
+    )
 
 
 def profile_model(
@@ -482,6 +562,7 @@ def profile_model(
     device: str | None = None,
     batch_size: int | None = None,
     strict: bool = False,
+    tokens_fn: Callable[[Any], int] | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -500,6 +581,8 @@ def profile_model(
             counts in place on the model's own device.
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
+        tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
+            numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
 
     Example::
 
@@ -509,6 +592,8 @@ def profile_model(
     counters = validate_options(counters, limit, flag_on, mode, custom_ops, device, batch_size, strict)
     if not isinstance(model, nn.Module):
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if tokens_fn is not None and not callable(tokens_fn):
+        raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
     model = unwrap_compiled(model)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
@@ -517,9 +602,16 @@ def profile_model(
     with preserved_rng():
         results = {name: _run_counter(name, session, device, strict) for name in order}
     ordered = [results[name] for name in counters]
+    tokens = count_tokens(tokens_fn, example_input, args, kwargs, batch)
+    called = next((session.called[n] for n in order if results[n].ok and n in session.called), None)
+    parameter_model = session.parameter_model()
+    params = count_parameters(parameter_model)
+    if called is not None:
+        params = dataclasses.replace(params, active=active_parameters(parameter_model, called))
     return FlopsReport(
         model=type(model).__qualname__,
-        params=count_parameters(session.parameter_model()),
+        params=params,
+        tokens=tokens,
         counters={r.name: r for r in ordered},
         batch_size=batch,
         mode=mode,

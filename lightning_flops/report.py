@@ -45,12 +45,18 @@ class ParamCount:
     """Parameter counts from ``model.parameters()`` (shared weights once, never-called modules included).
 
     Args:
-        total: number of parameter elements.
+        total: number of parameter elements, packed ones included.
         trainable: elements of parameters with ``requires_grad``.
+        packed: elements of packed weights and biases (dynamic int8 ``quantize_dynamic`` Linear layers), which
+            ``model.parameters()`` does not list; part of ``total``, never trainable.
+        active: elements of the parameters held by the modules that ran on the profiled input (a MoE's routed
+            experts; ``total`` for a dense model whose modules all run); ``None`` when unknown (older reports).
     """
 
     total: int
     trainable: int
+    packed: int = 0
+    active: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,8 @@ class FlopsReport:
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
+        tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
+            ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         schema_version: JSON layout version.
 
@@ -234,6 +242,7 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
+    tokens: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -255,6 +264,20 @@ class FlopsReport:
             return None
         return result.flops / max(self.batch_size, 1)
 
+    def macs_per_token(self, counter: str) -> float | None:
+        """MACs per token for ``counter``; ``None`` when it failed or the input has no token dimension."""
+        result = self.counters.get(counter)
+        if result is None or result.macs is None or not self.tokens:
+            return None
+        return result.macs / self.tokens
+
+    def flops_per_token(self, counter: str) -> float | None:
+        """FLOPs (= 2 x MACs) per token for ``counter``; ``None`` as for :meth:`macs_per_token`."""
+        result = self.counters.get(counter)
+        if result is None or result.flops is None or not self.tokens:
+            return None
+        return result.flops / self.tokens
+
     def largest_gap(self) -> Gap | None:
         """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""
         if not self.gaps:
@@ -265,12 +288,16 @@ class FlopsReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; counters also carry derived ``flops`` and per-sample values for readers without us."""
         data = asdict(self)
+        if not self.params.packed:
+            del data["params"]["packed"]  # only models with packed (quantized) weights carry the field
         for name, result in self.counters.items():
             entry = data["counters"][name]
             entry["uncounted"] = [asdict(u) for u in result.uncounted]
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
+            entry["macs_per_token"] = self.macs_per_token(name)
+            entry["flops_per_token"] = self.flops_per_token(name)
             entry["core_macs"] = result.core_macs
         data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
         data["flagged"] = self.flagged

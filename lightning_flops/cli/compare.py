@@ -98,6 +98,7 @@ def _sort_keys() -> tuple[str, ...]:
         *per_counter,
         "largest_gap_relative",
         "train_step_flops_per_sample",
+        *_moe_and_token_columns(COUNTER_NAMES),
     )
 
 
@@ -131,7 +132,32 @@ def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
     row["train_step_flops_per_sample"] = per_sample(
         report.train_step_flops, report.train_step_batch_size or report.batch_size
     )
+    row.update(_moe_and_token_cells(report, counters))
     return row
+
+
+# ---------------------------------------------------------------- active parameters (MoE) and per-token columns
+def _moe_and_token_columns(counters: Sequence[str]) -> list[str]:
+    """``params_active`` and ``{counter}_macs_per_token`` (empty for inputs without tokens, older reports)."""
+    return ["params_active", *(f"{c}_macs_per_token" for c in counters)]
+
+
+def _moe_and_token_cells(report: FlopsReport, counters: Sequence[str]) -> dict[str, Any]:
+    cells: dict[str, Any] = {"params_active": report.params.active}
+    for name in counters:
+        result = report.counters.get(name)
+        macs = result.macs if result is not None and result.ok and report.tokens else None
+        cells[f"{name}_macs_per_token"] = per_sample(macs, report.tokens or 1)
+    return cells
+
+
+def _moe_and_token_human(row: dict[str, Any], counters: Sequence[str]) -> list[str]:
+    """Human cells: active parameters and the reference's (last counter's) MACs per token."""
+    per_token = row[f"{counters[-1]}_macs_per_token"]
+    return [
+        human_count(row["params_active"], "") if row["params_active"] is not None else "-",
+        human_count(per_token, "MACs") if per_token is not None else "-",
+    ]
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -184,6 +210,7 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[s
         "flag_on",
         "flagged",
         "train_step_flops_per_sample",
+        *_moe_and_token_columns(counters),
         *baseline_columns,
         "path",
     ]
@@ -194,6 +221,7 @@ def _human_cells(
 ) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the human-readable table (table and markdown formats)."""
     headers = ["run", "model", "params", "trainable", *(f"{c} MACs" for c in counters), "largest gap", "flagged"]
+    headers += ["active params", f"{counters[-1]} MACs/token"]
     relative = ["params_total", *(f"{c}_macs" for c in counters)]
     if baseline is not None:
         headers += [f"{'params' if col == 'params_total' else col[: -len('_macs')]} vs base" for col in relative]
@@ -213,6 +241,7 @@ def _human_cells(
         else:
             line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
         line.append("yes" if row["flagged"] else "no")
+        line += _moe_and_token_human(row, counters)
         if baseline is not None:
             for col in relative:
                 ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
