@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_flops._files import create_temporary
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.render import verdict_markdown
 from lightning_flops.report import FlopsReport
 
@@ -52,7 +53,9 @@ REPORT_NAME = "flops_report.json"
 _MAX_SUFFIX = 10_000
 
 
-def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bool = False) -> list[str]:
+def metric_keys(
+    counters: Sequence[str], prefix: str = "compute", train_step: bool = False, parts: Sequence[str] = ()
+) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
 
     The reference counter's (``torch``, else the last one) MACs and FLOPs, the parameters and the flag come first;
@@ -62,6 +65,7 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
         counters: counter names in the order given to the monitor; gap keys follow that order.
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
+        parts: part labels: ``{prefix}/part/{label}/{macs,flops,params}`` each.
     """
     # TensorBoard's HPARAMS view shows the first columns and hides the rest: what most users need comes first
     reference = [name for name in counters if name == "torch"] or list(counters[-1:])
@@ -73,11 +77,15 @@ def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bo
     keys += [f"{prefix}/gap/{pair}" for pair in pairs] + [f"{prefix}/core_gap/{pair}" for pair in pairs]
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
+    keys.append(f"{prefix}/params/active")
+    keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
+    keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
     return keys
 
 
 def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[str, float]:
-    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs.
+    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs,
+    active parameters and MACs/FLOPs per token (when the input has tokens).
 
     A failed counter has no ``macs``/``flops`` keys. Values are floats (loggers store float32: exact integers are in
     the JSON report).
@@ -96,6 +104,20 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
     metrics[f"{prefix}/flagged"] = 1.0 if report.flagged else 0.0
     if report.train_step_flops is not None:
         metrics[f"{prefix}/train_step/flops_per_batch"] = float(report.train_step_flops)
+    if report.params.active is not None:
+        metrics[f"{prefix}/params/active"] = float(report.params.active)
+    for name in report.counters:
+        macs, flops = report.macs_per_token(name), report.flops_per_token(name)
+        if macs is not None and flops is not None:
+            metrics[f"{prefix}/{name}/macs_per_token"] = float(macs)
+            metrics[f"{prefix}/{name}/flops_per_token"] = float(flops)
+    per = max(report.batch_size, 1)
+    for label, part in report.parts.items():  # the reference counter (torch), per sample
+        macs = part.macs.get("torch")
+        if macs is not None:
+            metrics[f"{prefix}/part/{label}/macs"] = macs / per
+            metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
+        metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
     return metrics
 
 
