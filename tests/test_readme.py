@@ -107,7 +107,7 @@ def ablation(checkout: Path) -> Path:
 
 def test_readme_compare_commands_run(ablation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ablation)
-    lines = commands("lightning-flops compare")
+    lines = commands("lightning-flops compare runs/ablation")
     assert len(lines) == 4
     for line in lines:
         assert run_lightning_flops(line)[0] == 0, line
