@@ -264,9 +264,9 @@ class _Session:
     """One profile_model call: the model, the input and options shared by every counter run.
 
     Every counter runs on a structural copy (:mod:`lightning_flops.isolation`): a meta copy, or for counting in
-    place a copy sharing the model's tensors. A meta pass also shows, through version counters, which tensors of the
-    model and of the input the forward writes in place; counting in place then clones exactly those (all of them
-    when no meta pass can run), so the model's values and the caller's batch never change.
+    place a copy sharing the model's tensors. Before the first in-place count, a watched forward (:class:`WriteWatch`:
+    on meta, else in place with copy on write) shows which tensors of the model and of the input the forward writes;
+    counting in place then clones exactly those, so the model's values and the caller's batch never change.
     """
 
     def __init__(self, model: nn.Module, args: tuple, kwargs: dict, mode: str, custom_ops: Any, batch: int) -> None:
