@@ -234,7 +234,7 @@ def _note(counter: str, operator: str, module_type: str, delta: int, result: Cou
         if operator == "einsum":
             return "fvcore reads numpy's einsum_path summary, rounded to 4 significant digits"
         if operator == "norm":
-            return "fvcore counts a norm per element by its own convention (LayerNorm 5 with affine); torch counts none"
+            return "fvcore counts norms per element by its convention (BatchNorm 1-2, LayerNorm 5); torch counts none"
         if operator == "interpolate":
             return "fvcore counts upsampling per output element; torch counts none"
     if result.sample_scale > 1 and abs(delta) < result.sample_scale:

@@ -185,6 +185,8 @@ def test_user_hooks_never_see_our_passes_and_python_state_is_unchanged(device: s
     model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
     report = lf.profile_model(model, torch.randn(2, 3, 6, 6), device=device, counters=counters_for(device))
     assert_all_counted(report, 2 * 4 * 4 * 4 * 3 * 3 * 3)  # batch * out_c * h * w * in_c * k * k
+    if device is None:
+        assert report.counters["fvcore"].device == "meta"  # fvcore traces convs on meta (device="model": in place)
     assert seen == []
     assert model.calls == 0 and model.shapes == []
     model(torch.randn(1, 3, 6, 6))
@@ -240,6 +242,8 @@ def test_a_forward_that_normalises_its_input_in_place_leaves_the_batch_unchanged
     before = {k: v.clone() for k, v in batch.items()}
     report = lf.profile_model(Normalising(), batch, device=device, counters=counters_for(device))
     assert_all_counted(report, 4 * 4 * 4 * 4 * 3 * 3 * 3)  # batch * out_c * h * w * in_c * k * k
+    if device is None:
+        assert report.counters["fvcore"].device == "meta"  # the in-place slice path is the device="model" case
     for key, value in before.items():
         assert torch.equal(batch[key], value), key
 
