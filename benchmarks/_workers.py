@@ -42,21 +42,32 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ first batch
+def _first_batch_model(model: str, batch: int) -> tuple[nn.Module, Any]:
+    """The model (random init, built in code) and its batch: images 224x224, or ``batch`` x 128 GPT-2 tokens."""
+    if model == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        net = GPT2LMHeadModel(GPT2Config())  # GPT-2 small: 12 layers, 768 wide, vocab 50257 (no download)
+        return net, torch.randint(0, net.config.vocab_size, (batch, 128))
+    from examples.models import resnet50, vit_b16
+
+    return {"resnet50": resnet50, "vit_b16": vit_b16}[model](), torch.randn(batch, 3, 224, 224)
+
+
 def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
     """Cost of ``profile_model`` (all three counters) in units of one warm plain forward of the same batch.
 
     In one process: two warm-up forwards, one more forward, the first ``profile_model`` call (cold), then ``rounds``
-    rounds of (plain forward, ``profile_model``, the three libraries run by hand on the real model). Each round's
-    ratio divides by that round's forward, so that load from other processes hits numerator and denominator alike.
+    rounds of (plain forward, ``profile_model``, ``train_step_flops``, the three libraries run by hand on the real
+    model; the last for the image models only). Each round's ratio divides by that round's forward, so that load
+    from other processes hits numerator and denominator alike.
     """
     import lightning_flops as lf
-    from examples.models import resnet50, vit_b16
 
     torch.manual_seed(0)
-    net = {"resnet50": resnet50, "vit_b16": vit_b16}[model]()
+    net, x = _first_batch_model(model, batch)
     net.eval()
-    x = torch.randn(batch, 3, 224, 224)
-    by_hand = copy.deepcopy(net)  # thop leaves buffers on what it profiles: keep them off the measured model
+    by_hand = copy.deepcopy(net) if model != "gpt2" else None  # thop leaves buffers on what it profiles
 
     def forward() -> None:
         with torch.no_grad():
@@ -64,6 +75,13 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
 
     def profile() -> None:
         lf.profile_model(net, x)
+
+    def train_step() -> None:
+        net.train()  # the callback counts the step of a module in training mode
+        try:
+            lf.train_step_flops(net, x)
+        finally:
+            net.eval()
 
     def three_by_hand() -> None:
         import thop
@@ -82,27 +100,60 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
         forward()
     cold_forward = _timed(forward)
     cold = _timed(profile)
-    forwards, profiles, hands = [], [], []
+    forwards, profiles, steps, hands = [], [], [], []
     for _ in range(rounds):
         forwards.append(_timed(forward))
         profiles.append(_timed(profile))
-        hands.append(_timed(three_by_hand))
+        steps.append(_timed(train_step))
+        if by_hand is not None:
+            hands.append(_timed(three_by_hand))
     report = lf.profile_model(net, x)
+    forward_s = statistics.median([cold_forward, *forwards])
     return {
         "model": model,
         "batch": batch,
         "threads": torch.get_num_threads(),
-        "forward_s": statistics.median([cold_forward, *forwards]),
+        "forward_s": forward_s,
+        "cold_forward_s": cold_forward,
         "cold_s": cold,
-        "cold_ratio": cold / statistics.median([cold_forward, *forwards]),
+        "cold_ratio": cold / forward_s,
         "warm_s": statistics.median(profiles),
         "warm_ratio": statistics.median(p / f for p, f in zip(profiles, forwards, strict=True)),
-        "by_hand_s": statistics.median(hands),
-        "by_hand_ratio": statistics.median(h / f for h, f in zip(hands, forwards, strict=True)),
+        "train_step_s": statistics.median(steps),
+        "train_step_ratio": statistics.median(s / f for s, f in zip(steps, forwards, strict=True)),
+        "by_hand_s": statistics.median(hands) if hands else None,
+        "by_hand_ratio": statistics.median(h / f for h, f in zip(hands, forwards, strict=True)) if hands else None,
         "devices": {name: result.device for name, result in report.counters.items()},
+        "seconds": {name: result.seconds for name, result in report.counters.items()},
+        "ok": {name: result.ok for name, result in report.counters.items()},
         "forwards": forwards,
         "profiles": profiles,
     }
+
+
+# ------------------------------------------------------------------------------------------------ many modules
+def many_modules(sizes: list[int]) -> dict[str, Any]:
+    """``profile_model`` (all three counters) on ``nn.Sequential`` of ``n`` x ``Linear(4, 4)``, for each ``n``.
+
+    The libraries are warmed on a one-layer model first, so each size measures the per-module cost only.
+    """
+    import lightning_flops as lf
+
+    lf.profile_model(nn.Linear(4, 4), torch.randn(2, 4))
+    out: dict[str, Any] = {}
+    for n in sizes:
+        net = nn.Sequential(*(nn.Linear(4, 4) for _ in range(n)))
+        start = time.perf_counter()
+        report = lf.profile_model(net, torch.randn(2, 4))
+        seconds = time.perf_counter() - start
+        out[str(n)] = {
+            "seconds": seconds,
+            "per_module_ms": 1e3 * seconds / n,
+            "counters": {k: r.seconds for k, r in report.counters.items()},
+            "exact": report.counters["torch"].macs == n * 2 * 4 * 4,  # batch * in * out per layer
+            "ok": all(r.ok for r in report.counters.values()),
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- steady state
@@ -259,6 +310,7 @@ def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "first_batch": first_batch,
+    "many_modules": many_modules,
     "steady_state": steady_state,
     "meta_scale": meta_scale,
 }

@@ -8,7 +8,7 @@ import inspect
 import json
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -20,6 +20,7 @@ from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.inputs import detect_batch_size, iter_tensors, split_input, to_device
+from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport
 from lightning_flops.train_step import StepObserver
@@ -87,6 +88,9 @@ class FlopsMonitor(Callback):
         prefix: first component of every metric key.
         custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
         strict: raise when a counter fails or no input can be found, instead of warning.
+        parts: ``{label: module name or list of names}`` (``pl_module.named_modules()`` names): MACs and params per
+            part, logged as ``{prefix}/part/{label}/{macs,flops,params}``. A name that is not a module raises
+            :class:`FlopsConfigError` at the first batch, before any profiling, strict or not.
 
     Example::
 
@@ -101,9 +105,9 @@ class FlopsMonitor(Callback):
         self,
         counters: Sequence[str] = COUNTER_NAMES,
         limit: float = 0.01,
-        flag_on: str = "core",
-        on_gap: str = "warn",
-        mode: str = "eval",
+        flag_on: Literal["core", "total"] = "core",
+        on_gap: Literal["warn", "raise", "ignore"] = "warn",
+        mode: Literal["eval", "train"] = "eval",
         input_fn: Callable[[Any], Any] | None = None,
         example_input: Any = None,
         batch_size_fn: Callable[[Any], int] | None = None,
@@ -111,6 +115,7 @@ class FlopsMonitor(Callback):
         custom_ops: Mapping[type, Callable[..., float]] | None = None,
         strict: bool = False,
         tokens_fn: Callable[[Any], int] | None = None,
+        parts: Mapping[str, str | Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
@@ -136,6 +141,8 @@ class FlopsMonitor(Callback):
         self.prefix = prefix.strip("/ ")
         self.custom_ops = custom_ops
         self.strict = strict
+        validate_parts(parts)
+        self.parts = parts
         self.report: FlopsReport | None = None
         # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
         self._report_key: str | None = None
@@ -164,7 +171,7 @@ class FlopsMonitor(Callback):
         if not trainer.is_global_zero:
             return
         params, hp_metric = _run_hparams(trainer)
-        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
+        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit", parts=tuple(self.parts or {}))
         for logger in trainer.loggers:
             # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
             if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
@@ -297,6 +304,7 @@ class FlopsMonitor(Callback):
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
         self._observe_step = False
+        resolve_parts(pl_module, self.parts)  # a configuration error: raised strict or not, before any counting
         directory = sinks.report_directory(trainer)  # a collective under DDP: every rank asks
         self._directory = directory
         try:  # the user's input_fn and batch_size_fn are called once per profile
@@ -440,6 +448,7 @@ class FlopsMonitor(Callback):
             batch_size=batch_size,
             strict=self.strict,
             tokens_fn=self._profile_tokens_fn,
+            parts=self.parts,
         )
 
     def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_flops._compat import fast_meta_kernels
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError
@@ -32,6 +33,7 @@ from lightning_flops.isolation import (
     shared_copy,
     unwrap_compiled,
 )
+from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
@@ -80,6 +82,13 @@ def validate_options(
         raise FlopsConfigError(f"`counters` must not repeat a name, got {counters!r}")
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
         raise FlopsConfigError(f"`limit` must be a number >= 0 (a relative gap, e.g. 0.01 for 1%), got {limit!r}")
+    if limit >= 1:  # a gap is at most 1 (100%): `limit=1` never flags, `limit=5` was meant as 5%
+        warnings.warn(
+            f"`limit={limit!r}` is a fraction, not a percentage: a relative gap is at most 1.0, so nothing is ever "
+            f"flagged; for {limit:g}% pass limit={limit / 100:g}",
+            UserWarning,
+            stacklevel=3,
+        )
     if flag_on not in FLAG_ON:
         raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}")
     if mode not in MODES:
@@ -97,9 +106,10 @@ def validate_options(
                 f"got {type(custom_ops).__name__}"
             )
         for key, rule in custom_ops.items():
-            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not callable(rule):
+            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not (callable(rule) or _is_rate(rule)):
                 raise FlopsConfigError(
-                    f"`custom_ops` keys must be nn.Module subclasses and values callables, got {key!r}: {rule!r}"
+                    "`custom_ops` keys must be nn.Module subclasses and values callables or numbers >= 0 "
+                    f"(MACs per output element), got {key!r}: {rule!r}"
                 )
     return counters
 
@@ -156,6 +166,28 @@ def active_parameters(model: nn.Module, called: set[str]) -> int:
                     seen.add(id(param))
                     total += param.numel()
     return total
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _per_output_element(rate: float) -> Rule:
+    """A ``custom_ops`` rule from a number: ``rate`` MACs per element of the module's (first tensor) output."""
+
+    def rule(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> float:
+        first = next((t for _, t in iter_tensors(output)), None)
+        return rate * (first.numel() if first is not None else 0)
+
+    rule.__name__ = rule.__qualname__ = f"{rate:g} MACs per output element"
+    return rule
+
+
+def expand_custom_ops(custom_ops: Mapping[type, Rule | float] | None) -> dict[type, Rule] | None:
+    """``custom_ops`` with each number ``n`` turned into the rule "n MACs per output element" (named so)."""
+    if not custom_ops:
+        return None
+    return {key: _per_output_element(rule) if _is_rate(rule) else rule for key, rule in custom_ops.items()}
 
 
 def _model_device(model: nn.Module) -> str:
@@ -245,6 +277,7 @@ class _Session:
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+        self._meta_model: nn.Module | None = None  # the meta copy shared by the counters (see _meta_pass)
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
@@ -253,11 +286,24 @@ class _Session:
             target.train()
 
     def _meta_pass(
-        self, args: tuple, kwargs: dict, run: Callable[[nn.Module, tuple, dict], Any], record: CopyRecord | None = None
+        self,
+        args: tuple,
+        kwargs: dict,
+        run: Callable[[nn.Module, tuple, dict], Any],
+        record: CopyRecord | None = None,
+        shared: bool = False,
     ) -> tuple[Any, list[torch.Tensor]]:
-        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order."""
-        target = meta_copy(self.model, record)
-        self._prepared(target)
+        """``run(copy, args, kwargs)`` on a meta copy with meta inputs; also returns the meta inputs, in order.
+
+        ``shared``: the counters use one copy per call (deep-copying the module tree is most of the per-module cost
+        of counting on meta; thop's buffers and every hook are removed after each count); a failed run drops it.
+        """
+        target = self._meta_model if shared else None
+        if target is None:
+            target = meta_copy(self.model, record)
+            self._prepared(target)
+            if shared:
+                self._meta_model = target
         inputs: list[torch.Tensor] = []
 
         def to_meta(index: int, tensor: torch.Tensor) -> torch.Tensor:
@@ -265,8 +311,13 @@ class _Session:
             return inputs[-1]
 
         meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
-        _materialize_lazy(target, meta_args, meta_kwargs)
-        return run(target, meta_args, meta_kwargs), inputs
+        try:
+            _materialize_lazy(target, meta_args, meta_kwargs)
+            return run(target, meta_args, meta_kwargs), inputs
+        except BaseException:
+            if shared:
+                self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
+            raise
 
     def _learn_writes(self) -> None:
         """Find what the forward writes in place with one watched meta pass; unknown (clone all) when it fails."""
@@ -319,7 +370,8 @@ class _Session:
             return raw
 
         if placement == "meta":
-            raw, _ = self._meta_pass(args, kwargs, run)
+            with fast_meta_kernels():
+                raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
         if self.written is None and not self.scripted:
             self._learn_writes()
@@ -526,11 +578,34 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def own_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name);
+    parameters of lazy modules that are not initialized yet are not counted."""
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            continue
+        module = name.rpartition(".")[0]
+        out[module] = out.get(module, 0) + param.numel()
+    return out
+
+
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
-    lazy modules that are not initialized yet are not counted."""
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``.
+
+    Parameters of lazy modules that are not initialized yet are not counted. Quantized Linear layers
+    (``torch.ao.quantization.quantize_dynamic``) keep their weight and bias packed, outside ``model.parameters()``:
+    their elements are counted in ``total`` and ``packed`` (never trainable).
+    """
+    from lightning_flops.counters.torch_dispatch import packed_parameter_count
+
     params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
-    return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
+    packed = packed_parameter_count(model)
+    return ParamCount(
+        total=sum(p.numel() for p in params) + packed,
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        packed=packed,
+    )
 
 
 def profile_model(
@@ -545,6 +620,7 @@ def profile_model(
     batch_size: int | None = None,
     strict: bool = False,
     tokens_fn: Callable[[Any], int] | None = None,
+    parts: Mapping[str, str | Sequence[str]] | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -558,13 +634,15 @@ def profile_model(
         limit: relative gap above which a pair of counters is flagged.
         flag_on: ``"core"`` compares the MAC core only (conventions never flag); ``"total"`` the totals.
         mode: ``"eval"`` (inference cost, what papers report) or ``"train"`` (the training-mode forward).
-        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter.
+        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter;
+            a number ``n`` instead of a rule means ``n`` MACs per output element (``{nn.LayerNorm: 4}``).
         device: ``None`` lets each counter count on a meta copy where it can; ``"meta"`` forces it; ``"model"``
             counts in place on the model's own device.
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
         tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
             numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
+        parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
 
     Example::
 
@@ -578,6 +656,8 @@ def profile_model(
         raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
     model = unwrap_compiled(model)
+    part_names = resolve_parts(model, parts)
+    custom_ops = expand_custom_ops(custom_ops)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = _Session(model, args, kwargs, mode, custom_ops, batch)
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
@@ -607,4 +687,7 @@ def profile_model(
         rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
         versions=_versions(),
         fingerprint=model_fingerprint(model),
+        module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        module_params=own_parameters(model),
+        parts=count_parts(model, part_names, ordered),
     )

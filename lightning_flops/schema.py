@@ -184,4 +184,15 @@ _TOP_LEVEL: dict[str, Check] = {
     "tokens": _count_or_none,
     "logger": _object_or_none(values=_logger_value),
     "flagged": _flag,
+    "module_types": _object(values=_text),
+    "module_params": _object(values=_count),
+    "parts": _object(
+        values=_object(
+            {
+                "modules": _array(_text),
+                "macs": _object(values=_count_or_none),
+                "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
+            }
+        )
+    ),
 }

@@ -6,6 +6,7 @@ of the module (in eval mode, under ``no_grad``, as all counters run by default) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
@@ -19,6 +20,7 @@ from torch import nn
 
 import lightning_flops as lf
 from examples.models import SmallCNN, TinyAttention, small_cnn_macs
+from lightning_flops._compat import traceable_meta_convolution
 from tests.test_ops import ALL_OPS, Op
 
 OPS_BY_ID = {op.id: op for op in ALL_OPS}
@@ -58,7 +60,10 @@ def fvcore_direct(model: nn.Module, inputs: Any, device: str = "cpu") -> Any:
     from fvcore.nn import FlopCountAnalysis
 
     target = copy.deepcopy(model).eval().to(device)
-    with torch.no_grad(), redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # on meta, convolutions trace only through the shim the adapter uses (tests/test_fvcore_meta_tracing.py checks
+    # that it counts exactly what fvcore counts on CPU)
+    shim = traceable_meta_convolution() if device == "meta" else contextlib.nullcontext()
+    with torch.no_grad(), shim, redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = FlopCountAnalysis(target, tuple(t.to(device) for t in _as_tuple(inputs)))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")

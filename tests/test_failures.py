@@ -43,6 +43,15 @@ class KeywordOnly(nn.Module):
         return self.linear(x) * scale
 
 
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * float(x.abs().max())  # needs the data: no meta tensor has it
+
+
 def fvcore_error_text(model: nn.Module, x: torch.Tensor) -> str:
     """``"<Type>: <first line of message>"`` of the exception fvcore itself raises on ``model``."""
     from fvcore.nn import FlopCountAnalysis
@@ -110,10 +119,10 @@ def test_keyword_only_forward_is_counted_from_a_dict_input(counter: str, device:
 
 
 def test_a_counter_failing_on_meta_falls_back_to_counting_in_place() -> None:
-    # fvcore cannot trace a conv on meta; forcing meta fails, the default counts in place and succeeds
-    model, x = nn.Conv2d(3, 4, 3, bias=False), torch.randn(2, 3, 8, 8)
+    # a value read from the data (`.item()`) cannot be traced on meta: forcing meta fails, the default counts in place
+    model, x = DataDependent(), torch.randn(2, 16)
     forced = lf.profile_model(model, x, counters=("fvcore",), device="meta").counters["fvcore"]
     default = lf.profile_model(model, x, counters=("fvcore",)).counters["fvcore"]
-    assert not forced.ok and forced.error.startswith("TypeError: ")
+    assert not forced.ok and "meta" in forced.error
     assert default.ok and default.device == "cpu"
-    assert default.macs == 2 * 4 * 6 * 6 * 3 * 3 * 3  # batch * out * H * W * in * k * k
+    assert default.macs == 2 * 16 * 32  # batch * in * out

@@ -98,13 +98,11 @@ def profiled(counter: str, device: str | None, mode: str) -> tuple[dict[str, Any
     # a counter that failed before touching anything would make every isolation row pass: it must have counted
     assert result.ok, f"{counter} did not count, so the isolation checks would prove nothing: {result.error}"
     assert result.macs > 0
-    assert result.device == ("cpu" if device == "model" or (device is None and counter == "fvcore") else "meta")
+    assert result.device == ("cpu" if device == "model" else "meta")  # fvcore traces convolutions on meta too
     return before, capture(model), model, report
 
 
-# fvcore cannot trace convolutions on meta (it fails before any forward): with device="meta" it would not count,
-# so those rows would prove nothing; add them back when it can
-OPTIONS = [(c, d, m) for c in COUNTERS for d in DEVICES for m in MODES if (c, d) != ("fvcore", "meta")]
+OPTIONS = [(c, d, m) for c in COUNTERS for d in DEVICES for m in MODES]
 IDS = [f"{c}-{d or 'auto'}-{m}" for c, d, m in OPTIONS]
 parametrize_options = pytest.mark.parametrize(("counter", "device", "mode"), OPTIONS, ids=IDS)
 
@@ -256,9 +254,11 @@ def test_meta_copy_keeps_shared_weights_shared_and_requires_grad() -> None:
 
 
 def test_report_records_where_each_counter_counted() -> None:
-    # fvcore cannot trace convolutions on meta, so by default it counts in place; the others use a meta copy
+    # every counter counts on a meta copy by default, fvcore's convolutions included (traced through the shim)
     report = lf.profile_model(build_net(), torch.randn(2, 3, 16, 16))
-    assert {n: r.device for n, r in report.counters.items()} == {"thop": "meta", "fvcore": "cpu", "torch": "meta"}
+    assert {n: r.device for n, r in report.counters.items()} == {"thop": "meta", "fvcore": "meta", "torch": "meta"}
+    in_place = lf.profile_model(build_net(), torch.randn(2, 3, 16, 16), device="model")
+    assert {n: r.device for n, r in in_place.counters.items()} == {"thop": "cpu", "fvcore": "cpu", "torch": "cpu"}
 
 
 def test_profiling_does_not_move_or_copy_the_model_parameters() -> None:

@@ -2,15 +2,19 @@
 
 fvcore traces with ``torch.jit.trace``, so it takes a tuple of tensors (a :class:`PositionalCall` wrapper turns
 keyword inputs into positional ones) and needs tensors, tuples, lists or dicts as outputs. It cannot trace
-convolutions on the meta device (torch 2.13: "cond must be a bool"), so models with convs count on real tensors.
+convolutions on the meta device by itself (torch 2.13: "cond must be a bool"); :func:`traceable_meta_convolution`
+makes the trace take the route of a real tensor, so that convolutional models count on a meta copy too, with the same
+numbers as on CPU. Older torch (not checked) counts such models on their own device.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from torch import nn
 
+from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
 from lightning_flops.counters.base import RawCount
 from lightning_flops.counters.tracing import PositionalCall, quiet, user_module_name
 from lightning_flops.report import Uncounted
@@ -38,7 +42,7 @@ class FvcoreCounter:
     name = "fvcore"
 
     def can_count_on_meta(self, model: nn.Module) -> bool:
-        return not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        return META_CONV_TRACING or not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
     def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
         try:
@@ -47,7 +51,8 @@ class FvcoreCounter:
         except ImportError as err:
             raise ImportError(f"fvcore is not installed ({err}); install it with `pip install fvcore`") from err
         wrapper = PositionalCall(model, args, kwargs)
-        with quiet():
+        on_meta = any(t.is_meta for t in wrapper.tensors) or any(p.is_meta for p in model.parameters())
+        with quiet(), traceable_meta_convolution() if on_meta else contextlib.nullcontext():
             analysis = FlopCountAnalysis(wrapper, wrapper.tensors)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
