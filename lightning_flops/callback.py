@@ -157,6 +157,7 @@ class FlopsMonitor(Callback):
         self._step_backward = False
         self._directory: str | None = None
         self._profile_tokens_fn: Callable[[Any], int] | None = None  # tokens_fn as profile_model gets it
+        self._batch_tokens: Any = None  # tokens_fn(batch) of the batch being profiled (part of the reuse key)
 
     @property
     @override
@@ -376,8 +377,9 @@ class FlopsMonitor(Callback):
         """Everything the report depends on, as JSON: the stored report is reused only when this is identical.
 
         The model fingerprint, the options, the shapes and dtypes of the input that would be profiled now (and of
-        the training-step input when ``example_input`` is fixed), the batch size from ``batch_size_fn``, and the
-        ``custom_ops`` rules (type and rule names plus a digest of each rule's code and captured values).
+        the training-step input when ``example_input`` is fixed), the batch size and tokens from ``batch_size_fn``
+        and ``tokens_fn``, and the ``custom_ops`` rules (type and rule names plus a digest of each rule's code and
+        captured values).
         ``None`` when the input cannot be described (then nothing is reused).
         """
         try:
@@ -399,9 +401,9 @@ class FlopsMonitor(Callback):
             "rules": sorted(
                 [_callable_key(kind), _callable_key(rule)] for kind, rule in (self.custom_ops or {}).items()
             ),
-            # options other helpers add (parts, tokens_fn) take part when present
-            "parts": getattr(self, "parts", None),
-            "tokens_fn": _callable_key(getattr(self, "tokens_fn", None)),
+            "tokens_fn": _callable_key(self.tokens_fn),
+            "tokens": self._batch_tokens,
+            "parts": getattr(self, "parts", None),  # when FlopsMonitor takes `parts`
         }
         return json.dumps(key, sort_keys=True, default=repr)
 
@@ -416,9 +418,11 @@ class FlopsMonitor(Callback):
         if self.batch_size_fn is not None and from_batch:
             batch_size = _call_user("batch_size_fn", self.batch_size_fn, batch)
         self._profile_tokens_fn = self.tokens_fn
+        self._batch_tokens = None
         if self.tokens_fn is not None and from_batch:
             tokens = _call_user("tokens_fn", self.tokens_fn, batch)  # it describes the batch, not the input
             self._profile_tokens_fn = lambda _: tokens
+            self._batch_tokens = tokens
         return example, batch_size
 
     def _profile(self, pl_module: LightningModule, prepared: tuple[Any, int | None] | Exception) -> FlopsReport | None:
@@ -580,5 +584,5 @@ def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
         params.update(datamodule.hparams_initial)
         logged = True
     params.pop("_class_path", None)
-    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.5.2; before it Lightning always logged them
+    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.6.0; before it, Lightning always logs them
     return params, logged and getattr(trainer, "enable_autolog_hparams", True)

@@ -156,7 +156,12 @@ def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
 
 
 def active_parameters(model: nn.Module, called: set[str]) -> int:
-    """Parameter elements held directly by the modules named in ``called`` (shared weights once)."""
+    """Parameter elements held directly by the modules named in ``called`` (shared weights once).
+
+    A quantized Linear that ran counts its packed weight and bias (held by its ``_packed_params`` child).
+    """
+    from lightning_flops.counters.torch_dispatch import packed_parameter_count
+
     seen: set[int] = set()
     total = 0
     for name, module in model.named_modules():
@@ -165,6 +170,9 @@ def active_parameters(model: nn.Module, called: set[str]) -> int:
                 if id(param) not in seen:
                     seen.add(id(param))
                     total += param.numel()
+            packed = getattr(module, "_packed_params", None)
+            if isinstance(packed, nn.Module):
+                total += packed_parameter_count(packed)
     return total
 
 

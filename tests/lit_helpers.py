@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning
+import pytest
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -24,9 +26,20 @@ __all__ = [
     "linear_stack_params",
     "make_trainer",
     "read_scalars",
+    "requires_lightning",
 ]
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 32, 64, 8
+LIGHTNING_VERSION = tuple(int(part) for part in lightning.__version__.split(".")[:2])
+
+
+def requires_lightning(version: str, feature: str) -> pytest.MarkDecorator:
+    """Skip a test on a lightning older than ``version`` (``"2.6"``), which lacks ``feature`` (the minimum-version
+    lane of .ci/run runs the suite on the lowest declared lightning)."""
+    needed = tuple(int(part) for part in version.split("."))
+    return pytest.mark.skipif(
+        needed > LIGHTNING_VERSION, reason=f"{feature} needs lightning>={version}, found {lightning.__version__}"
+    )
 
 
 def linear_stack_macs(batch: int, in_features: int = IN_FEATURES, hidden: int = HIDDEN, out: int = OUT_FEATURES) -> int:

@@ -26,6 +26,7 @@ from lit_helpers import (
     hparams_session,
     make_trainer,
     read_scalars,
+    requires_lightning,
 )
 
 from lightning_flops import FlopsMonitor
@@ -37,7 +38,8 @@ TORCH_MACS = IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES  # per sample
 
 def _fit(tmp_path: Path, default_hp_metric: bool = True, autolog: bool = True) -> Path:
     logger = TensorBoardLogger(str(tmp_path), default_hp_metric=default_hp_metric)
-    trainer = make_trainer(tmp_path, [FlopsMonitor()], logger=logger, enable_autolog_hparams=autolog)
+    options = {} if autolog else {"enable_autolog_hparams": False}  # the Trainer argument exists from lightning 2.6
+    trainer = make_trainer(tmp_path, [FlopsMonitor()], logger=logger, **options)
     trainer.fit(LinearStack(), RandomDataModule())
     return Path(trainer.log_dir)
 
@@ -45,7 +47,9 @@ def _fit(tmp_path: Path, default_hp_metric: bool = True, autolog: bool = True) -
 SETTINGS = [
     pytest.param(True, True, id="default"),
     pytest.param(False, True, id="default_hp_metric_off"),
-    pytest.param(True, False, id="autolog_hparams_off"),
+    pytest.param(
+        True, False, id="autolog_hparams_off", marks=requires_lightning("2.6", "Trainer(enable_autolog_hparams=...)")
+    ),
 ]
 
 

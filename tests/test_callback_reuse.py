@@ -126,3 +126,18 @@ def test_state_keys_differ_by_prefix_mode_and_counters() -> None:
         FlopsMonitor(counters=("torch",)).state_key,
     }
     assert len(keys) == 4
+
+
+def test_second_fit_with_other_tokens_profiles_again(tmp_path: Path) -> None:
+    def positive_steps(batch: Any) -> int:  # the tokens of a batch: its steps whose first feature is positive
+        return int((batch[0][..., 0] > 0).sum())
+
+    model, monitor = SequenceRegressor(), FlopsMonitor(counters=("torch",), tokens_fn=positive_steps)
+    ones, minus_ones = torch.ones(2, 10, FEATURES), -torch.ones(2, 10, FEATURES)
+    minus_ones[:, :3] = 1.0  # 3 positive steps per sample
+    first = make_trainer(tmp_path / "a", [monitor], logger=TensorBoardLogger(str(tmp_path / "a")))
+    first.fit(model, DataLoader(TensorDataset(ones), batch_size=2))
+    assert monitor.report.tokens == 2 * 10  # batch * positive steps
+    second = make_trainer(tmp_path / "b", [monitor], logger=TensorBoardLogger(str(tmp_path / "b")))
+    second.fit(model, DataLoader(TensorDataset(minus_ones), batch_size=2))  # same shapes, other tokens
+    assert monitor.report.tokens == 2 * 3

@@ -130,3 +130,17 @@ def test_module_names_with_pipes_newlines_and_html_stay_inside_their_cell() -> N
     row = next(line for line in html.split("<tr>") if "a|b" in line)
     assert "<td>a|b &lt;script&gt;alert(1)&lt;/script&gt;</td>" in row  # one cell, shown as written, one line
     assert row.count("<td>") == 2  # the module's cell and the torch cell: the pipe did not split the row
+
+
+def test_the_uncounted_list_renders_as_a_list_in_tensorboard() -> None:
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    from lightning_flops.report import CounterResult, FlopsReport, ParamCount, Uncounted
+    from lightning_flops.sinks import tensorboard_text
+
+    missed = (Uncounted("einsum", "block.attn", 2, "functional call: thop counts modules only"),)
+    counters = {"thop": CounterResult("thop", True, macs=10, raw_macs=10, uncounted=missed)}
+    report = FlopsReport(model="Net", params=ParamCount(1, 1), counters=counters, batch_size=1)
+    html = markdown_to_safe_html(tensorboard_text(report))
+    assert html.startswith("<p><strong>10 MACs = 20 FLOPs per sample</strong> (thop, Net, batch 1, mode eval)")
+    assert "<li>thop: einsum in block.attn (functional call: thop counts modules only, 2x)</li>" in html

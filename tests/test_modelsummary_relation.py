@@ -8,6 +8,9 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch import nn
 
 import lightning_flops as lf
+from tests.lit_helpers import requires_lightning
+
+pytestmark = requires_lightning("2.6", "ModelSummary.total_flops")
 
 
 class _ConvNet(pl.LightningModule):

@@ -5,6 +5,7 @@ MLflow runs on a real sqlite store and W&B in offline mode (both local, no netwo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -121,3 +122,27 @@ def test_wandb_offline_run_directory_holds_the_report(in_tmp: Path, monkeypatch:
         wandb.finish()
     assert run_dir.is_relative_to(in_tmp / "wandb") and os.path.isdir(run_dir)
     assert torch_macs_per_sample((run_dir / "flops_report.json").read_text()) == linear_stack_macs(1)
+
+
+def test_a_remote_directory_gets_the_next_free_name_and_rewrites_in_place() -> None:
+    import fsspec
+
+    from lightning_flops.report import CounterResult, FlopsReport, ParamCount
+    from lightning_flops.sinks import ReportFile, rewrite_report, write_report
+
+    memory = fsspec.filesystem("memory")
+    report = FlopsReport(
+        model="Net", params=ParamCount(1, 1), counters={"torch": CounterResult("torch", True, macs=6)}, batch_size=2
+    )
+    try:
+        first = write_report(report, "memory://flops_names/run")
+        second = write_report(report, "memory://flops_names/run")
+        assert (first, second) == (
+            "memory://flops_names/run/flops_report.json",
+            "memory://flops_names/run/flops_report.1.json",
+        )
+        rewrite_report(dataclasses.replace(report, train_step_flops=36), ReportFile(second, "CSVLogger"))
+        assert json.loads(memory.cat(second))["train_step_flops"] == 36
+        assert json.loads(memory.cat(first))["train_step_flops"] is None  # the other run's report is untouched
+    finally:
+        memory.rm("memory://flops_names", recursive=True)
