@@ -176,7 +176,7 @@ def case_first_batch(quick: bool, log: Callable[[str], None]) -> tuple[list[Row]
             Row(f"{name}: warm (later calls, median of {rounds})", f"{r['warm_s']:.3f} s / {fwd} ({where})",
                 f"{r['warm_ratio']:.2f}", f"<= {FIRST_BATCH_WARM_TARGET}",
                 _verdict(r["warm_ratio"] <= FIRST_BATCH_WARM_TARGET and not failed)),
-            Row(f"{name}: training-step count (lf.train_step_flops, meta forward + backward)",
+            Row(f"{name}: training-step count (train_step_flops, meta forward + backward)",
                 f"{r['train_step_s']:.3f} s / {fwd}", f"{r['train_step_ratio']:.2f}", f"<= {TRAIN_STEP_TARGET}",
                 _verdict(r["train_step_ratio"] <= TRAIN_STEP_TARGET)),
         ]  # fmt: skip
