@@ -5,6 +5,10 @@ Usage::
     python examples/train.py --model attention --steps 20 --logdir runs
     tensorboard --logdir runs
 
+    # the runs that the README's `lightning-flops compare runs` shows
+    python examples/train.py --model cnn --width 8 --name cnn_w8
+    python examples/train.py --model cnn --width 32 --name cnn_w32
+
 ``--model cnn`` trains :class:`~examples.models.SmallCNN` on synthetic images; ``--model attention`` trains
 :class:`~examples.models.TinyAttention` (einsum attention: thop misses it, so FlopsMonitor flags the gap).
 """
@@ -31,17 +35,27 @@ MODELS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the arguments, train, print the report's Markdown and the ``tensorboard`` command."""
+    """Parse the arguments and train; the callback prints the report once, then this prints where the logs are."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="cnn", help="example model to train")
     parser.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
     parser.add_argument("--logdir", default="runs", help="TensorBoard log root (default runs)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of the CNN's first conv (default 16) or the attention model's dim (default 32)",
+    )
+    parser.add_argument("--name", default=None, help="run name: logs go to LOGDIR/NAME/version_N (default: --model)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.width is not None and args.width < 1:
+        parser.error("--width must be >= 1")
 
     seed_everything(0, verbose=False)
     module_cls, data_cls = MODELS[args.model]
+    size = {} if args.width is None else {"width" if args.model == "cnn" else "dim": args.width}
     monitor = FlopsMonitor()
     trainer = Trainer(
         accelerator="cpu",
@@ -52,14 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
-        logger=TensorBoardLogger(args.logdir, name=args.model),
+        logger=TensorBoardLogger(args.logdir, name=args.name or args.model),
         callbacks=[monitor],
     )
-    trainer.fit(module_cls(), data_cls())
-    if monitor.report is not None:
-        print(monitor.report.to_markdown())
-    print(f"\nReport: {Path(trainer.log_dir) / 'flops_report.json'}")
-    print(f"TensorBoard logs: {trainer.log_dir}")
+    trainer.fit(module_cls(**size), data_cls())  # FlopsMonitor prints the report and where it wrote it
+    print(f"\nTensorBoard logs: {trainer.log_dir}")
     print(f"  tensorboard --logdir {args.logdir}")
     return 0
 

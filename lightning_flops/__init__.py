@@ -12,14 +12,21 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "CounterError",
     "CounterResult",
+    "DiffRow",
+    "Discrepancy",
     "FlopsConfigError",
     "FlopsGapError",
     "FlopsMonitor",
     "FlopsReport",
     "Gap",
     "ParamCount",
+    "ParamDiffRow",
+    "PartCount",
+    "ReportDiff",
     "ReportFormatError",
+    "diff_reports",
     "profile_model",
+    "train_step_flops",
 ]
 
 _LOCATIONS = {
@@ -31,15 +38,24 @@ _LOCATIONS = {
     "FlopsReport": "lightning_flops.report",
     "Gap": "lightning_flops.report",
     "ParamCount": "lightning_flops.report",
+    "PartCount": "lightning_flops.report",
+    "Discrepancy": "lightning_flops.explain",
+    "DiffRow": "lightning_flops.explain",
+    "ReportDiff": "lightning_flops.explain",
+    "ParamDiffRow": "lightning_flops.explain",
+    "diff_reports": "lightning_flops.explain",
     "profile_model": "lightning_flops.profiling",
     "FlopsMonitor": "lightning_flops.callback",
+    "train_step_flops": "lightning_flops.train_step",
 }
 
 if TYPE_CHECKING:
     from lightning_flops.callback import FlopsMonitor
     from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+    from lightning_flops.explain import DiffRow, Discrepancy, ParamDiffRow, ReportDiff, diff_reports
     from lightning_flops.profiling import profile_model
-    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount
+    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount, PartCount
+    from lightning_flops.train_step import train_step_flops
 
 
 def __getattr__(name: str) -> Any:

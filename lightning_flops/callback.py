@@ -8,7 +8,7 @@ import inspect
 import json
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -20,9 +20,10 @@ from lightning_flops import sinks
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.inputs import detect_batch_size, iter_tensors, split_input, to_device
+from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport
-from lightning_flops.train_step import train_step_flops
+from lightning_flops.train_step import StepObserver
 
 __all__ = ["FlopsMonitor"]
 
@@ -56,11 +57,15 @@ class FlopsMonitor(Callback):
     tests or predicts) the callback takes the model input from the batch, runs
     :func:`~lightning_flops.profiling.profile_model` with every counter, and sends the report to every logger as
     scalars (per sample, keys ``{prefix}/{counter}/macs``, ``.../flops``, ``{prefix}/params/*``, ``{prefix}/gap/*``,
-    ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``), to the TensorBoard hparams table (the columns
+    ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``, ``{prefix}/params/active``,
+    ``{prefix}/{counter}/macs_per_token`` for token inputs), to the TensorBoard hparams table (the columns
     are declared in ``setup``, before Lightning's own hparams summary), to TensorBoard text, to
     ``flops_report.json`` in ``trainer.log_dir`` and to the console. The model and the training are not changed,
     except that ``pl_module.flops_per_batch`` (forward + backward FLOPs of one training batch) is set when the
-    module does not define it, for Lightning's ``ThroughputMonitor``. After the first batch the hooks do nothing.
+    module does not define it, for Lightning's ``ThroughputMonitor``. That training-step count observes the real
+    first training step (a dispatch mode that only counts, from the end of ``on_train_batch_start`` to
+    ``on_after_backward``), so data-dependent models count what ran and nothing numerical changes. After the first
+    batch the hooks do nothing.
 
     Input rules: ``input_fn(batch)`` when given; else ``example_input`` when given; else a Tensor batch is the
     input, a tuple/list batch gives as many leading elements as ``forward`` has required positional parameters, a
@@ -77,9 +82,15 @@ class FlopsMonitor(Callback):
         input_fn: ``input_fn(batch)`` returns the model input (Tensor, tuple/list of positional args, or dict).
         example_input: a fixed input to profile instead of the batch (variable-length or multi-scale batches).
         batch_size_fn: ``batch_size_fn(batch)`` returns the samples in the batch (default: dim 0 of the input).
+        tokens_fn: ``tokens_fn(batch)`` (``tokens_fn(example_input)`` for a fixed input) returns the tokens in it,
+            for ``{prefix}/{counter}/macs_per_token``; default ``B * T`` of an integer ``[B, T]`` input, padding
+            included.
         prefix: first component of every metric key.
         custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
         strict: raise when a counter fails or no input can be found, instead of warning.
+        parts: ``{label: module name or list of names}`` (``pl_module.named_modules()`` names): MACs and params per
+            part, logged as ``{prefix}/part/{label}/{macs,flops,params}``. A name that is not a module raises
+            :class:`FlopsConfigError` at the first batch, before any profiling, strict or not.
 
     Example::
 
@@ -94,21 +105,23 @@ class FlopsMonitor(Callback):
         self,
         counters: Sequence[str] = COUNTER_NAMES,
         limit: float = 0.01,
-        flag_on: str = "core",
-        on_gap: str = "warn",
-        mode: str = "eval",
+        flag_on: Literal["core", "total"] = "core",
+        on_gap: Literal["warn", "raise", "ignore"] = "warn",
+        mode: Literal["eval", "train"] = "eval",
         input_fn: Callable[[Any], Any] | None = None,
         example_input: Any = None,
         batch_size_fn: Callable[[Any], int] | None = None,
         prefix: str = "compute",
         custom_ops: Mapping[type, Callable[..., float]] | None = None,
         strict: bool = False,
+        tokens_fn: Callable[[Any], int] | None = None,
+        parts: Mapping[str, str | Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
         if on_gap not in ON_GAP:
             raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}")
-        for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn)):
+        for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn), ("tokens_fn", tokens_fn)):
             if fn is not None and not callable(fn):
                 raise FlopsConfigError(f"`{name}` must be None or a callable taking the batch, got {fn!r}")
         if example_input is not None:
@@ -124,9 +137,12 @@ class FlopsMonitor(Callback):
         self.input_fn = input_fn
         self.example_input = example_input
         self.batch_size_fn = batch_size_fn
+        self.tokens_fn = tokens_fn
         self.prefix = prefix.strip("/ ")
         self.custom_ops = custom_ops
         self.strict = strict
+        validate_parts(parts)
+        self.parts = parts
         self.report: FlopsReport | None = None
         # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
         self._report_key: str | None = None
@@ -135,6 +151,12 @@ class FlopsMonitor(Callback):
         self._published: dict[str, tuple[sinks.ReportFile, FlopsReport] | None] = {}
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
+        self._observe_step = False  # count the next training step as it runs
+        self._observer: StepObserver | None = None
+        self._step_batch: Any = None
+        self._step_backward = False
+        self._directory: str | None = None
+        self._profile_tokens_fn: Callable[[Any], int] | None = None  # tokens_fn as profile_model gets it
 
     @property
     @override
@@ -149,7 +171,7 @@ class FlopsMonitor(Callback):
         if not trainer.is_global_zero:
             return
         params, hp_metric = _run_hparams(trainer)
-        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit")
+        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit", parts=tuple(self.parts or {}))
         for logger in trainer.loggers:
             # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
             if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
@@ -164,6 +186,82 @@ class FlopsMonitor(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending:
             self._run(trainer, pl_module, batch, training=True)
+        if self._observe_step:  # last, so that none of our own work is counted
+            self._observe_step = False
+            self._step_batch, self._step_backward = batch, False
+            self._observer = StepObserver()
+            self._observer.start()
+
+    # ------------------------------------------------- training-step observation
+    @override
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._observer is not None and self._observer.running:
+            self._step_backward = True
+            if pl_module.automatic_optimization:  # forward + backward done, the optimizer step is not counted
+                self._finish_step(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._observer is None or not self._observer.running:
+            return
+        if self._step_backward or not pl_module.automatic_optimization:
+            self._finish_step(trainer, pl_module)  # manual optimization: the whole training_step
+        else:  # training_step returned None (the batch was skipped): count the next batch instead
+            self._stop_observer()
+            self._observe_step = True
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._stop_observer()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_observer()
+        self._observe_step = False
+
+    def _stop_observer(self) -> int | None:
+        observer, self._observer = self._observer, None
+        return observer.stop() if observer is not None else None
+
+    def _finish_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Leave the counting mode and publish the training-step FLOPs (per batch) and that batch's size."""
+        batch, self._step_batch = self._step_batch, None
+        try:
+            flops = self._stop_observer()
+            samples = self._step_batch_size(pl_module, batch)
+        except Exception as err:  # the count must never stop training
+            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
+            return
+        if flops is None:
+            return
+        self._set_flops_per_batch(pl_module, flops)
+        if self.report is None:
+            return
+        report = dataclasses.replace(self.report, train_step_flops=flops, train_step_batch_size=samples)
+        self.report = report
+        if trainer.is_global_zero and self._directory is not None:
+            try:
+                self._publish(trainer, report, self._directory)
+            except Exception as err:  # an output failure must not stop training
+                rank_zero_warn(f"FlopsMonitor: could not write the training-step FLOPs: {error_text(err)}")
+
+    def _step_batch_size(self, pl_module: LightningModule, batch: Any) -> int:
+        """Samples in the observed training batch: ``batch_size_fn(batch)``, else dim 0 of the model input."""
+        if self.batch_size_fn is not None:
+            return int(self.batch_size_fn(batch))
+        try:
+            example = self._batch_input(pl_module, batch)
+        except Exception:  # no model input in the batch: dim 0 of the batch's first tensor
+            example = (batch,)
+        return detect_batch_size(*split_input(example))
+
+    def _set_flops_per_batch(self, pl_module: LightningModule, flops: int) -> None:
+        """``pl_module.flops_per_batch`` for ThroughputMonitor, unless the module defines its own."""
+        if self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch"):
+            pl_module.flops_per_batch = flops
+            self._owns_flops_attr = True
 
     @override
     def on_validation_batch_start(
@@ -205,7 +303,10 @@ class FlopsMonitor(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
         """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
         self._pending = False
+        self._observe_step = False
+        resolve_parts(pl_module, self.parts)  # a configuration error: raised strict or not, before any counting
         directory = sinks.report_directory(trainer)  # a collective under DDP: every rank asks
+        self._directory = directory
         try:  # the user's input_fn and batch_size_fn are called once per profile
             prepared: tuple[Any, int | None] | Exception = self._prepare(pl_module, batch)
         except Exception as err:  # _NoInput, _UserCodeFailed, or our bug: _profile sorts them out
@@ -230,13 +331,11 @@ class FlopsMonitor(Callback):
             self._pending = True
             rank_zero_warn("FlopsMonitor: the batch has no samples (batch size 0); profiling the next batch instead.")
             return
-        if training and report is not None:
-            report = self._with_train_step(pl_module, batch, report)
-            if report.train_step_flops is not None and (
-                self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch")
-            ):
-                pl_module.flops_per_batch = report.train_step_flops
-                self._owns_flops_attr = True
+        if training:
+            if report is not None and report.train_step_flops is not None:
+                self._set_flops_per_batch(pl_module, report.train_step_flops)
+            else:
+                self._observe_step = True  # the real step is counted as it runs (see on_train_batch_start)
         if report is not None:
             self.report = report
             if trainer.is_global_zero:
@@ -316,6 +415,10 @@ class FlopsMonitor(Callback):
         batch_size = None
         if self.batch_size_fn is not None and from_batch:
             batch_size = _call_user("batch_size_fn", self.batch_size_fn, batch)
+        self._profile_tokens_fn = self.tokens_fn
+        if self.tokens_fn is not None and from_batch:
+            tokens = _call_user("tokens_fn", self.tokens_fn, batch)  # it describes the batch, not the input
+            self._profile_tokens_fn = lambda _: tokens
         return example, batch_size
 
     def _profile(self, pl_module: LightningModule, prepared: tuple[Any, int | None] | Exception) -> FlopsReport | None:
@@ -344,6 +447,8 @@ class FlopsMonitor(Callback):
             custom_ops=self.custom_ops,
             batch_size=batch_size,
             strict=self.strict,
+            tokens_fn=self._profile_tokens_fn,
+            parts=self.parts,
         )
 
     def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:
@@ -364,25 +469,6 @@ class FlopsMonitor(Callback):
         if self.input_fn is not None:
             return to_device(_call_user("input_fn", self.input_fn, batch), pl_module.device)
         return to_device(batch_to_input(pl_module, batch), pl_module.device)
-
-    def _with_train_step(self, pl_module: LightningModule, batch: Any, report: FlopsReport) -> FlopsReport:
-        if report.train_step_flops is not None:
-            return report
-        try:
-            example = self._batch_input(pl_module, batch)
-        except Exception:  # no training input: the eval profile may still come from example_input
-            return report
-        try:
-            flops = train_step_flops(pl_module, example)
-            samples = (
-                self.batch_size_fn(batch)
-                if self.batch_size_fn is not None
-                else detect_batch_size(*split_input(example))
-            )
-        except Exception as err:
-            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
-            return report
-        return dataclasses.replace(report, train_step_flops=flops, train_step_batch_size=int(samples))
 
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
         """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""

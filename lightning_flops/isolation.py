@@ -327,13 +327,14 @@ class _Copier:
         return twin
 
     def value(self, value: Any) -> Any:
-        """A plain attribute: tensors mapped; a top-level list, dict or set is a new container (no tensor copied)."""
+        """A plain attribute: tensors mapped (also inside tuples, lists, dicts and dataclasses); a top-level list,
+        dict or set is a new container, so that the forward's appends stay on the copy (no tensor is copied)."""
         if isinstance(value, torch.Tensor):
             return self.tensor(value)
-        if isinstance(value, (list, dict, set)):
-            mapped = map_tensors(self.tensor, value) if not isinstance(value, set) else value
-            return copy.copy(mapped) if mapped is value else mapped
-        return value
+        mapped = map_tensors(self.tensor, value) if not isinstance(value, (set, frozenset)) else value
+        if mapped is value and isinstance(value, (list, dict, set)):
+            return copy.copy(value)
+        return mapped
 
     def module(self, real: nn.Module) -> nn.Module:
         twin = self.modules.get(id(real))

@@ -6,7 +6,7 @@ A class or module name can hold ``|`` (breaks a table row), a newline (ends it) 
 
 from __future__ import annotations
 
-__all__ = ["escape_markdown"]
+__all__ = ["escape_markdown", "markdown_code"]
 
 # "&" first, so that the entities below are not escaped twice
 _REPLACEMENTS = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("\r\n", " "), ("\n", " "), ("\r", " "))
@@ -29,3 +29,17 @@ def escape_markdown(text: object) -> str:
     for old, new in _REPLACEMENTS:
         out = out.replace(old, new)
     return out
+
+
+def markdown_code(name: object) -> str:
+    """``name`` as a code span (```layer1```) when it is plain; escaped text when it holds a character a code span
+    cannot carry in every renderer (a pipe splits a table cell on GitHub, ``\\|`` shows its backslash in
+    TensorBoard's code spans; HTML and newlines as in :func:`escape_markdown`).
+
+    Args:
+        name: a module or operator name.
+    """
+    text = str(name)
+    if any(char in text for char in "|<>&`\n\r\\"):
+        return escape_markdown(text)
+    return f"`{text}`"

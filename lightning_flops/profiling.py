@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -32,12 +33,15 @@ from lightning_flops.isolation import (
     shared_copy,
     unwrap_compiled,
 )
+from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec, ParamCount
 
 __all__ = [
     "DEVICES",
     "FLAG_ON",
     "MODES",
+    "active_parameters",
+    "detect_tokens",
     "error_text",
     "internal_error",
     "profile_model",
@@ -78,6 +82,13 @@ def validate_options(
         raise FlopsConfigError(f"`counters` must not repeat a name, got {counters!r}")
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
         raise FlopsConfigError(f"`limit` must be a number >= 0 (a relative gap, e.g. 0.01 for 1%), got {limit!r}")
+    if limit >= 1:  # a gap is at most 1 (100%): `limit=1` never flags, `limit=5` was meant as 5%
+        warnings.warn(
+            f"`limit={limit!r}` is a fraction, not a percentage: a relative gap is at most 1.0, so nothing is ever "
+            f"flagged; for {limit:g}% pass limit={limit / 100:g}",
+            UserWarning,
+            stacklevel=3,
+        )
     if flag_on not in FLAG_ON:
         raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}")
     if mode not in MODES:
@@ -95,11 +106,88 @@ def validate_options(
                 f"got {type(custom_ops).__name__}"
             )
         for key, rule in custom_ops.items():
-            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not callable(rule):
+            if not (isinstance(key, type) and issubclass(key, nn.Module)) or not (callable(rule) or _is_rate(rule)):
                 raise FlopsConfigError(
-                    f"`custom_ops` keys must be nn.Module subclasses and values callables, got {key!r}: {rule!r}"
+                    "`custom_ops` keys must be nn.Module subclasses and values callables or numbers >= 0 "
+                    f"(MACs per output element), got {key!r}: {rule!r}"
                 )
     return counters
+
+
+def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> int | None:
+    """Tokens in the input: ``B * T`` of the first integer tensor of shape ``[B, T]`` (``input_ids``), else ``None``.
+
+    ``B`` must be the batch size. Padding tokens count (the model computes them); an ``attention_mask`` is not
+    used to discount them. Pass ``tokens_fn`` for other layouts (packed sequences, sequence-first inputs).
+    """
+    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
+        integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+        if integer and tensor.dim() == 2 and tensor.shape[0] == batch:
+            return int(tensor.shape[0] * tensor.shape[1])
+    return None
+
+
+def count_tokens(
+    tokens_fn: Callable[[Any], int] | None, value: Any, args: tuple, kwargs: dict, batch: int
+) -> int | None:
+    """``tokens_fn(value)`` checked (an int >= 0, else :class:`FlopsConfigError`), or :func:`detect_tokens`."""
+    if tokens_fn is None:
+        return detect_tokens(args, kwargs, batch)
+    tokens = tokens_fn(value)
+    if isinstance(tokens, torch.Tensor) and tokens.numel() == 1 and not tokens.is_floating_point():
+        tokens = int(tokens.item())
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise FlopsConfigError(f"`tokens_fn` must return an int >= 0 (tokens in the input), got {tokens!r}")
+    return tokens
+
+
+@contextlib.contextmanager
+def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
+    """Collect the ``named_modules()`` names of the modules that run (a forward pre-hook each, removed after)."""
+    handles = []
+    for name, module in model.named_modules():
+        with contextlib.suppress(RuntimeError):  # ScriptModules refuse hooks
+            handles.append(module.register_forward_pre_hook(lambda mod, args, name=name: sink.add(name)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def active_parameters(model: nn.Module, called: set[str]) -> int:
+    """Parameter elements held directly by the modules named in ``called`` (shared weights once)."""
+    seen: set[int] = set()
+    total = 0
+    for name, module in model.named_modules():
+        if name in called:
+            for param in module.parameters(recurse=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
+    return total
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _per_output_element(rate: float) -> Rule:
+    """A ``custom_ops`` rule from a number: ``rate`` MACs per element of the module's (first tensor) output."""
+
+    def rule(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> float:
+        first = next((t for _, t in iter_tensors(output)), None)
+        return rate * (first.numel() if first is not None else 0)
+
+    rule.__name__ = rule.__qualname__ = f"{rate:g} MACs per output element"
+    return rule
+
+
+def expand_custom_ops(custom_ops: Mapping[type, Rule | float] | None) -> dict[type, Rule] | None:
+    """``custom_ops`` with each number ``n`` turned into the rule "n MACs per output element" (named so)."""
+    if not custom_ops:
+        return None
+    return {key: _per_output_element(rule) if _is_rate(rule) else rule for key, rule in custom_ops.items()}
 
 
 def _model_device(model: nn.Module) -> str:
@@ -185,6 +273,7 @@ class _Session:
         self.model, self.args, self.kwargs, self.mode, self.custom_ops = model, args, kwargs, mode, custom_ops
         self.batch = batch
         self.torch_meta_macs: int | None = None
+        self.called: dict[str, set[str]] = {}  # counter name -> modules that ran in its successful count
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
@@ -273,8 +362,12 @@ class _Session:
         rule_macs: dict[str, float] = {}
 
         def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
-            with torch.no_grad(), own_global_hooks(), _rule_hooks(target, self.custom_ops, rule_macs):
-                return counter.count(target, run_args, run_kwargs)
+            called: set[str] = set()
+            rules = _rule_hooks(target, self.custom_ops, rule_macs)
+            with torch.no_grad(), own_global_hooks(), rules, _called_modules(target, called):
+                raw = counter.count(target, run_args, run_kwargs)
+            self.called[counter.name] = called
+            return raw
 
         if placement == "meta":
             with fast_meta_kernels():
@@ -485,11 +578,34 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def own_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter elements per module that holds parameters itself (a shared weight counts at its first name);
+    parameters of lazy modules that are not initialized yet are not counted."""
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            continue
+        module = name.rpartition(".")[0]
+        out[module] = out.get(module, 0) + param.numel()
+    return out
+
+
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``; parameters of
-    lazy modules that are not initialized yet are not counted."""
+    """Parameter elements of ``model`` (shared weights once) and of those with ``requires_grad``.
+
+    Parameters of lazy modules that are not initialized yet are not counted. Quantized Linear layers
+    (``torch.ao.quantization.quantize_dynamic``) keep their weight and bias packed, outside ``model.parameters()``:
+    their elements are counted in ``total`` and ``packed`` (never trainable).
+    """
+    from lightning_flops.counters.torch_dispatch import packed_parameter_count
+
     params = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)]
-    return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
+    packed = packed_parameter_count(model)
+    return ParamCount(
+        total=sum(p.numel() for p in params) + packed,
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        packed=packed,
+    )
 
 
 def profile_model(
@@ -503,6 +619,8 @@ def profile_model(
     device: str | None = None,
     batch_size: int | None = None,
     strict: bool = False,
+    tokens_fn: Callable[[Any], int] | None = None,
+    parts: Mapping[str, str | Sequence[str]] | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -516,11 +634,15 @@ def profile_model(
         limit: relative gap above which a pair of counters is flagged.
         flag_on: ``"core"`` compares the MAC core only (conventions never flag); ``"total"`` the totals.
         mode: ``"eval"`` (inference cost, what papers report) or ``"train"`` (the training-mode forward).
-        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter.
+        custom_ops: ``{module type: rule(module, inputs, output) -> MACs}`` replacing that subtree in every counter;
+            a number ``n`` instead of a rule means ``n`` MACs per output element (``{nn.LayerNorm: 4}``).
         device: ``None`` lets each counter count on a meta copy where it can; ``"meta"`` forces it; ``"model"``
             counts in place on the model's own device.
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
+        tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
+            numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
+        parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
 
     Example::
 
@@ -530,17 +652,28 @@ def profile_model(
     counters = validate_options(counters, limit, flag_on, mode, custom_ops, device, batch_size, strict)
     if not isinstance(model, nn.Module):
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if tokens_fn is not None and not callable(tokens_fn):
+        raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
     model = unwrap_compiled(model)
+    part_names = resolve_parts(model, parts)
+    custom_ops = expand_custom_ops(custom_ops)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = _Session(model, args, kwargs, mode, custom_ops, batch)
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
     with preserved_rng():
         results = {name: _run_counter(name, session, device, strict) for name in order}
     ordered = [results[name] for name in counters]
+    tokens = count_tokens(tokens_fn, example_input, args, kwargs, batch)
+    called = next((session.called[n] for n in order if results[n].ok and n in session.called), None)
+    parameter_model = session.parameter_model()
+    params = count_parameters(parameter_model)
+    if called is not None:
+        params = dataclasses.replace(params, active=active_parameters(parameter_model, called))
     return FlopsReport(
         model=type(model).__qualname__,
-        params=count_parameters(session.parameter_model()),
+        params=params,
+        tokens=tokens,
         counters={r.name: r for r in ordered},
         batch_size=batch,
         mode=mode,
@@ -554,4 +687,7 @@ def profile_model(
         rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
         versions=_versions(),
         fingerprint=model_fingerprint(model),
+        module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        module_params=own_parameters(model),
+        parts=count_parts(model, part_names, ordered),
     )

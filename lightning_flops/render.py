@@ -7,14 +7,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from lightning_flops.markup import escape_markdown, markdown_code
 from lightning_flops.report import human_count
+from lightning_flops.vocabulary import CONVENTION_UNCOUNTED
 
 if TYPE_CHECKING:
+    from lightning_flops.explain import Discrepancy, ReportDiff
     from lightning_flops.report import FlopsReport, Uncounted
 
-__all__ = ["report_markdown", "uncounted_lines"]
+__all__ = [
+    "diff_header",
+    "diff_rows",
+    "explain_rows",
+    "explain_summary",
+    "latex_table",
+    "param_diff_rows",
+    "render_rows",
+    "report_markdown",
+    "statement",
+    "tex_escape",
+    "uncounted_lines",
+    "verdict_markdown",
+]
 
 _REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
 
@@ -23,7 +39,8 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
     """One text line per uncounted operator, for display only (the data keeps every concrete module).
 
     Entries that differ only in the index of a repeated block (``layers.0.mlp``, ``layers.1.mlp``) collapse into one
-    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``.
+    line with a ``*`` and their calls summed: ``_grouped_mm in layers.*.mlp.experts (no formula, 4x)``. Convention
+    ops (fvcore's skipped elementwise and norm ops) share one line per place and reason.
 
     Args:
         entries: the ``uncounted`` tuple of one counter.
@@ -39,7 +56,15 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
         (op, next(iter(modules[(op, where, reason)])) if len(modules[(op, where, reason)]) == 1 else where, reason): n
         for (op, where, reason), n in merged.items()
     }
+    conventions: dict[tuple[str, str], list[tuple[str, int]]] = {}  # convention ops: one line per place and reason
+    for (operator, where, reason), calls in list(merged.items()):
+        if reason.endswith(CONVENTION_UNCOUNTED):
+            conventions.setdefault((where, reason), []).append((operator, calls))
+            del merged[(operator, where, reason)]
     lines = []
+    for (where, reason), ops in conventions.items():
+        place = f" in {where}" if where else ""
+        lines.append(f"{', '.join(op for op, _ in ops)}{place} ({reason}, {sum(n for _, n in ops)}x)")
     for (operator, where, reason), calls in merged.items():
         if not where and not calls and reason.startswith(operator):
             lines.append(reason)  # read from an older report, where each entry was this text
@@ -50,11 +75,42 @@ def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
     return lines
 
 
+def verdict_markdown(report: FlopsReport) -> str:
+    """One line for the top of the TensorBoard text: the reference's MACs and FLOPs per sample, flagged or not, why.
+
+    Args:
+        report: the report to sum up; the reference is ``torch`` when it ran, else the last counter that ran.
+    """
+    ok = [name for name, result in report.counters.items() if result.ok and result.macs is not None]
+    if not ok:
+        return "**Every counter failed**: no MACs for this run (the reasons are below)."
+    reference = "torch" if "torch" in ok else ok[-1]
+    macs, flops = report.macs_per_sample(reference), report.flops_per_sample(reference)
+    line = (
+        f"**{human_count(macs, 'MACs')} = {human_count(flops, 'FLOPs')} per sample** "
+        f"({escape_markdown(reference)}{' reference' if reference == 'torch' else ''}, "
+        f"{escape_markdown(report.model)}, batch {report.batch_size}, mode {report.mode})"
+    )
+    gap = report.largest_gap()
+    if report.flagged and gap is not None:
+        value = gap.core_relative if report.flag_on == "core" else gap.relative
+        operators = escape_markdown(", ".join(gap.operators) or "no operator named")
+        line += (
+            f". **Flagged**: {gap.a} vs {gap.b} differ by {value:.2%} ({report.flag_on}, limit {report.limit:.2%}), "
+            f"mostly in {markdown_code(gap.module or '<root>')} ({operators})."
+        )
+    elif gap is not None:
+        line += f". Not flagged: the counters agree within {report.limit:.2%} on the {report.flag_on}."
+    else:
+        line += ". Not flagged: fewer than two counters ran, nothing to compare."
+    return line
+
+
 def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
     """A Markdown summary: counters as columns (per sample, human units), top modules, uncounted ops, gaps."""
     names = list(report.counters)
     lines = [
-        f"### {report.model}: compute per sample (batch {report.batch_size}, mode {report.mode})",
+        f"### {escape_markdown(report.model)}: compute per sample (batch {report.batch_size}, mode {report.mode})",
         "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -74,34 +130,75 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
     )
     row("counted on", [r.device or "-" for r in results])
     row("seconds", [f"{r.seconds:.2f}" for r in results])
+    if report.tokens:
+        row("MACs per token", [human_count(report.macs_per_token(n), "MACs") for n in names])
+    active = f", {report.params.active:,} active on this input" if report.params.active is not None else ""
     lines += [
         "",
-        f"Parameters: {report.params.total:,} total, {report.params.trainable:,} trainable "
-        f"({human_count(report.params.total, '')}). FLOPs = 2 x MACs.",
+        f"Parameters: {report.params.total:,} total, {report.params.trainable:,} trainable{active} "
+        f"({human_count(report.params.total, '')})"
+        + (f", {report.params.packed:,} of them packed (quantized)" if report.params.packed else "")
+        + ". FLOPs = 2 x MACs.",
     ]
+    if report.tokens:
+        lines.append(f"Tokens: {report.tokens:,} in the call (padding tokens included).")
     if report.train_step_flops is not None:
         lines.append(f"Training step (forward + backward, per batch): {human_count(report.train_step_flops, 'FLOPs')}")
     failed = [r for r in results if not r.ok]
     if failed:
-        lines += ["", "Failed counters:"] + [f"- {r.name}: {r.error}" for r in failed]
+        lines += ["", "Failed counters:"] + [f"- {r.name}: {escape_markdown(r.error)}" for r in failed]
     moved = [r for r in results if r.ok and r.device_note]
     if moved:
         lines += ["", "Counted elsewhere than first tried:"]
-        lines += [f"- {r.name} (counted on {r.device}): {r.device_note}" for r in moved]
+        lines += [f"- {r.name} (counted on {r.device}): {escape_markdown(r.device_note)}" for r in moved]
     lines += _top_modules_markdown(report, top_modules)
     uncounted = [(r.name, line) for r in results for line in uncounted_lines(r.uncounted)]
     if uncounted:
-        lines += ["", "Uncounted (seen, counted as 0):", ""] + [f"- {n}: {line}" for n, line in uncounted]
+        lines += ["", "Uncounted (seen, counted as 0):", ""] + [
+            f"- {n}: {escape_markdown(line)}" for n, line in uncounted
+        ]
+    lines += _parts_markdown(report)
+    lines += _explain_markdown(report)
     if report.gaps:
         lines += ["", f"| gap (limit {report.limit:.2%}, flags on {report.flag_on}) | total | core | flagged | where |"]
         lines.append("|---|---|---|---|---|")
         for gap in report.gaps:
-            where = f"`{gap.module or '<root>'}` ({', '.join(gap.operators) or '-'})" if gap.flagged else "-"
+            where = _where(gap.module, gap.operators) if gap.flagged else "-"
             lines.append(
                 f"| {gap.key} | {gap.relative:.2%} | {gap.core_relative:.2%} | "
                 f"{'**yes**' if gap.flagged else 'no'} | {where} |"
             )
     return "\n".join(lines)
+
+
+def _where(module: str | None, operators: Sequence[str]) -> str:
+    """A gap's place: the module as code (``<root>`` for the model itself) and its operators, escaped."""
+    return f"{markdown_code(module or '<root>')} ({escape_markdown(', '.join(operators)) or '-'})"
+
+
+def _parts_markdown(report: FlopsReport) -> list[str]:
+    if not report.parts:
+        return []
+    names = list(report.counters)
+    per = max(report.batch_size, 1)
+    lines = ["", "| part (per sample) | params | " + " | ".join(f"{n} MACs" for n in names) + " |"]
+    lines.append("|---|---|" + "---|" * len(names))
+    for label, part in report.parts.items():
+        cells = [human_count(part.macs[n] / per, "MACs") if part.macs.get(n) is not None else "-" for n in names]
+        lines.append(f"| {escape_markdown(label)} | {human_count(part.params.total, '')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _explain_markdown(report: FlopsReport, reference: str = "torch") -> list[str]:
+    ref = report.counters.get(reference)
+    if ref is None or not ref.ok:
+        return []
+    lines = [
+        f"- {explain_summary(report, name, reference)}"
+        for name, result in report.counters.items()
+        if name != reference and result.ok
+    ]
+    return ["", f"Differences from {reference} (counter - {reference}):", *lines] if lines else []
 
 
 def _top_modules_markdown(report: FlopsReport, top: int) -> list[str]:
@@ -127,5 +224,286 @@ def _top_modules_markdown(report: FlopsReport, top: int) -> list[str]:
         for n in names:
             value = report.counters[n].by_module.get(module) if report.counters[n].ok else None
             cells.append(human_count(value / per, "MACs") if value is not None else "-")
-        lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_code(module)} | " + " | ".join(cells) + " |")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------- explain
+def _signed(value: float, unit: str = "MACs") -> str:
+    text = human_count(value, unit)
+    return text if value < 0 else f"+{text}"
+
+
+def explain_summary(report: FlopsReport, counter: str, reference: str = "torch", top: int = 3) -> str:
+    """One line: ``thop - torch = -6.65 MMACs per sample: 100% explained: einsum uncounted -8.39 MMACs, ...``.
+
+    Args:
+        report: the profile.
+        counter: the counter explained.
+        reference: the counter it is held against.
+        top: how many (operator, cause) groups to name, largest first.
+    """
+    from lightning_flops.explain import explain, explained_share
+
+    rows = explain(report, counter, reference)
+    per = max(report.batch_size, 1)
+    total = sum(row.macs for row in rows) / per
+    if not rows:
+        return f"{counter} - {reference} = 0 MACs per sample: the counters agree everywhere"
+    groups: dict[tuple[str, str], int] = {}
+    for row in rows:
+        groups[(row.operator, row.cause)] = groups.get((row.operator, row.cause), 0) + row.macs
+    ranked = sorted(groups.items(), key=lambda kv: -abs(kv[1]))
+    named = ", ".join(f"{op} {cause} {_signed(v / per)}" for (op, cause), v in ranked[:top])
+    more = f", {len(ranked) - top} more" if len(ranked) > top else ""
+    share = explained_share(rows)
+    return f"{counter} - {reference} = {_signed(total)} per sample: {share:.0%} explained: {named}{more}"
+
+
+def explain_rows(report: FlopsReport, rows: Sequence[Discrepancy]) -> list[dict[str, Any]]:
+    """Displayed rows of an explanation: repeated blocks collapsed (``blocks.*.attn`` (12x)), per sample."""
+    from lightning_flops.explain import collapse
+
+    per = max(report.batch_size, 1)
+    notes = {(row.module, row.operator): row.note for row in rows}
+    groups = collapse([(r.module, r.operator, r.cause) for r in rows], [r.macs for r in rows])
+    out = []
+    for pattern, op, cause, count, macs in groups:
+        first = next(r for r in rows if r.operator == op and r.cause == cause and _matches(r.module, pattern))
+        out.append(
+            {
+                "module": (pattern or "<root>") + (f" ({count}x)" if count > 1 else ""),
+                "operator": op,
+                "macs_per_sample": macs / per,
+                "cause": cause,
+                "note": notes[(first.module, first.operator)],
+            }
+        )
+    return sorted(out, key=lambda row: -abs(row["macs_per_sample"]))
+
+
+def _matches(module: str, pattern: str) -> bool:
+    return re.fullmatch(re.escape(pattern).replace(r"\*", r"\d+"), module) is not None
+
+
+def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> str:
+    """``rows`` as a plain-text table, Markdown, CSV or JSON (numbers exact in CSV/JSON, human units in tables)."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        return json.dumps([{c: row[c] for c in columns} for row in rows], indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue().rstrip("\n")
+    cells = [[_cell(row[c], c) for c in columns] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        return "\n".join(lines + ["| " + " | ".join(escape_markdown(c) for c in cell) + " |" for cell in cells])
+    widths = [max([len(c)] + [len(cell[i]) for cell in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if column.endswith("macs_per_sample") or column in ("a_macs", "b_macs", "delta"):
+            return _signed(value) if column in ("macs_per_sample", "delta") else human_count(value, "MACs")
+        if column.endswith("params"):
+            return human_count(value, "").strip()
+        if column == "params_delta":
+            return f"{value:+,}"
+    return str(value)
+
+
+# -------------------------------------------------------------------------------------------------- diff
+def diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
+    """Displayed rows of a run diff: repeated blocks collapsed, largest change first."""
+    from lightning_flops.explain import collapse
+
+    values = [(r.a_macs, r.b_macs) for r in diff.rows]
+    groups = collapse([(r.module, r.operator, r.change) for r in diff.rows], values)
+    out = []
+    for pattern, op, change, count, (a, b) in groups:
+        module = (pattern or "<root>") + (f" ({count}x)" if count > 1 else "")
+        a = None if change == "added" else a
+        b = None if change == "removed" else b
+        out.append(
+            {"module": module, "operator": op, "change": change, "a_macs": a, "b_macs": b, "delta": (b or 0) - (a or 0)}
+        )
+    return sorted(out, key=lambda row: -abs(row["delta"]))
+
+
+def param_diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
+    """Displayed rows of the parameter changes: repeated blocks collapsed, largest change first."""
+    from lightning_flops.explain import collapse
+
+    values = [(r.a_params, r.b_params) for r in diff.param_rows]
+    groups = collapse([(r.module, "params", r.change) for r in diff.param_rows], values)
+    out = []
+    for pattern, _, change, count, (a, b) in groups:
+        module = (pattern or "<root>") + (f" ({count}x)" if count > 1 else "")
+        a = None if change == "added" else a
+        b = None if change == "removed" else b
+        out.append(
+            {"module": module, "change": change, "a_params": a, "b_params": b, "params_delta": (b or 0) - (a or 0)}
+        )
+    return sorted(out, key=lambda row: -abs(row["params_delta"]))
+
+
+def diff_header(diff: ReportDiff) -> list[str]:
+    """The lines above a diff table: notes (different shapes or modes), totals and params, per sample."""
+    lines = list(diff.notes)
+    lines.append(
+        f"{diff.counter} MACs per sample: {human_count(diff.a_macs, 'MACs')} -> {human_count(diff.b_macs, 'MACs')}"
+        f" ({_signed(diff.total_change)}); params {diff.a_params:,} -> {diff.b_params:,}"
+        f" ({diff.b_params - diff.a_params:+,})"
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------- statement
+_CORE_WORDS = {
+    "conv": "convolutions",
+    "linear": "linear layers",
+    "matmul": "matrix products",
+    "einsum": "einsum contractions",
+    "attention": "attention",
+    "rnn": "recurrent layers",
+}
+_TOOLS = {
+    "torch": "torch.utils.flop_counter.FlopCounterMode of PyTorch",
+    "thop": "thop",
+    "fvcore": "fvcore.nn.FlopCountAnalysis of fvcore",
+}
+
+
+def _exact(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def statement(report: FlopsReport, counter: str = "torch") -> str:
+    """A paste-ready paragraph: per-sample MACs and FLOPs, inputs, mode, conventions, rules, params, tools.
+
+    Args:
+        report: the profile.
+        counter: the counter whose numbers are stated (the exact torch counter by default).
+
+    Raises:
+        ValueError: that counter failed or was not run.
+    """
+    result = report.counters.get(counter)
+    if result is None or result.macs is None:
+        raise ValueError(f"counter {counter!r} has no count in this report")
+    macs, flops = report.macs_per_sample(counter), report.flops_per_sample(counter)
+    shapes = "; ".join(f"{i.dtype} [{', '.join(map(str, i.shape))}]" for i in report.inputs) or "no tensor input"
+    per_sample = "; ".join(f"[{', '.join(map(str, i.shape[1:]))}]" for i in report.inputs)
+    ops = [op for op in _CORE_WORDS if result.by_operator.get(op)]
+    words = [_CORE_WORDS[op] for op in ops]
+    counted = (", ".join(words[:-1]) + " and " + words[-1]) if len(words) > 1 else (words[0] if words else "nothing")
+    version = report.versions.get(counter if counter != "torch" else "torch", "?")
+    lf_version = report.versions.get("lightning_flops", "?")
+    parts = [
+        f"{report.model} costs {human_count(macs, 'MACs')} ({_exact(macs)} MACs) per sample, i.e. "
+        f"{human_count(flops, 'FLOPs')} ({_exact(flops)} FLOPs; 1 MAC = 2 FLOPs), for one forward pass in "
+        f"{report.mode} mode on an input of shape {shapes} (batch {report.batch_size}; per sample {per_sample})."
+    ]
+    convention = "normalization, activations, pooling, softmax, interpolation and elementwise operations"
+    if counter == "torch":
+        parts.append(
+            f"Counted are the multiply-accumulates of {counted}; {convention} are not counted (by convention)."
+        )
+    else:
+        parts.append(f"Counted with {counter}'s own conventions ({counted} among them).")
+    rules = list(report.rules)
+    if rules:
+        parts.append(f"Custom rules applied (their MACs are included): {'; '.join(rules)}.")
+    parts.append(f"The model has {report.params.total:,} parameters ({report.params.trainable:,} trainable).")
+    if report.train_step_flops is not None:
+        batch = report.train_step_batch_size or report.batch_size
+        parts.append(
+            "One training step (forward and backward, torch counter) costs "
+            f"{human_count(report.train_step_flops, 'FLOPs')} ({report.train_step_flops:,} FLOPs) per batch of {batch}."
+        )
+    parts.append(f"Counted with {_TOOLS.get(counter, counter)} {version} through lightning-flops {lf_version}.")
+    others = [
+        name for name, other in report.counters.items() if name != counter and other.ok and other.macs is not None
+    ]
+    for name in others:
+        try:
+            summary = explain_summary(report, name, counter, top=3)
+        except (KeyError, ValueError):
+            continue
+        tool = report.versions.get("thop_variant", "thop") if name == "thop" else name
+        parts.append(
+            f"{tool} {report.versions.get(name, '')} would report {human_count(report.macs_per_sample(name), 'MACs')}"
+            f" per sample ({summary.split(' per sample: ', 1)[1] if ' per sample: ' in summary else summary})."
+        )
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------- LaTeX
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    """``text`` with TeX's special characters escaped."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def _scale(values: Sequence[float | None]) -> tuple[str, float]:
+    top = max((abs(v) for v in values if v is not None), default=0)
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if top >= scale:
+            return prefix, scale
+    return "", 1.0
+
+
+def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]) -> str:
+    """A booktabs table for a paper: one row per run, per-sample params, MACs and FLOPs, units in the header.
+
+    Args:
+        runs: ``(name, report)`` per run, in row order.
+        counters: counters to show (MACs per counter; FLOPs for torch, or the first when torch is not among them).
+    """
+    counters = sorted(counters, key=lambda name: name != "torch")  # the reference first: its FLOPs are shown
+    columns: list[tuple[str, str, list[float | None]]] = [("Params", "", [float(r.params.total) for _, r in runs])]
+    for i, name in enumerate(counters):
+        columns.append((name, "MACs", [r.macs_per_sample(name) for _, r in runs]))
+        if i == 0:
+            columns.append((name, "FLOPs", [r.flops_per_sample(name) for _, r in runs]))
+    headers, cells = ["Run"], [[tex_escape(name)] for name, _ in runs]
+    for title, unit, values in columns:
+        prefix, scale = _scale(values)
+        headers.append(tex_escape(f"{title} [{prefix}{unit}]") if prefix or unit else tex_escape(title))
+        for row, value in zip(cells, values, strict=True):
+            exact = value is not None and scale == 1 and float(value).is_integer()
+            row.append("--" if value is None else f"{value:.0f}" if exact else f"{value / scale:.2f}")
+    lines = [
+        r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
+        r"\toprule",
+        " & ".join(headers) + r" \\",
+        r"\midrule",
+        *(" & ".join(row) + r" \\" for row in cells),
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines)

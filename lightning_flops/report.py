@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.schema import check_report_dict
 from lightning_flops.vocabulary import CORE_OPERATORS
+
+if TYPE_CHECKING:
+    from lightning_flops.explain import Discrepancy
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -22,6 +25,7 @@ __all__ = [
     "Gap",
     "InputSpec",
     "ParamCount",
+    "PartCount",
     "Uncounted",
     "human_count",
 ]
@@ -45,12 +49,38 @@ class ParamCount:
     """Parameter counts from ``model.parameters()`` (shared weights once, never-called modules included).
 
     Args:
-        total: number of parameter elements.
+        total: number of parameter elements, packed ones included.
         trainable: elements of parameters with ``requires_grad``.
+        packed: elements of packed weights and biases (dynamic int8 ``quantize_dynamic`` Linear layers), which
+            ``model.parameters()`` does not list; part of ``total``, never trainable.
+        active: elements of the parameters held by the modules that ran on the profiled input (a MoE's routed
+            experts; ``total`` for a dense model whose modules all run); ``None`` when unknown (older reports).
     """
 
     total: int
     trainable: int
+    packed: int = 0
+    active: int | None = None
+
+
+@dataclass(frozen=True)
+class PartCount:
+    """MACs and parameters of a named group of modules (``parts={"visual": ["backbone", "neck"]}``).
+
+    Args:
+        modules: the qualified module names in the part.
+        macs: MACs of the whole call per counter (``None`` where that counter failed).
+        params: parameters of the part's modules (shared weights once).
+
+    Example::
+
+        part = report.parts["visual"]
+        part.macs["torch"], part.params.total
+    """
+
+    modules: tuple[str, ...]
+    macs: dict[str, int | None]
+    params: ParamCount
 
 
 @dataclass(frozen=True)
@@ -209,7 +239,13 @@ class FlopsReport:
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
+        tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
+            ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
+        module_types: class name per qualified module name (``""`` the root), for explanations and diffs.
+        module_params: parameter elements each module holds itself (``recurse=False``; shared weights at their first
+            name), for modules that hold any.
+        parts: MACs and params of named groups of modules (``parts=`` of ``profile_model``).
         schema_version: JSON layout version.
 
     Example::
@@ -234,6 +270,10 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     logger: dict[str, str] | None = None
+    tokens: int | None = None
+    module_types: dict[str, str] = field(default_factory=dict)
+    module_params: dict[str, int] = field(default_factory=dict)
+    parts: dict[str, PartCount] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -255,22 +295,53 @@ class FlopsReport:
             return None
         return result.flops / max(self.batch_size, 1)
 
+    def macs_per_token(self, counter: str) -> float | None:
+        """MACs per token for ``counter``; ``None`` when it failed or the input has no token dimension."""
+        result = self.counters.get(counter)
+        if result is None or result.macs is None or not self.tokens:
+            return None
+        return result.macs / self.tokens
+
+    def flops_per_token(self, counter: str) -> float | None:
+        """FLOPs (= 2 x MACs) per token for ``counter``; ``None`` as for :meth:`macs_per_token`."""
+        result = self.counters.get(counter)
+        if result is None or result.flops is None or not self.tokens:
+            return None
+        return result.flops / self.tokens
+
     def largest_gap(self) -> Gap | None:
         """The gap that decides flagging (core or total, per ``flag_on``) with the largest value."""
         if not self.gaps:
             return None
         return max(self.gaps, key=lambda gap: gap.core_relative if self.flag_on == "core" else gap.relative)
 
+    def explain(self, counter: str, reference: str = "torch") -> tuple[Discrepancy, ...]:
+        """Every (module, operator) where ``counter`` and ``reference`` disagree, with a cause; rows sum to the total
+        difference. See :func:`lightning_flops.explain.explain`."""
+        from lightning_flops.explain import explain  # lazy: explain imports this module's types
+
+        return explain(self, counter, reference)
+
+    def statement(self, counter: str = "torch") -> str:
+        """A paste-ready paragraph for a paper: per-sample MACs and FLOPs, inputs, mode, conventions, tools."""
+        from lightning_flops.render import statement  # lazy: render imports this module
+
+        return statement(self, counter)
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; counters also carry derived ``flops`` and per-sample values for readers without us."""
         data = asdict(self)
+        if not self.params.packed:
+            del data["params"]["packed"]  # only models with packed (quantized) weights carry the field
         for name, result in self.counters.items():
             entry = data["counters"][name]
             entry["uncounted"] = [asdict(u) for u in result.uncounted]
             entry["flops"] = result.flops
             entry["macs_per_sample"] = self.macs_per_sample(name)
             entry["flops_per_sample"] = self.flops_per_sample(name)
+            entry["macs_per_token"] = self.macs_per_token(name)
+            entry["flops_per_token"] = self.flops_per_token(name)
             entry["core_macs"] = result.core_macs
         data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
         data["flagged"] = self.flagged
@@ -308,6 +379,16 @@ class FlopsReport:
                     for i in data.get("inputs", ())
                 ),
                 rules=tuple(data.get("rules", ())),
+                module_types={str(k): str(v) for k, v in data.get("module_types", {}).items()},
+                module_params={str(k): int(v) for k, v in data.get("module_params", {}).items()},
+                parts={
+                    str(label): PartCount(
+                        modules=tuple(p["modules"]),
+                        macs={str(c): (None if v is None else int(v)) for c, v in p["macs"].items()},
+                        params=ParamCount(**p["params"]),
+                    )
+                    for label, p in data.get("parts", {}).items()
+                },
             )
             return cls(**kwargs)
         except (KeyError, TypeError, AttributeError) as err:

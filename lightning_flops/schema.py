@@ -181,6 +181,18 @@ _TOP_LEVEL: dict[str, Check] = {
     "fingerprint": _text,
     "train_step_flops": _count_or_none,
     "train_step_batch_size": _positive_or_none,
+    "tokens": _count_or_none,
     "logger": _object_or_none(values=_logger_value),
     "flagged": _flag,
+    "module_types": _object(values=_text),
+    "module_params": _object(values=_count),
+    "parts": _object(
+        values=_object(
+            {
+                "modules": _array(_text),
+                "macs": _object(values=_count_or_none),
+                "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
+            }
+        )
+    ),
 }

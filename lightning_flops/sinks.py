@@ -24,8 +24,9 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_flops._files import create_temporary
-from lightning_flops.markup import escape_markdown
-from lightning_flops.report import FlopsReport, human_count
+from lightning_flops.counters.base import flops_from_macs
+from lightning_flops.render import verdict_markdown
+from lightning_flops.report import FlopsReport
 
 __all__ = [
     "REPORT_NAME",
@@ -44,7 +45,6 @@ __all__ = [
     "report_location_line",
     "rewrite_report",
     "tensorboard_text",
-    "verdict_line",
     "write_report",
 ]
 
@@ -53,26 +53,39 @@ REPORT_NAME = "flops_report.json"
 _MAX_SUFFIX = 10_000
 
 
-def metric_keys(counters: Sequence[str], prefix: str = "compute", train_step: bool = False) -> list[str]:
+def metric_keys(
+    counters: Sequence[str], prefix: str = "compute", train_step: bool = False, parts: Sequence[str] = ()
+) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
+
+    The reference counter's (``torch``, else the last one) MACs and FLOPs, the parameters and the flag come first;
+    the other counters, the gaps and the training step follow.
 
     Args:
         counters: counter names in the order given to the monitor; gap keys follow that order.
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
+        parts: part labels: ``{prefix}/part/{label}/{macs,flops,params}`` each.
     """
-    keys = [f"{prefix}/{name}/{unit}" for name in counters for unit in ("macs", "flops")]
-    keys += [f"{prefix}/params/total", f"{prefix}/params/trainable"]
+    # TensorBoard's HPARAMS view shows the first columns and hides the rest: what most users need comes first
+    reference = [name for name in counters if name == "torch"] or list(counters[-1:])
+    others = [name for name in counters if name not in reference]
+    keys = [f"{prefix}/{name}/{unit}" for name in reference for unit in ("macs", "flops")]
+    keys += [f"{prefix}/params/total", f"{prefix}/params/trainable", f"{prefix}/flagged"]
+    keys += [f"{prefix}/{name}/{unit}" for name in others for unit in ("macs", "flops")]
     pairs = [f"{a}_vs_{b}" for a, b in itertools.combinations(counters, 2)]
     keys += [f"{prefix}/gap/{pair}" for pair in pairs] + [f"{prefix}/core_gap/{pair}" for pair in pairs]
-    keys.append(f"{prefix}/flagged")
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
+    keys.append(f"{prefix}/params/active")
+    keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
+    keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
     return keys
 
 
 def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[str, float]:
-    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs.
+    """The scalar metrics of ``report``: MACs and FLOPs per sample, parameters, gaps, flag, training-step FLOPs,
+    active parameters and MACs/FLOPs per token (when the input has tokens).
 
     A failed counter has no ``macs``/``flops`` keys. Values are floats (loggers store float32: exact integers are in
     the JSON report).
@@ -91,6 +104,20 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
     metrics[f"{prefix}/flagged"] = 1.0 if report.flagged else 0.0
     if report.train_step_flops is not None:
         metrics[f"{prefix}/train_step/flops_per_batch"] = float(report.train_step_flops)
+    if report.params.active is not None:
+        metrics[f"{prefix}/params/active"] = float(report.params.active)
+    for name in report.counters:
+        macs, flops = report.macs_per_token(name), report.flops_per_token(name)
+        if macs is not None and flops is not None:
+            metrics[f"{prefix}/{name}/macs_per_token"] = float(macs)
+            metrics[f"{prefix}/{name}/flops_per_token"] = float(flops)
+    per = max(report.batch_size, 1)
+    for label, part in report.parts.items():  # the reference counter (torch), per sample
+        macs = part.macs.get("torch")
+        if macs is not None:
+            metrics[f"{prefix}/part/{label}/macs"] = macs / per
+            metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
+        metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
     return metrics
 
 
@@ -353,41 +380,9 @@ def _claim(tmp: Path, target: Path) -> bool:
         return True
 
 
-def verdict_line(report: FlopsReport) -> str:
-    """One line for the top of the TensorBoard text: the reference's MACs and FLOPs per sample, flagged or not, why.
-
-    Args:
-        report: the report to sum up; the reference is ``torch`` when it ran, else the last counter that ran.
-    """
-    ok = [name for name, result in report.counters.items() if result.ok and result.macs is not None]
-    if not ok:
-        return "**Every counter failed**: no MACs for this run (the reasons are below)."
-    reference = "torch" if "torch" in ok else ok[-1]
-    macs, flops = report.macs_per_sample(reference), report.flops_per_sample(reference)
-    line = (
-        f"**{human_count(macs, 'MACs')} = {human_count(flops, 'FLOPs')} per sample** "
-        f"({escape_markdown(reference)}{' reference' if reference == 'torch' else ''}, "
-        f"{escape_markdown(report.model)}, batch {report.batch_size}, mode {report.mode})"
-    )
-    gap = report.largest_gap()
-    if report.flagged and gap is not None:
-        value = gap.core_relative if report.flag_on == "core" else gap.relative
-        where = escape_markdown(gap.module or "<root>")
-        operators = escape_markdown(", ".join(gap.operators) or "no operator named")
-        line += (
-            f". **Flagged**: {gap.a} vs {gap.b} differ by {value:.2%} ({report.flag_on}, limit {report.limit:.2%}), "
-            f"mostly in `{where}` ({operators})."
-        )
-    elif gap is not None:
-        line += f". Not flagged: the counters agree within {report.limit:.2%} on the {report.flag_on}."
-    else:
-        line += ". Not flagged: fewer than two counters ran, nothing to compare."
-    return line
-
-
 def tensorboard_text(report: FlopsReport) -> str:
-    """The TensorBoard text card: :func:`verdict_line` first (the card shows its top), then the full report."""
-    return verdict_line(report) + "\n\n" + report.to_markdown()
+    """The TensorBoard text card: the one-line verdict first (the card shows its top), then the full report."""
+    return verdict_markdown(report) + "\n\n" + report.to_markdown()
 
 
 def print_summary(report: FlopsReport) -> None:

@@ -1,10 +1,19 @@
-"""FLOPs of one training step (forward + backward) counted with the torch counter on a meta copy of the model.
+"""FLOPs of one training step (forward + backward) with the torch counter.
 
-The count runs on :func:`~lightning_flops.isolation.meta_copy` of the model, so the real parameters, their ``.grad``
-(gradient accumulation included), buffers and RNG state are never touched and no weight is copied. Backward runs
-from the sum of the floating-point outputs that require grad: the loss itself costs next to nothing beside the
-model's matrix products, which is all the torch counter counts. Autograd skips the gradient of inputs that do not
-require grad, so the first layer's input gradient is not counted (as in the real step).
+Two ways, one formula set (the torch counter's, CPU fixups included):
+
+- :func:`train_step_flops` counts a model on an example input without changing it. It runs on
+  :func:`~lightning_flops.isolation.meta_copy` of the model (no weight copied); when the meta copy cannot run
+  (``.item()``, ``nonzero``, data-dependent MoE routing, ...) it runs on the real model with
+  ``torch.autograd.grad``, which returns the gradients instead of accumulating them into ``.grad``, and puts the
+  buffers (BatchNorm statistics) and the RNG state back.
+- :class:`StepObserver` counts the real training step as it happens: a dispatch mode that only counts, entered
+  before the step and left before the optimizer step. It registers no hook and changes no tensor, so weights,
+  gradients and optimizer state are bit-identical to a run without it, and a MoE counts the experts that really ran.
+
+Backward runs from the sum of the floating-point outputs that require grad (the loss costs next to nothing beside
+the model's matrix products). Autograd skips the gradient of inputs that need none, so the first layer's input
+gradient is counted only when that input requires grad (as in the real step).
 """
 
 from __future__ import annotations
@@ -13,19 +22,103 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_flops.counters.torch_dispatch import count_flops
-from lightning_flops.inputs import iter_tensors, split_input, to_device
-from lightning_flops.isolation import meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _Recorder
+from lightning_flops.counters.tracing import FunctionLabeler
+from lightning_flops.inputs import iter_tensors, map_tensors, split_input
+from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
 
-__all__ = ["train_step_flops"]
+__all__ = ["StepObserver", "train_step_flops"]
+
+
+def _counting_mode() -> FlopCounterMode:
+    """FlopCounterMode with the torch counter's formulas that books everything to one total and registers no hook."""
+    counter = FlopCounterMode(display=False, custom_mapping=_Recorder(None, FunctionLabeler()).mapping())
+    # Private attribute, checked against torch 2.13 (as in counters/torch_dispatch.py): the default ModuleTracker puts
+    # hooks on the model's modules and tensors; a total needs none.
+    counter.mod_tracker = _GlobalOnlyTracker()
+    return counter
+
+
+class StepObserver:
+    """Counts the FLOPs of whatever runs between :meth:`start` and :meth:`stop` (a real training step).
+
+    The mode only counts: every operator runs as it would without it, so the step's results are unchanged.
+    ``start`` and ``stop`` may be called from different places (Lightning hooks); :meth:`stop` is safe to call
+    twice or without ``start``.
+
+    Example::
+
+        observer = StepObserver()
+        observer.start()
+        loss = model(x).sum()
+        loss.backward()
+        flops = observer.stop()  # forward + backward, before optimizer.step()
+    """
+
+    def __init__(self) -> None:
+        self._mode: FlopCounterMode | None = None
+        self.flops: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the mode is entered."""
+        return self._mode is not None
+
+    def start(self) -> None:
+        """Enter the counting mode."""
+        if self._mode is not None:
+            return
+        mode = _counting_mode()
+        mode.__enter__()
+        self._mode = mode
+
+    def stop(self) -> int | None:
+        """Leave the counting mode; returns the FLOPs counted (``None`` when it never started)."""
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+            self.flops = int(mode.get_total_flops())
+        return self.flops
+
+
+def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on meta, cut from the real one's graph; a floating tensor that required grad still does."""
+    moved = tensor.detach().to("meta")
+    return moved.requires_grad_(True) if tensor.requires_grad and moved.is_floating_point() else moved
+
+
+def _meta_inputs(value: Any) -> Any:
+    """``value`` with every tensor on meta (see :func:`_to_meta`)."""
+    return map_tensors(_to_meta, value)
+
+
+def _grad_targets(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs = [t for _, t in (*iter_tensors(list(args)), *iter_tensors(kwargs)) if t.requires_grad and t.is_leaf]
+    return params + inputs
+
+
+def _forward_backward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Count forward + backward of ``model(*args, **kwargs)``; gradients are returned by autograd and dropped."""
+    mode = _counting_mode()
+    with torch.enable_grad(), mode:
+        output = model(*args, **kwargs)
+        losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
+        targets = _grad_targets(model, args, kwargs)
+        if losses and targets:
+            torch.autograd.grad(torch.stack(losses).sum(), targets, allow_unused=True)
+    return int(mode.get_total_flops())
 
 
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs (2 x MACs) of forward + backward of ``model`` on ``example_input``, for the whole batch.
 
-    The model keeps its current train/eval flags (inside ``fit`` it is in training mode). Raises whatever the meta
-    copy or the meta forward/backward raises (e.g. ``.item()`` in ``forward``): the caller decides what to do.
+    The counterpart of Lightning's ``measure_flops``, without changing the model: parameters, ``.grad`` (gradient
+    accumulation included), buffers, ``requires_grad``, train/eval flags and the RNG state are as before. The model
+    keeps its current train/eval flags (inside ``fit`` it is in training mode). Inputs that require grad get their
+    gradient counted, as in the real step.
 
     Args:
         model: the module whose ``forward`` the training step calls.
@@ -37,17 +130,17 @@ def train_step_flops(model: nn.Module, example_input: Any) -> int:
         flops = train_step_flops(model, torch.randn(8, 64))
         assert flops == 2 * (3 * 8 * (64 * 128 + 128 * 10) - 8 * 64 * 128)  # fwd + weight grads + input grads
     """
+    model = unwrap_compiled(model)
     args, kwargs = split_input(example_input)
-    copy = meta_copy(unwrap_compiled(model))
-    args, kwargs = to_device(args, "meta"), to_device(kwargs, "meta")
-
-    def step() -> None:
-        with torch.enable_grad():
-            output = copy(*args, **kwargs)
-            losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
-            if losses:
-                torch.stack(losses).sum().backward()
-
     with preserved_rng():
-        total, _, _ = count_flops(step)
-    return int(total)
+        try:
+            copy = meta_copy(model)
+            return _forward_backward(copy, _meta_inputs(args), _meta_inputs(kwargs))
+        except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the real model
+            pass
+    snapshot = ModelSnapshot(model)
+    try:
+        with preserved_rng():
+            return _forward_backward(model, args, kwargs)
+    finally:
+        snapshot.restore()

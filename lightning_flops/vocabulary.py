@@ -263,18 +263,18 @@ ZERO_MAC_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "elementwise: a convention (one operation per element; kernels torch does not tag pointwise)",
         _names(
-            "relu relu_ gelu gelu_backward silu silu_ silu_backward hardswish hardswish_ hardswish_backward "
-            "hardsigmoid hardsigmoid_backward hardtanh hardtanh_ hardtanh_backward mish mish_backward elu elu_ "
-            "elu_backward leaky_relu leaky_relu_ leaky_relu_backward softplus softplus_backward "
-            "log_sigmoid_forward log_sigmoid_backward threshold threshold_backward sigmoid_backward tanh_backward "
-            "logit_backward _thnn_fused_lstm_cell _thnn_fused_lstm_cell_backward "
-            "_thnn_fused_lstm_cell_backward_impl _thnn_fused_gru_cell _thnn_fused_gru_cell_backward "
-            "_thnn_differentiable_lstm_cell_backward _thnn_differentiable_gru_cell_backward glu glu_backward "
-            "prelu _prelu_kernel _prelu_kernel_backward rrelu_with_noise _standard_gamma _standard_gamma_grad "
-            "cummaxmin_backward _fused_adam_ _fused_adamw_ _fused_sgd_ _fused_adagrad_ "
-            "_amp_foreach_non_finite_check_and_unscale_ _amp_update_scale_ quantized::add quantized::mul "
-            "quantized::relu6 quantized::hardswish quantized::elu quantized::leaky_relu quantized::sigmoid "
-            "quantized::cat"
+            "floor_divide floor_divide_ isin polar complex conj_physical relu relu_ gelu gelu_backward silu silu_ "
+            "silu_backward hardswish hardswish_ hardswish_backward hardsigmoid hardsigmoid_backward hardtanh "
+            "hardtanh_ hardtanh_backward mish mish_backward elu elu_ elu_backward leaky_relu leaky_relu_ "
+            "leaky_relu_backward softplus softplus_backward log_sigmoid_forward log_sigmoid_backward threshold "
+            "threshold_backward sigmoid_backward tanh_backward logit_backward _thnn_fused_lstm_cell "
+            "_thnn_fused_lstm_cell_backward _thnn_fused_lstm_cell_backward_impl _thnn_fused_gru_cell "
+            "_thnn_fused_gru_cell_backward _thnn_differentiable_lstm_cell_backward "
+            "_thnn_differentiable_gru_cell_backward glu glu_backward prelu _prelu_kernel _prelu_kernel_backward "
+            "rrelu_with_noise _standard_gamma _standard_gamma_grad cummaxmin_backward _fused_adam_ _fused_adamw_ "
+            "_fused_sgd_ _fused_adagrad_ _amp_foreach_non_finite_check_and_unscale_ _amp_update_scale_ "
+            "quantized::add quantized::mul quantized::relu6 quantized::hardswish quantized::elu "
+            "quantized::leaky_relu quantized::sigmoid quantized::cat"
         ),
     ),
 )

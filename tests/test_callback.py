@@ -77,7 +77,8 @@ def test_json_report_holds_exact_whole_batch_integers(fitted: Path) -> None:
     data = json.loads((fitted / "flops_report.json").read_text())
     assert data["batch_size"] == BATCH
     assert data["counters"]["torch"]["macs"] == BATCH * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES)
-    assert data["params"] == {"total": linear_stack_params(), "trainable": linear_stack_params()}
+    params = linear_stack_params()
+    assert data["params"] == {"total": params, "trainable": params, "active": params}
     assert data["logger"] == {"name": "lightning_logs", "version": "0"}
 
 

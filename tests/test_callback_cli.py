@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -40,13 +41,15 @@ def test_cli_config_runs_the_example_with_the_monitor(
     assert "compute/torch/macs" in columns and hparam in values and "_class_path" not in values
 
 
-def test_train_script_prints_the_report_and_the_tensorboard_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_train_script_prints_the_report_once_and_the_tensorboard_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from examples.train import main
 
-    assert main(["--model", "cnn", "--steps", "2", "--logdir", str(tmp_path)]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(["--model", "cnn", "--steps", "2", "--logdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| MACs |" in out
+    printed = out + "\n".join(record.getMessage() for record in caplog.records)  # the callback prints via logging
+    assert printed.count("| MACs |") == 1  # once: the callback's summary, not again by the script
     assert f"tensorboard --logdir {tmp_path}" in out
     assert (tmp_path / "cnn" / "version_0" / "flops_report.json").exists()

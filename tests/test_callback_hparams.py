@@ -54,7 +54,8 @@ def test_hparams_columns_list_every_compute_metric(tmp_path: Path, default_hp_me
     log_dir = _fit(tmp_path, default_hp_metric, autolog)
     columns, _ = hparams_session(log_dir)
     compute = {key for key in read_scalars(log_dir) if key.startswith("compute/")}
-    assert len(compute) == 16  # 3 counters x (macs, flops) + 2 params + 3 pairs x (gap, core gap) + flagged + step
+    # 3 counters x (macs, flops) + 2 params + 3 pairs x (gap, core gap) + flagged + step + active params (no tokens)
+    assert len(compute) == 17
     assert compute <= set(columns)
 
 

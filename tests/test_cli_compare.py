@@ -344,3 +344,20 @@ def test_compare_imports_no_torch_lightning_thop_or_fvcore(tmp_path: Path) -> No
     assert "lightning_flops.cli" in imported  # the import log is real
     heavy = {"torch", "lightning", "pytorch_lightning", "thop", "fvcore", "matplotlib"}
     assert not {name for name in imported if name.split(".")[0] in heavy}
+
+
+def test_active_params_and_macs_per_token_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    counters = {"torch": CounterResult(name="torch", ok=True, macs=6_400, raw_macs=6_400)}
+    moe = FlopsReport(
+        model="MoE", params=ParamCount(1_000, 1_000, active=400), counters=counters, batch_size=2, tokens=32
+    )
+    (tmp_path / "moe").mkdir()
+    (tmp_path / "moe" / "flops_report.json").write_text(moe.to_json())
+    write_report(tmp_path / "dense" / "flops_report.json", {"torch": 800})  # no tokens, older layout: no active
+    status, out, _ = run_cli(capsys, "compare", str(tmp_path), "--format", "json")
+    assert status == 0
+    runs = {run["run"]: run for run in json.loads(out)["runs"]}
+    assert runs["moe"]["params_active"] == 400 and runs["moe"]["torch_macs_per_token"] == 6_400 // 32
+    assert runs["dense"]["params_active"] is None and runs["dense"]["torch_macs_per_token"] is None
+    status, out, _ = run_cli(capsys, "compare", str(tmp_path))
+    assert "active params" in out and "200 MACs" in out

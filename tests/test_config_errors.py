@@ -40,7 +40,7 @@ BAD_ARGUMENTS = [
     ({"batch_size": True}, "batch_size", ["None", ">= 1", "True"]),
     ({"custom_ops": [nn.LayerNorm]}, "custom_ops", ["nn.Module subclass", "list"]),
     ({"custom_ops": {"LayerNorm": _rule}}, "custom_ops", ["nn.Module subclasses", "'LayerNorm'"]),
-    ({"custom_ops": {nn.LayerNorm: 4}}, "custom_ops", ["callables", "4"]),
+    ({"custom_ops": {nn.LayerNorm: -4}}, "custom_ops", ["callables or numbers >= 0", "-4"]),
 ]
 
 

@@ -294,7 +294,7 @@ class BigCopies(TorchDispatchMode):
 
 
 class Heavy(nn.Module):
-    """Holds 64 MiB tensors in every way a module can: plain attribute, list, dict, other object, buffer."""
+    """Holds 64 MiB tensors in every way a module can: plain attribute, list, dict, tuple, other object, buffer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -302,6 +302,7 @@ class Heavy(nn.Module):
         self.data = torch.randn(BIG)
         self.history = [torch.randn(BIG)]
         self.tables = {"a": torch.randn(BIG)}
+        self.pair = (torch.randn(BIG), 1)
         self.dataset = TensorDataset(torch.randn(BIG))
         self.register_buffer("table", torch.randn(BIG))
 
@@ -315,6 +316,7 @@ def test_a_meta_copy_maps_every_tensor_it_reaches_to_meta_and_copies_none() -> N
         twin = meta_copy(model)
     assert big.made == []
     assert twin.data.is_meta and twin.history[0].is_meta and twin.tables["a"].is_meta and twin.table.is_meta
+    assert twin.pair[0].is_meta and twin.pair[1] == 1
     assert twin.dataset is model.dataset  # other objects are shared, never copied
     assert twin.history is not model.history and model.history[0].device.type == "cpu"
 
@@ -335,7 +337,7 @@ for device in (None, "meta", "model"):
 
 
 def test_profiling_makes_no_second_copy_of_a_large_tensor() -> None:
-    # Peak RSS of a fresh process: a copy of any of the five 64 MiB tensors would raise the peak by 64 MiB.
+    # Peak RSS of a fresh process: a copy of any of the six 64 MiB tensors would raise the peak by 64 MiB.
     import os
     import subprocess
     import sys
@@ -351,3 +353,39 @@ def test_profiling_makes_no_second_copy_of_a_large_tensor() -> None:
     assert [row[2] for row in rows] == ["cpu", "meta", "cpu"]  # fvcore in place by default: buffers shared
     for device, grown_mib, _ in rows:
         assert int(grown_mib) < 40, f"device={device}: peak RSS grew by {grown_mib} MiB (a 64 MiB tensor was copied)"
+
+
+# ------------------------------------------------------------------------------------- process-wide hooks (issue 11)
+def _someone_elses_hook(module: nn.Module, inputs: Any, output: Any) -> None:
+    return None
+
+
+class RegistersAGlobalHook(nn.Module):
+    """Registers a process-wide hook during its first forward, as another thread might while we profile."""
+
+    registered: list[Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not RegistersAGlobalHook.registered:
+            RegistersAGlobalHook.registered.append(nn.modules.module.register_module_forward_hook(_someone_elses_hook))
+        return self.linear(x)
+
+
+RegistersAGlobalHook.registered = []
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_a_global_hook_registered_meanwhile_by_someone_else_survives(device: str | None) -> None:
+    RegistersAGlobalHook.registered.clear()
+    try:
+        report = lf.profile_model(RegistersAGlobalHook(), torch.randn(2, 4), device=device)
+        assert_all_counted(report, 2 * 4 * 2)
+        assert RegistersAGlobalHook.registered, "the forward never ran"
+        assert _someone_elses_hook in nn.modules.module._global_forward_hooks.values()
+    finally:
+        for handle in RegistersAGlobalHook.registered:
+            handle.remove()

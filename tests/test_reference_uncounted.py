@@ -151,6 +151,18 @@ def test_repeated_blocks_collapse_in_the_display_only() -> None:
     assert uncounted_lines(entries) == ["_grouped_mm in model.layers.*.mlp.experts (no formula, 2x)"]
 
 
+def test_fvcore_convention_ops_share_one_display_line() -> None:
+    from lightning_flops.render import uncounted_lines
+
+    reason = "unsupported by fvcore; a convention op (elementwise, norm, ...)"
+    entries = (
+        Uncounted("add", "", 3, reason),
+        Uncounted("mul", "", 2, reason),
+        Uncounted("lstm", "", 1, "unsupported"),
+    )
+    assert uncounted_lines(entries) == [f"add, mul ({reason}, 5x)", "lstm (unsupported, 1x)"]
+
+
 # --------------------------------------------------------------------------------------------- gap attribution
 class Attention(nn.Module):
     def __init__(self) -> None:
@@ -242,3 +254,23 @@ def test_blind_spots_of_thop_elsewhere_do_not_move_a_measured_gap() -> None:
     torch_ = _result("torch", {"": {"conv": 100, "matmul": 5}, "up": {"conv": 100}, "head": {"matmul": 5}})
     (gap,) = compute_gaps([thop, torch_], limit=0.01)
     assert (gap.module, gap.operators) == ("up", ("conv",))
+
+
+def test_transformers_mixtral_grouped_mm_experts_are_counted_exactly() -> None:
+    # transformers 5.x runs the experts through F.grouped_mm by default; built from a config, random init
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(
+        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2, vocab_size=50, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.MixtralForCausalLM(config)
+    report = lf.profile_model(model, torch.randint(0, 50, (2, 8)), counters=("thop", "torch"))
+    tokens, hidden, inter, experts, top_k, vocab, kv = 2 * 8, 32, 64, 4, 2, 50, 2 * 8  # kv: 2 heads of dim 8
+    attention = tokens * hidden * (hidden + 2 * kv + hidden)  # q, k, v, o projections
+    attention += 2 * (2 * 4 * 8 * 8 * 8)  # q k^T and p v: batch * heads * q * k * head_dim, each
+    moe = tokens * hidden * experts + tokens * top_k * (hidden * 2 * inter + inter * hidden)  # router + experts
+    torch_result = report.counters["torch"]
+    assert torch_result.macs == attention + moe + tokens * hidden * vocab  # + LM head
+    assert torch_result.uncounted == ()
+    (gap,) = report.gaps
+    assert gap.module == "model.layers.0.mlp.experts"

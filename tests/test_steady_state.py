@@ -49,18 +49,19 @@ def test_later_batches_run_no_counter_and_carry_no_hooks_or_modes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"profile": 0, "train_step": 0}
-    real_profile, real_train_step = callback_module.profile_model, callback_module.train_step_flops
+    real_profile = callback_module.profile_model
 
     def profile(*args: Any, **kwargs: Any) -> Any:
         calls["profile"] += 1
         return real_profile(*args, **kwargs)
 
-    def train_step(*args: Any, **kwargs: Any) -> Any:
-        calls["train_step"] += 1
-        return real_train_step(*args, **kwargs)
+    class CountedObserver(callback_module.StepObserver):
+        def start(self) -> None:
+            calls["train_step"] += 1
+            super().start()
 
     monkeypatch.setattr(callback_module, "profile_model", profile)
-    monkeypatch.setattr(callback_module, "train_step_flops", train_step)
+    monkeypatch.setattr(callback_module, "StepObserver", CountedObserver)
     model, probe = LinearStack(), _StepProbe()
     hooks_before, global_before = _hook_ids(model), _global_hooks()
     make_trainer(tmp_path, [FlopsMonitor(), probe], max_steps=5).fit(model, RandomDataModule())

@@ -1,4 +1,5 @@
-"""The ``lightning-flops`` command line: ``compare`` the JSON reports of runs, ``profile`` a model without training.
+"""The ``lightning-flops`` command line: ``compare`` the JSON reports of runs, ``profile`` a model without training,
+``explain`` a counter against the reference, ``diff`` two runs, print a paper ``statement``.
 
 ``compare`` reads ``flops_report*.json`` files only; it imports neither torch, Lightning, thop nor fvcore (nor
 matplotlib unless ``--plot`` is given), so it runs anywhere. ``profile`` imports torch and the counters.
@@ -13,6 +14,9 @@ Example::
 
     lightning-flops compare runs/ --baseline small --sort torch_macs
     lightning-flops profile examples.models:transformer_lm --kwargs layers=40 --input int64:1,128 --device meta
+    lightning-flops explain lightning_logs/version_0 --counter thop
+    lightning-flops diff lightning_logs/version_0 lightning_logs/version_1
+    lightning-flops statement lightning_logs/version_0
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from lightning_flops.cli import compare, profile
+from lightning_flops.cli import compare, diff, explain, profile, statement
 from lightning_flops.cli._common import PROG, CliError
 from lightning_flops.cli.profile import InputShape, make_inputs, parse_kwargs, parse_shape
 
 __all__ = ["COMMANDS", "CliError", "InputShape", "build_parser", "main", "make_inputs", "parse_kwargs", "parse_shape"]
 
 #: The sub-commands, in the order ``--help`` lists them.
-COMMANDS = (compare, profile)
+COMMANDS = (compare, profile, explain, diff, statement)
 
 
 def _version() -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write",
     "check_output",
     "find_reports",
+    "load_one",
     "load_reports",
     "per_sample",
 ]
@@ -151,3 +152,22 @@ def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_one(path_text: str, what: str = "RUN") -> FlopsReport:
+    """The one report of a run directory or report file; :class:`CliError` (exit 2) when unreadable or ambiguous.
+
+    Args:
+        path_text: a ``flops_report*.json`` file or a directory holding exactly one.
+        what: the argument's name, for messages.
+    """
+    files, errors = find_reports([path_text])
+    if errors:
+        raise CliError(f"`{what}`: {errors[0]}")
+    if len(files) > 1:
+        listed = ", ".join(str(f) for f in files[:5]) + (", ..." if len(files) > 5 else "")
+        raise CliError(f"`{what}`: {path_text} holds {len(files)} reports ({listed}); pass one report file")
+    loaded, bad = load_reports(files)
+    if bad:
+        raise CliError(f"`{what}`: {bad[0]}")
+    return loaded[0][1]

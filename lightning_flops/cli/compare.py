@@ -30,10 +30,11 @@ from lightning_flops.cli._common import (
 )
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.markup import escape_markdown
+from lightning_flops.render import latex_table
 from lightning_flops.report import FlopsReport, human_count
 
 NAME = "compare"
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS = ("table", "markdown", "csv", "json", "latex")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 UNITS = (
     "per sample: *_macs are multiply-accumulates, *_flops = 2 * macs; whole-call counts divided by batch_size, "
@@ -87,6 +88,11 @@ def _counters_of(runs: Sequence[_Run]) -> list[str]:
     return [c for c in COUNTER_NAMES if c in seen] + [c for c in seen if c not in COUNTER_NAMES]
 
 
+def _parts_of(runs: Sequence[_Run]) -> list[str]:
+    """Part labels (``parts=``) over all runs, as first seen."""
+    return list(dict.fromkeys(label for run in runs for label in run.report.parts))
+
+
 def _sort_keys() -> tuple[str, ...]:
     per_counter = tuple(f"{c}_{unit}" for c in COUNTER_NAMES for unit in ("macs", "flops"))
     return (
@@ -98,10 +104,11 @@ def _sort_keys() -> tuple[str, ...]:
         *per_counter,
         "largest_gap_relative",
         "train_step_flops_per_sample",
+        *_moe_and_token_columns(COUNTER_NAMES),
     )
 
 
-def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
+def _row(run: _Run, counters: Sequence[str], parts: Sequence[str] = ()) -> dict[str, Any]:
     """The machine-readable row of one run: per-sample counts as exact integers where they divide."""
     report = run.report
     row: dict[str, Any] = {
@@ -131,7 +138,36 @@ def _row(run: _Run, counters: Sequence[str]) -> dict[str, Any]:
     row["train_step_flops_per_sample"] = per_sample(
         report.train_step_flops, report.train_step_batch_size or report.batch_size
     )
+    row.update(_moe_and_token_cells(report, counters))
+    for label in parts:  # MACs of the reference counter (torch), per sample, and parameters of each part
+        part = report.parts.get(label)
+        row[f"part_{label}_macs"] = per_sample(part.macs.get("torch") if part else None, report.batch_size)
+        row[f"part_{label}_params"] = part.params.total if part else None
     return row
+
+
+# ---------------------------------------------------------------- active parameters (MoE) and per-token columns
+def _moe_and_token_columns(counters: Sequence[str]) -> list[str]:
+    """``params_active`` and ``{counter}_macs_per_token`` (empty for inputs without tokens, older reports)."""
+    return ["params_active", *(f"{c}_macs_per_token" for c in counters)]
+
+
+def _moe_and_token_cells(report: FlopsReport, counters: Sequence[str]) -> dict[str, Any]:
+    cells: dict[str, Any] = {"params_active": report.params.active}
+    for name in counters:
+        result = report.counters.get(name)
+        macs = result.macs if result is not None and result.ok and report.tokens else None
+        cells[f"{name}_macs_per_token"] = per_sample(macs, report.tokens or 1)
+    return cells
+
+
+def _moe_and_token_human(row: dict[str, Any], counters: Sequence[str]) -> list[str]:
+    """Human cells: active parameters and the reference's (last counter's) MACs per token."""
+    per_token = row[f"{counters[-1]}_macs_per_token"]
+    return [
+        human_count(row["params_active"], "") if row["params_active"] is not None else "-",
+        human_count(per_token, "MACs") if per_token is not None else "-",
+    ]
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -169,7 +205,7 @@ def _natural(value: Any) -> Any:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", value) if part)
 
 
-def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[str]:
+def _columns(counters: Sequence[str], baseline_columns: Sequence[str], parts: Sequence[str] = ()) -> list[str]:
     per_counter = [f"{c}_{unit}" for c in counters for unit in ("macs", "flops")]
     return [
         "run",
@@ -184,16 +220,20 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str]) -> list[s
         "flag_on",
         "flagged",
         "train_step_flops_per_sample",
+        *_moe_and_token_columns(counters),
+        *(f"part_{label}_{unit}" for label in parts for unit in ("macs", "params")),
         *baseline_columns,
         "path",
     ]
 
 
 def _human_cells(
-    rows: Sequence[dict[str, Any]], counters: Sequence[str], baseline: str | None
+    rows: Sequence[dict[str, Any]], counters: Sequence[str], baseline: str | None, parts: Sequence[str] = ()
 ) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the human-readable table (table and markdown formats)."""
     headers = ["run", "model", "params", "trainable", *(f"{c} MACs" for c in counters), "largest gap", "flagged"]
+    headers += ["active params", f"{counters[-1]} MACs/token"]
+    headers += [f"{label} torch MACs" for label in parts]
     relative = ["params_total", *(f"{c}_macs" for c in counters)]
     if baseline is not None:
         headers += [f"{'params' if col == 'params_total' else col[: -len('_macs')]} vs base" for col in relative]
@@ -213,6 +253,10 @@ def _human_cells(
         else:
             line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
         line.append("yes" if row["flagged"] else "no")
+        line += _moe_and_token_human(row, counters)
+        for label in parts:
+            value = row[f"part_{label}_macs"]
+            line.append(human_count(value, "MACs") if value is not None else "-")
         if baseline is not None:
             for col in relative:
                 ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
@@ -306,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
 
     runs = [_Run(name, file, report) for name, (file, report) in zip(_run_names(loaded), loaded, strict=True)]
     counters = _counters_of(runs)
-    rows = [_row(run, counters) for run in runs]
+    parts = _parts_of(runs)
+    rows = [_row(run, counters, parts) for run in runs]
     baseline_columns: list[str] = []
     if args.baseline is not None:
         if args.baseline not in {row["run"] for row in rows}:
@@ -315,13 +360,16 @@ def run(args: argparse.Namespace) -> int:
         baseline_columns = _add_baseline(rows, args.baseline, counters)
     rows = _sorted(rows, args.sort, args.descending)
 
-    columns = _columns(counters, baseline_columns)
+    columns = _columns(counters, baseline_columns, parts)
     if args.format == "csv":
         text = _render_csv(rows, columns)
     elif args.format == "json":
         text = _render_json(rows, columns, args.baseline)
+    elif args.format == "latex":  # booktabs, one row per run (in the sorted order), units in the header
+        reports = {run.name: run.report for run in runs}
+        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters)
     else:
-        headers, cells = _human_cells(rows, counters, args.baseline)
+        headers, cells = _human_cells(rows, counters, args.baseline, parts)
         render = _render_table if args.format == "table" else _render_markdown
         caption = "Compute per sample (MACs = multiply-accumulates; FLOPs = 2 x MACs)"
         if args.baseline is not None:

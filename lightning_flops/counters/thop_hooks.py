@@ -145,7 +145,10 @@ def _modules_without_rule(wrapper: nn.Module, calls: dict[str, int], rules: dict
         stripped = user_module_name(name)
         if stripped not in calls or type(module) in rules or isinstance(module, nn.Embedding):
             continue
-        if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
+        leaf = next(module.children(), None) is None
+        weighted = next(module.parameters(recurse=False), None) is not None
+        packed = hasattr(module, "_packed_params")  # a quantized Linear: its weights are packed, not parameters
+        if (leaf and weighted) or packed:
             found.append(
                 Uncounted(
                     operator=type(module).__name__, module=stripped, calls=calls[stripped], reason=_NO_RULE_REASON

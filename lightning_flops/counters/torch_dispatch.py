@@ -30,7 +30,16 @@ from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, opera
 from lightning_flops.report import Uncounted
 from lightning_flops.vocabulary import NO_FORMULA, REVIEWED_UNCOUNTED, operator_of_aten, zero_mac_reason
 
-__all__ = ["FORMULAS", "TorchCounter", "count_flops", "grouped_mm_macs", "make_counter", "packet_name"]
+__all__ = [
+    "FORMULAS",
+    "TorchCounter",
+    "count_flops",
+    "count_flops_and_uncounted",
+    "grouped_mm_macs",
+    "make_counter",
+    "packed_parameter_count",
+    "packet_name",
+]
 
 aten = torch.ops.aten
 
@@ -298,10 +307,6 @@ def _formulas() -> dict[Any, Callable[..., int]]:
 
 #: Our formulas for the kernels FlopCounterMode lacks in torch 2.13 (all receive raw tensors), by overload packet.
 FORMULAS: dict[Any, Callable[..., int]] = _formulas()
-#: Kept for callers of the first release: the CPU kernels among :data:`FORMULAS`.
-CPU_FIXUPS = {
-    p: f for p, f in FORMULAS.items() if "cpu" in str(p) or "mkldnn_rnn" in str(p) or "native_multi" in str(p)
-}
 
 
 def packet_name(packet: Any) -> str:
@@ -311,6 +316,27 @@ def packet_name(packet: Any) -> str:
     if not dot:
         return name  # a higher-order operator (flex_attention)
     return bare if namespace == "aten" else f"{namespace}::{bare}"
+
+
+def packed_parameter_count(model: torch.nn.Module) -> int:
+    """Elements of the packed weights and biases of quantized Linear layers (not in ``model.parameters()``).
+
+    ``torch.ao.nn.quantized`` (torch 2.13) keeps them in a ``LinearPackedParams`` module; ``_weight_bias()``
+    unpacks them. Each packed module is counted once, as shared parameters are.
+
+    Args:
+        model: any module; 0 when it holds no quantized Linear.
+    """
+    try:
+        from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+    except ImportError:  # pragma: no cover - a torch without torch.ao
+        return 0
+    total = 0
+    for module in model.modules():  # modules() yields each module once
+        if isinstance(module, LinearPackedParams):
+            weight, bias = module._weight_bias()
+            total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return total
 
 
 class _Recorder:
@@ -349,7 +375,9 @@ def _zero_reason(func: Any, name: str) -> str | None:
     reason = zero_mac_reason(name)
     if reason is not None:
         return reason
-    if torch.Tag.pointwise in func.tags:
+    packet = func.overloadpacket
+    if any(torch.Tag.pointwise in getattr(packet, overload).tags for overload in packet.overloads()):
+        # tags are per overload (add.Tensor is tagged, add.default on Python scalars is not): the family decides
         return "elementwise (torch tags it pointwise): a convention"
     if func.is_view:
         return "view: no arithmetic"

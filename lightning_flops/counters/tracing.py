@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import warnings
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_flops.inputs import iter_tensors
 from lightning_flops.vocabulary import function_labels, operator_of_module
 
 __all__ = ["FunctionLabeler", "ModuleStack", "PositionalCall", "operator_of_module", "user_module_name"]
@@ -133,10 +133,12 @@ class PositionalCall(nn.Module):
             else:
                 kwargs[key] = tensor
         output = self.model(*args, **kwargs)
-        if dataclasses.is_dataclass(output) and not isinstance(output, type):
-            # JIT tracers (fvcore) accept tensors, tuples, lists and dicts only: hand them the fields in order
-            return tuple(getattr(output, f.name) for f in dataclasses.fields(output))
-        return output
+        if isinstance(output, torch.Tensor):
+            return output
+        # JIT tracers (fvcore) take tensors and tuples of them only: hand them the tensors of a structured output
+        # (tuples, dicts, dataclasses, HF ModelOutput) in order; cache objects (DynamicCache, ...) and None drop out
+        tensors = tuple(tensor for _, tensor in iter_tensors(output))
+        return tensors if tensors else output  # nothing to hand over: let the tracer say what it cannot take
 
     def train(self, mode: bool = True) -> PositionalCall:
         return self

@@ -1,0 +1,89 @@
+"""Per-token numbers (``report.tokens``) and active parameters (``report.params.active``) of MoE and dense models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_flops as lf
+from lightning_flops.sinks import metric_keys, metrics_from_report
+
+VOCAB, WIDTH, HIDDEN, EXPERTS = 50, 16, 32, 4
+
+
+class _TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.proj = nn.Linear(WIDTH, VOCAB, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.embed(input_ids))
+
+
+class _RoutedMoE(nn.Module):
+    """Top-1 routing to a ModuleList of experts; only experts that receive a token run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Linear(WIDTH, EXPERTS)
+        self.experts = nn.ModuleList(nn.Linear(WIDTH, HIDDEN, bias=False) for _ in range(EXPERTS))
+        with torch.no_grad():
+            self.router.weight.zero_()
+            self.router.bias.copy_(torch.tensor([5.0, 0.0, 0.0, -5.0]))  # every token picks expert 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.router(x).argmax(-1)
+        out = x.new_zeros(x.shape[0], HIDDEN)
+        for e, expert in enumerate(self.experts):
+            rows = (choice == e).nonzero().squeeze(1)
+            if rows.numel():
+                out[rows] = expert(x[rows])
+        return out
+
+
+def test_input_ids_give_tokens_and_exact_macs_per_token() -> None:
+    ids = torch.randint(0, VOCAB, (2, 5))
+    report = lf.profile_model(_TokenModel(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert report.tokens == 2 * 5  # batch * sequence, padding included
+    assert report.macs_per_token("torch") == WIDTH * VOCAB  # the projection per token; the lookup is 0
+    assert report.flops_per_token("torch") == 2 * WIDTH * VOCAB
+    metrics = metrics_from_report(report)
+    assert metrics["compute/torch/macs_per_token"] == WIDTH * VOCAB
+    assert metrics["compute/torch/flops_per_token"] == 2 * WIDTH * VOCAB
+    assert {"compute/torch/macs_per_token", "compute/params/active"} <= set(metric_keys(("torch",)))
+    again = lf.FlopsReport.from_json(report.to_json())
+    assert again.tokens == 10 and again.params == report.params
+    assert "MACs per token" in report.to_markdown()
+
+
+def test_tokens_fn_overrides_detection_and_a_bad_value_names_it() -> None:
+    ids = torch.randint(0, VOCAB, (2, 5))
+    report = lf.profile_model(_TokenModel(), ids, counters=("torch",), tokens_fn=lambda x: 7)
+    assert report.tokens == 7
+    with pytest.raises(lf.FlopsConfigError, match="tokens_fn"):
+        lf.profile_model(_TokenModel(), ids, counters=("torch",), tokens_fn=lambda x: -1)
+    with pytest.raises(lf.FlopsConfigError, match="tokens_fn"):
+        lf.profile_model(_TokenModel(), ids, counters=("torch",), tokens_fn=3)
+
+
+def test_no_token_dimension_gives_no_tokens() -> None:
+    report = lf.profile_model(nn.Linear(8, 4), torch.randn(3, 8), counters=("torch",))
+    assert report.tokens is None and report.macs_per_token("torch") is None
+    assert "compute/torch/macs_per_token" not in metrics_from_report(report)
+
+
+def test_moe_active_parameters_are_the_experts_that_ran() -> None:
+    report = lf.profile_model(_RoutedMoE(), torch.randn(6, WIDTH))
+    router = WIDTH * EXPERTS + EXPERTS
+    assert report.params.total == router + EXPERTS * WIDTH * HIDDEN
+    assert report.params.active == router + WIDTH * HIDDEN  # one expert ran
+    assert report.counters["torch"].macs == 6 * (WIDTH * EXPERTS + WIDTH * HIDDEN)
+    assert metrics_from_report(report)["compute/params/active"] == router + WIDTH * HIDDEN
+
+
+def test_dense_model_active_equals_total() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    report = lf.profile_model(model, torch.randn(3, 8))
+    assert report.params.active == report.params.total == 8 * 16 + 16 + 16 * 4 + 4
