@@ -301,7 +301,10 @@ def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
                 "device": result.device,
                 "seconds": result.seconds,
                 "error": result.error,
-                "uncounted": list(result.uncounted),
+                "uncounted": [
+                    f"{u.operator} in {u.module or '<root>'} ({u.reason}, {u.calls}x)" if hasattr(u, "operator") else u
+                    for u in result.uncounted
+                ],
                 "by_operator": result.by_operator if result.ok else {},
             }
             for name, result in report.counters.items()
