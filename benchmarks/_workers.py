@@ -63,6 +63,7 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
     from other processes hits numerator and denominator alike.
     """
     import lightning_flops as lf
+    from lightning_flops.train_step import train_step_flops
 
     torch.manual_seed(0)
     net, x = _first_batch_model(model, batch)
@@ -79,7 +80,7 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
     def train_step() -> None:
         net.train()  # the callback counts the step of a module in training mode
         try:
-            lf.train_step_flops(net, x)
+            train_step_flops(net, x)
         finally:
             net.eval()
 
@@ -300,7 +301,10 @@ def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
                 "device": result.device,
                 "seconds": result.seconds,
                 "error": result.error,
-                "uncounted": list(result.uncounted),
+                "uncounted": [
+                    f"{u.operator} in {u.module or '<root>'} ({u.reason}, {u.calls}x)" if hasattr(u, "operator") else u
+                    for u in result.uncounted
+                ],
                 "by_operator": result.by_operator if result.ok else {},
             }
             for name, result in report.counters.items()

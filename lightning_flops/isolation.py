@@ -3,9 +3,10 @@
 Every counter runs on a *structural copy* of the model: new module objects (same classes, own ``__dict__``, own
 hook dicts holding only torch's functional hooks, own ``training`` flags) whose tensors are either empty meta tensors
 (:func:`meta_copy`) or the model's own tensors, shared (:func:`shared_copy`, for counting in place). No tensor is
-ever copied except the few that the forward is seen to write in place (found with version counters on a meta pass),
-so a copy costs next to no memory whatever the modules hold. ScriptModules, which cannot be copied structurally,
-fall back to a deepcopy (meta) or to :class:`ModelSnapshot` (in place).
+ever copied except the few that the forward is seen to write in place (:class:`WriteWatch` on a meta forward, or
+in place with copy on write when no meta forward can run), so a copy costs next to no memory whatever it holds.
+ScriptModules, which cannot be copied structurally, fall back to a deepcopy (meta) or to :class:`ModelSnapshot`
+(in place).
 """
 
 from __future__ import annotations
@@ -247,16 +248,20 @@ class WriteWatch(TorchDispatchMode):
 
     Args:
         tensors: ``{key: tensor}`` to watch; :attr:`hit` collects the keys written.
+        snapshot: clone each watched tensor just before its first write, for :meth:`restore` (real tensors only).
     """
 
-    def __init__(self, tensors: dict[int, torch.Tensor]) -> None:
+    def __init__(self, tensors: dict[int, torch.Tensor], snapshot: bool = False) -> None:
         super().__init__()
+        self.tensors = tensors
+        self.snapshot = snapshot
         self.keys: dict[int, int] = {}
         for key, tensor in tensors.items():
             storage = _storage_key(tensor)
             if storage is not None:
                 self.keys[storage] = key
         self.hit: set[int] = set()
+        self.saved: dict[int, torch.Tensor] = {}
 
     def _mark(self, value: Any) -> None:
         for tensor in value if isinstance(value, (list, tuple)) else (value,):
@@ -264,6 +269,15 @@ class WriteWatch(TorchDispatchMode):
                 key = self.keys.get(_storage_key(tensor) or 0)
                 if key is not None:
                     self.hit.add(key)
+                    if self.snapshot and key not in self.saved:  # copy on first write: the value before it
+                        self.saved[key] = self.tensors[key].detach().clone()
+
+    def restore(self) -> None:
+        """With ``snapshot=True``: write back the value each written tensor had before its first write."""
+        with torch.no_grad():
+            for key, value in self.saved.items():
+                self.tensors[key].detach().copy_(value)
+        self.saved.clear()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -290,7 +304,7 @@ class _Copier:
         twin = self.tensors.get(id(real))
         if twin is None:
             twin = self.tensors[id(real)] = self.tensor_fn(real)
-            if self.record is not None and twin is not real:
+            if self.record is not None:
                 self.record.pairs.append((real, twin))
         return twin
 
@@ -409,7 +423,9 @@ def _shared_tensor(real: torch.Tensor, clone: frozenset[int] | set[int]) -> torc
     return twin
 
 
-def shared_copy(model: nn.Module, clone: frozenset[int] | set[int] = frozenset()) -> nn.Module:
+def shared_copy(
+    model: nn.Module, clone: frozenset[int] | set[int] = frozenset(), record: CopyRecord | None = None
+) -> nn.Module:
     """A structural copy of ``model`` that shares its tensors, for counting in place.
 
     The copy has its own module objects, ``__dict__``, hooks (torch's functional ones only) and flags, so that
@@ -420,11 +436,12 @@ def shared_copy(model: nn.Module, clone: frozenset[int] | set[int] = frozenset()
     Args:
         model: the module to copy.
         clone: ids of the real tensors to clone, or :data:`ALL`.
+        record: filled with each real tensor and what the copy holds instead (itself where shared).
 
     Raises:
         ShardedModelError: the model holds sharded (DTensor) parameters.
     """
-    return _Copier(lambda t: _shared_tensor(t, clone), None).module(model)
+    return _Copier(lambda t: _shared_tensor(t, clone), record).module(model)
 
 
 def _deepcopy_to_meta(model: nn.Module) -> nn.Module:

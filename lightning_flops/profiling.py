@@ -272,9 +272,9 @@ class _Session:
     """One profile_model call: the model, the input and options shared by every counter run.
 
     Every counter runs on a structural copy (:mod:`lightning_flops.isolation`): a meta copy, or for counting in
-    place a copy sharing the model's tensors. A meta pass also shows, through version counters, which tensors of the
-    model and of the input the forward writes in place; counting in place then clones exactly those (all of them
-    when no meta pass can run), so the model's values and the caller's batch never change.
+    place a copy sharing the model's tensors. Before the first in-place count, a watched forward (:class:`WriteWatch`:
+    on meta, else in place with copy on write) shows which tensors of the model and of the input the forward writes;
+    counting in place then clones exactly those, so the model's values and the caller's batch never change.
     """
 
     def __init__(self, model: nn.Module, args: tuple, kwargs: dict, mode: str, custom_ops: Any, batch: int) -> None:
@@ -344,9 +344,31 @@ class _Session:
         try:
             self._meta_pass(self.args, self.kwargs, forward, record)
         except Exception:
-            self.written, self.written_inputs = ALL, None
+            self._learn_writes_in_place()
             return
         assert watch is not None
+        self.written = {key for key in watch.hit if key >= 0}
+        self.written_inputs = {-1 - key for key in watch.hit if key < 0}
+
+    def _learn_writes_in_place(self) -> None:
+        """When no meta forward can run (``.item()``): one plain forward on a copy sharing the real tensors, each
+        snapshotted just before its first write and written back after; unknown (clone all) when it fails too."""
+        record = CopyRecord()
+        watch: WriteWatch | None = None
+        try:
+            target = shared_copy(self.model, record=record)
+            self._prepared(target)
+            inputs = [t for _, t in iter_tensors((self.args, self.kwargs))]
+            watched = {id(real): real for real, held in record.pairs if held is real}
+            watched.update({-1 - i: t for i, t in enumerate(inputs)})
+            with torch.no_grad(), own_global_hooks(), WriteWatch(watched, snapshot=True) as watch:
+                target(*self.args, **self.kwargs)
+        except Exception:
+            self.written, self.written_inputs = ALL, None
+            return
+        finally:
+            if watch is not None:
+                watch.restore()
         self.written = {key for key in watch.hit if key >= 0}
         self.written_inputs = {-1 - key for key in watch.hit if key < 0}
 

@@ -78,11 +78,13 @@ def fully_shard_rank(rank: int, port: int, out: Path) -> None:
     report = lf.profile_model(profiled, torch.randn(BATCH, IN))
     step_flops = train_step_flops(profiled, torch.randn(BATCH, IN))
     conv_report = lf.profile_model(shard(convnet()), torch.randn(BATCH, 3, 8, 8))
+    in_place = lf.profile_model(profiled, torch.randn(BATCH, IN), device="model")  # refused: never in place
     record: dict[str, Any] = {
         "counters": counted(report),
         "params": report.params.total,
         "train_step_flops": step_flops,
         "conv_counters": counted(conv_report),
+        "in_place_counters": counted(in_place),
         "same_class": type(profiled) is classes,
         "same_parameters": [id(p) for p in profiled.parameters()] == params,
         "sharded_after": [type(p).__name__ for p in profiled.parameters()],

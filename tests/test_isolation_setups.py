@@ -186,7 +186,7 @@ def test_user_hooks_never_see_our_passes_and_python_state_is_unchanged(device: s
     report = lf.profile_model(model, torch.randn(2, 3, 6, 6), device=device, counters=counters_for(device))
     assert_all_counted(report, 2 * 4 * 4 * 4 * 3 * 3 * 3)  # batch * out_c * h * w * in_c * k * k
     if device is None:
-        assert report.counters["fvcore"].device == "meta"  # fvcore traces convolutions on meta (device="model": in place)
+        assert report.counters["fvcore"].device == "meta"  # fvcore traces convs on meta (device="model": in place)
     assert seen == []
     assert model.calls == 0 and model.shapes == []
     model(torch.randn(1, 3, 6, 6))
@@ -274,6 +274,28 @@ def test_parameters_written_in_forward_keep_their_values(device: str | None, mod
         assert torch.equal(model.state_dict()[key], value), key
 
 
+class DecayingWithItem(Decaying):
+    """Writes its weights and its input in place and calls ``.item()``: no meta forward can show what it writes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(float(x.abs().max().item() > -1))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("device", [None, "model"])
+def test_writes_are_undone_when_no_meta_forward_can_run(device: str | None) -> None:
+    model, x = DecayingWithItem(), torch.randn(2, 3, 6, 6)
+    before, x_before = {k: v.clone() for k, v in model.state_dict().items()}, x.clone()
+    report = lf.profile_model(model, x, device=device)
+    assert_all_counted(report, 2 * (4 * 4 * 4 * 3 * 3 * 3 + 4 * 2))  # conv + linear, batch 2
+    assert {r.device for r in report.counters.values()} == {"cpu"}
+    if device is None:
+        assert "item" in (report.counters["torch"].device_note or "")
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(x, x_before)
+
+
 # ---------------------------------------------------------------------------------------------------- 7. memory
 BIG = 16 * 1024 * 1024  # float32 elements: 64 MiB
 
@@ -326,8 +348,12 @@ import resource, sys, torch
 import lightning_flops as lf
 from tests.test_isolation_setups import Heavy
 lf.profile_model(torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 6, 6))  # imports and first-call costs, before the baseline
-model, x = Heavy(), torch.randn(2, 3, 6, 6)
-for device in (None, "meta", "model"):
+class HeavyWithItem(Heavy):
+    def forward(self, x):
+        return super().forward(x) * float(x.abs().max().item() > -1)
+
+x = torch.randn(2, 3, 6, 6)
+for model, device in ((Heavy(), None), (Heavy(), "meta"), (Heavy(), "model"), (HeavyWithItem(), None)):
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     counters = ("thop", "torch") if device == "meta" else ("thop", "fvcore", "torch")
     report = lf.profile_model(model, x, device=device, counters=counters)
@@ -349,8 +375,8 @@ def test_profiling_makes_no_second_copy_of_a_large_tensor() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines()]
-    assert [row[0] for row in rows] == ["None", "meta", "model"]
-    assert [row[2] for row in rows] == ["meta", "meta", "cpu"]  # fvcore on meta by default; in place: buffers shared
+    assert [row[0] for row in rows] == ["None", "meta", "model", "None"]
+    assert [row[2] for row in rows] == ["meta", "meta", "cpu", "cpu"]  # in place: tensors shared, not copied
     for device, grown_mib, _ in rows:
         assert int(grown_mib) < 40, f"device={device}: peak RSS grew by {grown_mib} MiB (a 64 MiB tensor was copied)"
 

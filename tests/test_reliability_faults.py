@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import flop_registry
 
 import lightning_flops as lf
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount
@@ -109,8 +109,9 @@ def inject_import_missing(monkeypatch: pytest.MonkeyPatch, name: str, model: nn.
 _TRIGGERS: dict[str, Callable[[nn.Module], bool]] = {
     "thop": lambda module: "total_ops" in module._buffers,  # thop registers its buffers before the forward call
     "fvcore": lambda module: torch.jit.is_tracing(),  # fvcore counts on a JIT trace
-    # FlopCounterMode is a TorchDispatchMode; other passes may run under dispatch modes of their own
-    "torch": lambda module: any(isinstance(m, FlopCounterMode) for m in _get_current_dispatch_mode_stack()),
+    # FlopCounterMode pushes a dispatch mode of its own (torch 2.13: `_FlopCounterMode`); other passes (the watched
+    # meta pass, the kernel watch) run under dispatch modes too, so look for that one by name
+    "torch": lambda module: any("FlopCounterMode" in type(m).__name__ for m in _get_current_dispatch_mode_stack()),
 }
 
 

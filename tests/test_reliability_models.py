@@ -103,7 +103,8 @@ def test_script_module_is_counted_by_torch_and_fails_clearly_elsewhere() -> None
     before = state_of(model)
     report = lf.profile_model(model, torch.randn(B, D))
     assert_all_counters(report, MLP_MACS, counters=("torch",))
-    assert report.counters["torch"].device == "meta"  # the structural copy maps a ScriptModule's tensors to meta
+    # its meta copy runs since the meta addmm is shape-only (torch's Python decomposition failed inside TorchScript)
+    assert report.counters["torch"].device == "meta"
     assert "ScriptModule" in report.counters["thop"].error  # thop cannot add its buffers
     assert "not supported on ScriptModules" in report.counters["fvcore"].error  # fvcore cannot hook it
     assert_same_state(model, before)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import CSVLogger
+from lit_helpers import make_trainer
 from torch import nn
+from torch.utils.data import DataLoader
 
 import lightning_flops as lf
+from lightning_flops import FlopsMonitor
 from lightning_flops.sinks import metric_keys, metrics_from_report
 
 VOCAB, WIDTH, HIDDEN, EXPERTS = 50, 16, 32, 4
@@ -87,3 +95,40 @@ def test_dense_model_active_equals_total() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     report = lf.profile_model(model, torch.randn(3, 8))
     assert report.params.active == report.params.total == 8 * 16 + 16 + 16 * 4 + 4
+
+
+class _LitTokens(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _TokenModel()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids, attention_mask)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(**batch).float().pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _padded_batches() -> list[dict[str, torch.Tensor]]:
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])  # the second sequence has 3 padding tokens
+    return [{"input_ids": ids, "attention_mask": mask}] * 2
+
+
+@pytest.mark.parametrize("real_tokens_only", [False, True], ids=["padding_counted", "tokens_fn_real_tokens"])
+def test_monitor_per_token_keys_default_and_tokens_fn(tmp_path: Path, real_tokens_only: bool) -> None:
+    tokens_fn = (lambda batch: int(batch["attention_mask"].sum())) if real_tokens_only else None
+    logger = CSVLogger(str(tmp_path))
+    monitor = FlopsMonitor(counters=("torch",), tokens_fn=tokens_fn)
+    trainer = make_trainer(tmp_path, [monitor], logger=logger, max_steps=1, log_every_n_steps=1)
+    trainer.fit(_LitTokens(), DataLoader(_padded_batches(), batch_size=None))
+    tokens = 9 if real_tokens_only else 2 * 6
+    macs = 2 * 6 * WIDTH * VOCAB  # the padded batch is computed whole either way
+    assert monitor.report is not None and monitor.report.tokens == tokens
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("compute/torch/macs_per_token")]
+    assert float(rows[0]["compute/torch/macs_per_token"]) == pytest.approx(macs / tokens)
+    assert float(rows[0]["compute/torch/flops_per_token"]) == pytest.approx(2 * macs / tokens)
