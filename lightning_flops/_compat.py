@@ -12,8 +12,8 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
 * torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (shape-only ``addmm``).
 * thop: :func:`thop_rules`, :data:`THOP_PRINTING_MODULES`. fvcore: public API only (``FlopCountAnalysis``).
-* Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`default_hp_metric`,
-  :func:`tensorboard_hparams`.
+* Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`run_hparams` (the mirror of
+  Lightning's private ``_log_hyperparams``), :func:`default_hp_metric`, :func:`tensorboard_hparams`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ __all__ = [
     "module_parameters",
     "op_schema",
     "quantized_weight_bias",
+    "run_hparams",
     "set_module_tracker",
     "storage_address",
     "tensorboard_hparams",
@@ -235,6 +236,28 @@ def tensorboard_hparams(logger: Any, params: Mapping[str, Any]) -> dict[str, Any
     from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
     return logger._sanitize_params(_flatten_dict(_convert_params(dict(params))))
+
+
+def run_hparams(trainer: Any) -> tuple[dict[str, Any], bool]:
+    """The hyperparameters Lightning logs for this run, and whether Lightning will log them (with ``hp_metric``).
+
+    Mirrors ``lightning.pytorch.loggers.utilities._log_hyperparams`` (lightning 2.6.6): the module's and the
+    datamodule's ``hparams_initial`` unless they were saved with ``logger=False`` (the private ``_log_hyperparams``
+    flags: :func:`logs_hyperparams`), without LightningCLI's ``_class_path``.
+    """
+    pl_module = trainer.lightning_module
+    datamodule = trainer.datamodule
+    params: dict[str, Any] = {}
+    logged = False
+    if logs_hyperparams(pl_module):
+        params.update(pl_module.hparams_initial)
+        logged = True
+    if datamodule is not None and logs_hyperparams(datamodule):
+        params.update(datamodule.hparams_initial)
+        logged = True
+    params.pop("_class_path", None)
+    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.6.0; before it, Lightning always logs them
+    return params, logged and getattr(trainer, "enable_autolog_hparams", True)
 
 
 # ------------------------------------------------------------------------------------------------ meta kernels

@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_flops import sinks
-from lightning_flops._compat import default_hp_metric, logs_hyperparams
+from lightning_flops import render, sinks
+from lightning_flops._compat import default_hp_metric, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
-from lightning_flops.inputs import detect_batch_size, iter_tensors, split_input, to_device
+from lightning_flops.inputs import batch_size_of, iter_tensors, split_input, to_device
 from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport
@@ -172,7 +172,7 @@ class FlopsMonitor(Callback):
         self._pending = True
         if not trainer.is_global_zero:
             return
-        params, hp_metric = _run_hparams(trainer)
+        params, hp_metric = run_hparams(trainer)
         keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit", parts=tuple(self.parts or {}))
         for logger in trainer.loggers:
             # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
@@ -231,7 +231,7 @@ class FlopsMonitor(Callback):
         batch, self._step_batch = self._step_batch, None
         try:
             flops = self._stop_observer()
-            samples = self._step_batch_size(pl_module, batch)
+            samples = batch_size_of(batch, lambda b: self._batch_input(pl_module, b), self.batch_size_fn)
         except Exception as err:  # the count must never stop training
             rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
             return
@@ -247,16 +247,6 @@ class FlopsMonitor(Callback):
                 self._publish(trainer, report, self._directory)
             except Exception as err:  # an output failure must not stop training
                 rank_zero_warn(f"FlopsMonitor: could not write the training-step FLOPs: {error_text(err)}")
-
-    def _step_batch_size(self, pl_module: LightningModule, batch: Any) -> int:
-        """Samples in the observed training batch: ``batch_size_fn(batch)``, else dim 0 of the model input."""
-        if self.batch_size_fn is not None:
-            return int(self.batch_size_fn(batch))
-        try:
-            example = self._batch_input(pl_module, batch)
-        except Exception:  # no model input in the batch: dim 0 of the batch's first tensor
-            example = (batch,)
-        return detect_batch_size(*split_input(example))
 
     def _set_flops_per_batch(self, pl_module: LightningModule, flops: int) -> None:
         """``pl_module.flops_per_batch`` for ThroughputMonitor, unless the module defines its own."""
@@ -493,13 +483,7 @@ class FlopsMonitor(Callback):
         self._published[directory] = (path, report)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
-        lines = [
-            f"{gap.a} vs {gap.b}: {gap.relative:.2%} total, {gap.core_relative:.2%} core (limit {report.limit:.2%}), "
-            f"mostly in module `{gap.module or '<root>'}` ({', '.join(gap.operators) or 'no operator named'})"
-            for gap in report.gaps
-            if gap.flagged
-        ]
-        message = f"FlopsMonitor: counters disagree on {report.model}: " + "; ".join(lines) + "."
+        message = "FlopsMonitor: " + render.gap_message(report)
         if raise_now:
             raise FlopsGapError(message + " (on_gap='raise')")
         if self.on_gap == "warn":
@@ -564,25 +548,3 @@ def _callable_key(fn: Any) -> str | None:
     captured = [cell.cell_contents for cell in (getattr(fn, "__closure__", None) or ())]
     defaults = getattr(fn, "__defaults__", None)
     return f"{name}#{_code_digest(code)}:{captured!r}:{defaults!r}"
-
-
-def _run_hparams(trainer: Trainer) -> tuple[dict[str, Any], bool]:
-    """The hyperparameters Lightning logs for this run, and whether Lightning will log them (with ``hp_metric``).
-
-    Mirrors ``lightning.pytorch.loggers.utilities._log_hyperparams`` (lightning 2.6.6): the module's and the
-    datamodule's ``hparams_initial`` unless they were saved with ``logger=False`` (the private ``_log_hyperparams``
-    flags: :func:`~lightning_flops._compat.logs_hyperparams`), without LightningCLI's ``_class_path``.
-    """
-    pl_module = trainer.lightning_module
-    datamodule = trainer.datamodule
-    params: dict[str, Any] = {}
-    logged = False
-    if logs_hyperparams(pl_module):
-        params.update(pl_module.hparams_initial)
-        logged = True
-    if datamodule is not None and logs_hyperparams(datamodule):
-        params.update(datamodule.hparams_initial)
-        logged = True
-    params.pop("_class_path", None)
-    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.6.0; before it, Lightning always logs them
-    return params, logged and getattr(trainer, "enable_autolog_hparams", True)

@@ -17,6 +17,7 @@ import torch
 from lightning_flops.errors import FlopsConfigError
 
 __all__ = [
+    "batch_size_of",
     "clone_tensors",
     "detect_batch_size",
     "iter_tensors",
@@ -154,6 +155,26 @@ def detect_batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         if tensor.dim() > 0:
             return int(tensor.shape[0])
     return 1
+
+
+def batch_size_of(
+    batch: Any, model_input: Callable[[Any], Any], batch_size_fn: Callable[[Any], int] | None = None
+) -> int:
+    """Samples in a training batch: ``batch_size_fn(batch)``, else dim 0 of the model input taken from it.
+
+    Args:
+        batch: the batch as the dataloader gave it.
+        model_input: picks the model input out of ``batch``; when it raises (no model input in the batch), the
+            batch itself is measured (dim 0 of its first tensor).
+        batch_size_fn: the user's own rule, used as it is when given.
+    """
+    if batch_size_fn is not None:
+        return int(batch_size_fn(batch))
+    try:
+        example = model_input(batch)
+    except Exception:  # no model input in the batch: dim 0 of the batch's first tensor
+        example = (batch,)
+    return detect_batch_size(*split_input(example))
 
 
 def slice_batch(value: Any, batch: int) -> tuple[Any, bool]:

@@ -22,6 +22,7 @@ __all__ = [
     "diff_rows",
     "explain_rows",
     "explain_summary",
+    "gap_message",
     "latex_table",
     "param_diff_rows",
     "render_rows",
@@ -33,6 +34,22 @@ __all__ = [
 ]
 
 _REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def gap_message(report: FlopsReport) -> str:
+    """One sentence per flagged gap of ``report``: both counters, the total and core gaps against the limit, and the
+    module and operators the gap mostly sits in (the callback's warning, and its error with ``on_gap="raise"``).
+
+    Args:
+        report: a report whose gaps are flagged (others give an empty list of gaps).
+    """
+    lines = [
+        f"{gap.a} vs {gap.b}: {gap.relative:.2%} total, {gap.core_relative:.2%} core (limit {report.limit:.2%}), "
+        f"mostly in module `{gap.module or '<root>'}` ({', '.join(gap.operators) or 'no operator named'})"
+        for gap in report.gaps
+        if gap.flagged
+    ]
+    return f"counters disagree on {report.model}: " + "; ".join(lines) + "."
 
 
 def uncounted_lines(entries: Sequence[Uncounted]) -> list[str]:
