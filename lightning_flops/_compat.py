@@ -11,7 +11,8 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
   :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`.
 * torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (shape-only ``addmm``).
-* thop: :func:`thop_rules`, :data:`THOP_PRINTING_MODULES`. fvcore: public API only (``FlopCountAnalysis``).
+* thop: :func:`thop_rules`, :func:`thop_without_parameter_count`, :data:`THOP_PRINTING_MODULES`. fvcore: public
+  API only (``FlopCountAnalysis``).
 * Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`run_hparams` (the mirror of
   Lightning's private ``_log_hyperparams``), :func:`default_hp_metric`, :func:`tensorboard_hparams`.
 """
@@ -61,6 +62,7 @@ __all__ = [
     "storage_address",
     "tensorboard_hparams",
     "thop_rules",
+    "thop_without_parameter_count",
     "torch_global_hook_dicts",
     "traceable_meta_convolution",
 ]
@@ -210,6 +212,33 @@ def thop_rules() -> tuple[dict[type, Any], Any]:
     from thop.vision.basic_hooks import zero_ops
 
     return register_hooks, zero_ops
+
+
+@contextlib.contextmanager
+def thop_without_parameter_count() -> Iterator[None]:
+    """While active, ``thop.profile`` skips its per-module parameter count (``count_parameters``, a forward hook
+    on every module with a rule that sums ``p.nelement()`` in float64 tensors; thop 0.1.1 looks the name up in
+    ``thop.profile``'s globals when it adds its hooks). Its ``total_params`` stay 0: we count parameters ourselves
+    and use thop's MACs only. A process-wide patch while active, restored on exit; a no-op without that name."""
+    import thop.profile  # noqa: F401  (the package's `profile` attribute is the function: take the module)
+
+    thop_profile = sys.modules["thop.profile"]
+    previous = vars(thop_profile).get("count_parameters", _ABSENT)
+    if previous is _ABSENT:
+        yield
+        return
+    thop_profile.count_parameters = _no_parameter_count
+    try:
+        yield
+    finally:
+        thop_profile.count_parameters = previous
+
+
+_ABSENT = object()
+
+
+def _no_parameter_count(module: nn.Module, inputs: Any, output: Any) -> None:
+    """thop's ``count_parameters`` hook, doing nothing."""
 
 
 # thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
@@ -404,6 +433,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),
     # thop
     ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
+    ("thop", "thop.profile", "count_parameters", "thop 0.1.1"),
+    ("thop", "source:thop.profile", "register_forward_hook(count_parameters)", "thop 0.1.1"),
     ("thop", "thop.vision.basic_hooks", "zero_ops", "thop 0.1.1"),
     *(("thop", "thop.utils", name, "thop 0.1.1") for name in ("prRed", "prGreen", "prYellow")),
     # lightning

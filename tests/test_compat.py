@@ -280,3 +280,23 @@ def test_the_scan_sees_a_private_use(tmp_path: Path) -> None:
         "y = getattr(model, '_orig_mod', None)\n"
     )
     assert [use.split(":")[0] for use in _private_uses(sample)] == ["1", "2", "3", "4"]
+
+
+def test_thop_skips_its_parameter_walk_and_gets_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    thop_profile = sys.modules.get("thop.profile") or importlib.import_module("thop.profile")
+    original = thop_profile.count_parameters
+    walks: list[nn.Module] = []
+
+    def counting(module: nn.Module, inputs: Any, output: Any) -> None:
+        walks.append(module)
+        original(module, inputs, output)
+
+    monkeypatch.setattr(thop_profile, "count_parameters", counting)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    report = lightning_flops.profile_model(model, torch.randn(2, 4), counters=("thop",))
+    assert report.counters["thop"].ok
+    assert report.counters["thop"].macs == 2 * (4 * 8 + 8 * 3)  # batch * (in*hidden + hidden*out)
+    assert walks == []  # thop's per-module parameter count did not run (its total_params are unused)
+    assert thop_profile.count_parameters is counting  # and the hook is back after the call

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_flops._compat import module_buffers, thop_rules
+from lightning_flops._compat import module_buffers, thop_rules, thop_without_parameter_count
 from lightning_flops.counters.base import RawCount, inclusive_counts
 from lightning_flops.counters.tracing import (
     FunctionLabeler,
@@ -70,7 +70,7 @@ class ThopCounter:
         stack = ModuleStack(wrapper, wrapped=True)
         watch = _BlindSpotWatch(stack, register_hooks, zero_ops)
         try:
-            with quiet(), stack, watch:
+            with quiet(), thop_without_parameter_count(), stack, watch:
                 total, _params, layers = thop.profile(
                     wrapper, inputs=wrapper.tensors, verbose=False, ret_layer_info=True, report_missing=False
                 )
