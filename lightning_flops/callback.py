@@ -23,7 +23,7 @@ from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError
 from lightning_flops.inputs import batch_size_of, iter_tensors, split_input, to_device
 from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
-from lightning_flops.report import FlopsReport
+from lightning_flops.report import FlopsReport, Uncounted
 from lightning_flops.train_step import StepObserver
 
 __all__ = ["FlopsMonitor"]
@@ -154,6 +154,7 @@ class FlopsMonitor(Callback):
         self._declared_dirs: set[str] = set()
         self._observe_step = False  # count the next training step as it runs
         self._observer: StepObserver | None = None
+        self._step_uncounted: tuple[Uncounted, ...] = ()  # kernels of the observed step without a formula
         self._step_batch: Any = None
         self._step_backward = False
         self._directory: str | None = None
@@ -224,7 +225,11 @@ class FlopsMonitor(Callback):
 
     def _stop_observer(self) -> int | None:
         observer, self._observer = self._observer, None
-        return observer.stop() if observer is not None else None
+        if observer is None:
+            return None
+        flops = observer.stop()
+        self._step_uncounted = observer.uncounted
+        return flops
 
     def _finish_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Leave the counting mode and publish the training-step FLOPs (per batch) and that batch's size."""
@@ -240,7 +245,12 @@ class FlopsMonitor(Callback):
         self._set_flops_per_batch(pl_module, flops)
         if self.report is None:
             return
-        report = dataclasses.replace(self.report, train_step_flops=flops, train_step_batch_size=samples)
+        report = dataclasses.replace(
+            self.report,
+            train_step_flops=flops,
+            train_step_batch_size=samples,
+            train_step_uncounted=self._step_uncounted,
+        )
         self.report = report
         if trainer.is_global_zero and self._directory is not None:
             try:

@@ -161,6 +161,10 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
         lines.append(f"Tokens: {report.tokens:,} in the call (padding tokens included).")
     if report.train_step_flops is not None:
         lines.append(f"Training step (forward + backward, per batch): {human_count(report.train_step_flops, 'FLOPs')}")
+        step_uncounted = uncounted_lines(report.train_step_uncounted)
+        if step_uncounted:
+            lines += ["", "Training step uncounted (seen, counted as 0):", ""]
+            lines += [f"- {escape_markdown(line)}" for line in step_uncounted]
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["", "Failed counters:"] + [f"- {r.name}: {escape_markdown(r.error)}" for r in failed]

@@ -239,6 +239,9 @@ class FlopsReport:
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).
+        train_step_uncounted: kernels of that training step (forward or backward) that ran without a formula and
+            are not on the reviewed zero-MAC list, each with its module (``""`` when the step was observed without
+            module hooks) and calls: the training-step count never counts zero in silence.
         tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
             ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
@@ -269,6 +272,7 @@ class FlopsReport:
     fingerprint: str = ""
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
+    train_step_uncounted: tuple[Uncounted, ...] = ()
     logger: dict[str, str] | None = None
     tokens: int | None = None
     module_types: dict[str, str] = field(default_factory=dict)
@@ -379,6 +383,7 @@ class FlopsReport:
                     for i in data.get("inputs", ())
                 ),
                 rules=tuple(data.get("rules", ())),
+                train_step_uncounted=tuple(Uncounted.from_data(u) for u in data.get("train_step_uncounted", ())),
                 module_types={str(k): str(v) for k, v in data.get("module_types", {}).items()},
                 module_params={str(k): int(v) for k, v in data.get("module_params", {}).items()},
                 parts={

@@ -14,6 +14,12 @@ Two ways, one formula set (the torch counter's, CPU fixups included):
 Backward runs from the sum of the floating-point outputs that require grad (the loss costs next to nothing beside
 the model's matrix products). Autograd skips the gradient of inputs that need none, so the first layer's input
 gradient is counted only when that input requires grad (as in the real step).
+
+Both ways run the torch counter's kernel watch (:class:`~lightning_flops.counters.torch_dispatch._KernelWatch`)
+beneath the counting mode: every kernel of the forward or the backward that has no formula and is not on the
+reviewed zero-MAC list is returned as :class:`~lightning_flops.report.Uncounted`, so the training-step count never
+counts zero in silence either. :func:`train_step_count` books them to the module they ran in (backward kernels run
+outside any module: ``""``); :class:`StepObserver` registers no hook, so its entries carry the module ``""``.
 """
 
 from __future__ import annotations
@@ -25,21 +31,53 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_flops._compat import set_module_tracker
-from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _Recorder
-from lightning_flops.counters.tracing import FunctionLabeler
+from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _KernelWatch, _Recorder
+from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.report import Uncounted
 
-__all__ = ["StepObserver", "train_step_flops"]
+__all__ = ["StepObserver", "train_step_count", "train_step_flops"]
 
 
-def _counting_mode() -> FlopCounterMode:
-    """FlopCounterMode with the torch counter's formulas that books everything to one total and registers no hook."""
-    counter = FlopCounterMode(display=False, custom_mapping=_Recorder(None, FunctionLabeler()).mapping())
-    # A private attribute (lightning_flops._compat.set_module_tracker): the default ModuleTracker puts
-    # hooks on the model's modules and tensors; a total needs none.
-    set_module_tracker(counter, _GlobalOnlyTracker())
-    return counter
+class _CountingMode:
+    """FlopCounterMode with the torch counter's formulas over the kernel watch; one total, no hook of its own.
+
+    Args:
+        stack: the module stack uncounted kernels are booked to (``None``: module ``""``).
+    """
+
+    def __init__(self, stack: ModuleStack | None = None) -> None:
+        mapping = _Recorder(None, FunctionLabeler()).mapping()
+        self.watch = _KernelWatch(stack, set(mapping))
+        self.counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        # A private attribute (lightning_flops._compat.set_module_tracker): the default ModuleTracker puts
+        # hooks on the model's modules and tensors; a total needs none.
+        set_module_tracker(self.counter, _GlobalOnlyTracker())
+
+    def __enter__(self) -> _CountingMode:
+        self.watch.__enter__()  # first, so that it sits beneath FlopCounterMode and sees the kernels that run
+        try:
+            self.counter.__enter__()
+        except BaseException:
+            self.watch.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.counter.__exit__(*exc)
+        finally:
+            self.watch.__exit__(*exc)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs counted so far."""
+        return int(self.counter.get_total_flops())
+
+    def uncounted(self) -> tuple[Uncounted, ...]:
+        """Kernels that ran without a formula and are not on the zero-MAC list."""
+        return self.watch.uncounted()
 
 
 class StepObserver:
@@ -59,8 +97,10 @@ class StepObserver:
     """
 
     def __init__(self) -> None:
-        self._mode: FlopCounterMode | None = None
+        self._mode: _CountingMode | None = None
         self.flops: int | None = None
+        #: kernels of the observed step without a formula (module ``""``: the observer registers no hook)
+        self.uncounted: tuple[Uncounted, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -71,16 +111,20 @@ class StepObserver:
         """Enter the counting mode."""
         if self._mode is not None:
             return
-        mode = _counting_mode()
+        mode = _CountingMode()
         mode.__enter__()
         self._mode = mode
 
     def stop(self) -> int | None:
-        """Leave the counting mode; returns the FLOPs counted (``None`` when it never started)."""
+        """Leave the counting mode; returns the FLOPs counted (``None`` when it never started).
+
+        The kernels counted as 0 without a formula are in :attr:`uncounted` afterwards.
+        """
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
-            self.flops = int(mode.get_total_flops())
+            self.flops = mode.flops
+            self.uncounted = mode.uncounted()
         return self.flops
 
 
@@ -101,16 +145,23 @@ def _grad_targets(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return params + inputs
 
 
-def _forward_backward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Count forward + backward of ``model(*args, **kwargs)``; gradients are returned by autograd and dropped."""
-    mode = _counting_mode()
-    with torch.enable_grad(), mode:
+def _forward_backward(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, tuple[Uncounted, ...]]:
+    """Count forward + backward of ``model(*args, **kwargs)``; gradients are returned by autograd and dropped.
+
+    Returns:
+        ``(FLOPs, uncounted kernels)``, the latter booked to ``model``'s module names (forward hooks, removed after).
+    """
+    stack = ModuleStack(model)
+    mode = _CountingMode(stack)
+    with stack, torch.enable_grad(), mode:
         output = model(*args, **kwargs)
         losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
         targets = _grad_targets(model, args, kwargs)
         if losses and targets:
             torch.autograd.grad(torch.stack(losses).sum(), targets, allow_unused=True)
-    return int(mode.get_total_flops())
+    return mode.flops, mode.uncounted()
 
 
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
@@ -119,7 +170,7 @@ def train_step_flops(model: nn.Module, example_input: Any) -> int:
     The counterpart of Lightning's ``measure_flops``, without changing the model: parameters, ``.grad`` (gradient
     accumulation included), buffers, ``requires_grad``, train/eval flags and the RNG state are as before. The model
     keeps its current train/eval flags (inside ``fit`` it is in training mode). Inputs that require grad get their
-    gradient counted, as in the real step.
+    gradient counted, as in the real step. :func:`train_step_count` also returns the kernels counted as 0.
 
     Args:
         model: the module whose ``forward`` the training step calls.
@@ -130,6 +181,25 @@ def train_step_flops(model: nn.Module, example_input: Any) -> int:
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         flops = train_step_flops(model, torch.randn(8, 64))
         assert flops == 2 * (3 * 8 * (64 * 128 + 128 * 10) - 8 * 64 * 128)  # fwd + weight grads + input grads
+    """
+    return train_step_count(model, example_input)[0]
+
+
+def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[Uncounted, ...]]:
+    """:func:`train_step_flops` and the kernels of that step (forward or backward) that counted 0 without a formula.
+
+    A kernel is listed when it ran, has no formula (torch's or ours) and is not on the reviewed zero-MAC list
+    (:mod:`lightning_flops.vocabulary`), as the torch counter's ``uncounted`` is; forward kernels carry their module
+    name, backward kernels ``""`` (they run outside any module's forward).
+
+    Args:
+        model: the module whose ``forward`` the training step calls.
+        example_input: a Tensor (``model(x)``), a tuple/list (``model(*x)``) or a dict (``model(**x)``).
+
+    Example::
+
+        flops, uncounted = train_step_count(model, torch.randn(8, 64))
+        assert uncounted == ()  # every kernel had a formula or is a reviewed zero
     """
     model = unwrap_compiled(model)
     args, kwargs = split_input(example_input)
