@@ -99,6 +99,7 @@ def fully_shard_rank(rank: int, port: int, out: Path) -> None:
             optimizer.step()
     record["same_training"] = same_state(profiled, untouched, *optimizers)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.barrier()  # both ranks done before gloo is torn down (a rank once aborted in teardown without it)
     dist.destroy_process_group()
 
 
