@@ -91,6 +91,32 @@ class LinearStack(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
 
+class WrappedNet(LightningModule):
+    """A LightningModule around ``net``: MSE loss on ``(x, y)`` batches, ``optimizer(params, **optimizer_kwargs)``.
+
+    Args:
+        net: the module ``forward`` calls.
+        optimizer: the optimizer class.
+        optimizer_kwargs: its arguments (``lr`` ...).
+    """
+
+    def __init__(self, net: nn.Module, optimizer: type = torch.optim.SGD, **optimizer_kwargs: Any) -> None:
+        super().__init__()
+        self.net = net
+        self._optimizer = optimizer
+        self._optimizer_kwargs = optimizer_kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self._optimizer(self.parameters(), **self._optimizer_kwargs)
+
+
 class RandomDataModule(LightningDataModule):
     """Seeded random ``(x, y)`` regression data for :class:`LinearStack` (same data for every stage).
 

@@ -18,30 +18,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_flops as lf
 from lightning_flops.isolation import meta_copy
 from lightning_flops.train_step import train_step_flops
-from tests.lit_helpers import make_trainer
+from tests.lit_helpers import WrappedNet, make_trainer
 
 ALL_DEVICES = (None, "meta", "model")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-class Lit(LightningModule):
-    """A LightningModule around ``net`` (``[B, 4] -> [B, 2]`` after ``net``'s own layers), SGD with momentum."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
-
 def loader(in_features: int = 4, out: int = 2) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(16, in_features, generator=generator), torch.randn(16, out, generator=generator))
@@ -97,8 +79,8 @@ def test_a_lazy_module_stays_lazy_and_works_after_profiling(device: str | None) 
 
 
 def test_a_fit_with_a_lazy_module_trains_as_without_the_monitor(tmp_path: Path) -> None:
-    def make() -> Lit:
-        return Lit(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2)))
+    def make() -> WrappedNet:
+        return WrappedNet(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2)), lr=0.1, momentum=0.9)
 
     with_monitor = fit(tmp_path / "a", make, monitor=True)
     assert_same_training(with_monitor, fit(tmp_path / "b", make, monitor=False))
@@ -151,7 +133,7 @@ def test_an_instance_level_forward_runs_on_the_copy_not_on_the_model(wrap: Any, 
 
 def test_a_fit_of_a_compiled_module_trains_as_without_the_monitor(tmp_path: Path) -> None:
     def make() -> Any:
-        return torch.compile(Lit(Stepper()), backend="eager")
+        return torch.compile(WrappedNet(Stepper(), lr=0.1, momentum=0.9), backend="eager")
 
     with_monitor = fit(tmp_path / "a", make, monitor=True)
     without = fit(tmp_path / "b", make, monitor=False)

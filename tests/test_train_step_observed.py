@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import LightningModule, seed_everything
-from lit_helpers import make_trainer
+from lit_helpers import WrappedNet, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,31 +65,15 @@ class _BatchNormDropout(nn.Module):
         return self.net(x.flatten(1))
 
 
-class _Lit(LightningModule):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=0.01)
-
-
 def _loader() -> DataLoader:
     generator = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(16, SEQ, WIDTH, generator=generator), torch.randn(16, 1, generator=generator))
     return DataLoader(data, batch_size=BATCH)
 
 
-def _fit(tmp_path: Path, factory: Any, monitor: bool, max_steps: int = 3) -> tuple[_Lit, Any]:
+def _fit(tmp_path: Path, factory: Any, monitor: bool, max_steps: int = 3) -> tuple[WrappedNet, Any]:
     seed_everything(0)
-    module = _Lit(factory())
+    module = WrappedNet(factory(), torch.optim.Adam, lr=0.01)
     callbacks = [FlopsMonitor(counters=("torch",))] if monitor else []
     trainer = make_trainer(tmp_path, callbacks, max_steps=max_steps)
     trainer.fit(module, _loader())
@@ -117,7 +101,7 @@ def test_observed_step_leaves_weights_and_optimizer_state_bit_identical(tmp_path
 
 def test_moe_step_counts_the_experts_that_really_ran(tmp_path: Path) -> None:
     seed_everything(0)
-    module = _Lit(_MoE())
+    module = WrappedNet(_MoE(), torch.optim.Adam, lr=0.01)
     first = copy.deepcopy(module.net)
     x = next(iter(_loader()))[0]
     first(x)  # the routing of the first batch with the initial weights

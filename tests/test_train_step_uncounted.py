@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, seed_everything
-from lit_helpers import make_trainer
+from lightning.pytorch import seed_everything
+from lit_helpers import WrappedNet, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -96,28 +96,12 @@ def test_counted_kernels_only_list_nothing() -> None:
     assert uncounted == ()
 
 
-class _Lit(LightningModule):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def _fit(tmp_path: Path, net: nn.Module) -> tuple[dict[str, Any], lf.FlopsReport]:
     seed_everything(0)
     generator = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(8, IN, generator=generator), torch.randn(8, OUT, generator=generator))
     trainer = make_trainer(tmp_path, [FlopsMonitor(counters=("torch",))], max_steps=2)
-    trainer.fit(_Lit(net), DataLoader(data, batch_size=BATCH))
+    trainer.fit(WrappedNet(net, lr=0.01), DataLoader(data, batch_size=BATCH))
     text = next(Path(trainer.log_dir).glob("flops_report*.json")).read_text()
     return json.loads(text), lf.FlopsReport.from_json(text)
 
