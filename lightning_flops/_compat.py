@@ -23,7 +23,7 @@ import contextlib
 import copy
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -329,15 +329,22 @@ def traceable_meta_convolution() -> Iterator[None]:
     if not META_CONV_TRACING:
         yield
         return
+    with _meta_kernel_override("convolution", _convolution_through_composite):
+        yield
+
+
+@contextlib.contextmanager
+def _meta_kernel_override(op_name: str, kernel: Callable[..., Any]) -> Iterator[None]:
+    """While active, ``kernel`` is the Meta kernel of ``aten::{op_name}``; torch's own is back on exit."""
     import torch.library
 
-    key = "aten/convolution/Meta"
+    key = f"aten/{op_name}/Meta"
     had_key = key in torch.library._impls  # torch 2.13: the set of (namespace/op/key) overridden from Python
     library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
-            library.impl("convolution", _convolution_through_composite, "Meta")
+            library.impl(op_name, kernel, "Meta")
         yield
     finally:
         library._destroy()  # the dispatcher falls back to torch's own meta kernel
@@ -381,23 +388,11 @@ def fast_meta_kernels() -> Iterator[None]:
         yield
         return
     import torch._decomp
-    import torch.library
 
     if _ADDMM_DECOMPOSITION is None:
         _ADDMM_DECOMPOSITION = torch._decomp.global_decomposition_table["post_autograd"][_aten.addmm.default]
-    key = "aten/addmm/Meta"
-    had_key = key in torch.library._impls
-    library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
-            library.impl("addmm", _addmm_meta, "Meta")
+    with _meta_kernel_override("addmm", _addmm_meta):
         yield
-    finally:
-        library._destroy()
-        library._op_impls.clear()  # see traceable_meta_convolution
-        if had_key:
-            torch.library._impls.add(key)
 
 
 # (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
