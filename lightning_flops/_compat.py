@@ -10,7 +10,8 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
 * torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
   :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`.
 * torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
-  the meta device), :func:`fast_meta_kernels` (shape-only ``addmm``).
+  the meta device), :func:`fast_meta_kernels` (shape-only kernels of :mod:`lightning_flops._meta_kernels`),
+  :func:`torch_meta_kernel`.
 * thop: :func:`thop_rules`, :func:`thop_without_parameter_count`, :data:`THOP_PRINTING_MODULES`. fvcore: public
   API only (``FlopCountAnalysis``).
 * Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`run_hparams` (the mirror of
@@ -64,6 +65,7 @@ __all__ = [
     "thop_rules",
     "thop_without_parameter_count",
     "torch_global_hook_dicts",
+    "torch_meta_kernel",
     "traceable_meta_convolution",
 ]
 
@@ -336,62 +338,84 @@ def traceable_meta_convolution() -> Iterator[None]:
 @contextlib.contextmanager
 def _meta_kernel_override(op_name: str, kernel: Callable[..., Any]) -> Iterator[None]:
     """While active, ``kernel`` is the Meta kernel of ``aten::{op_name}``; torch's own is back on exit."""
+    with _meta_kernels_override({op_name: kernel}):
+        yield
+
+
+@contextlib.contextmanager
+def _meta_kernels_override(kernels: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """While active, ``kernels[name]`` is the Meta kernel of ``aten::{name}`` (an overload name such as
+    ``"add.Tensor"``); torch's own kernels are back on exit."""
     import torch.library
 
-    key = f"aten/{op_name}/Meta"
-    had_key = key in torch.library._impls  # torch 2.13: the set of (namespace/op/key) overridden from Python
+    keys = {f"aten/{name}/Meta" for name in kernels}
+    had_keys = keys & torch.library._impls  # torch 2.13: the set of "namespace/op/key" overridden from Python
     library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
-            library.impl(op_name, kernel, "Meta")
+            for name, kernel in kernels.items():
+                library.impl(name, kernel, "Meta")
         yield
     finally:
-        library._destroy()  # the dispatcher falls back to torch's own meta kernel
-        # _destroy() (and the finalizer that runs again when `library` dies) drops the key from torch's record of
-        # Python overrides, although torch's own meta library still holds one: forget ours, keep torch's on record
+        library._destroy()  # the dispatcher falls back to torch's own meta kernels
+        # _destroy() (and the finalizer that runs again when `library` dies) drops the keys from torch's record of
+        # Python overrides, although torch's own meta library still holds them: forget ours, keep torch's on record
         library._op_impls.clear()
-        if had_key:
-            torch.library._impls.add(key)
+        torch.library._impls.update(had_keys)
 
 
-# Checked against torch 2.13: `activate_meta()` in torch/_meta_registrations.py registers the Python decomposition of
-# `aten::addmm` (torch/_decomp/decompositions.py, through torch._prims elementwise metas) as its meta kernel, over the
-# C++ structured one; it costs ~0.5 ms a call on an idle core, most of the time of counting a model of small linears.
-def _addmm_meta(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: Any = 1, alpha: Any = 1) -> Any:
-    plain = (
-        mat1.dim() == 2
-        and mat2.dim() == 2
-        and mat1.shape[1] == mat2.shape[0]
-        and self.dtype == mat1.dtype == mat2.dtype
-        and self.dim() <= 2
-        and all(s in (1, n) for s, n in zip(self.shape[::-1], (mat2.shape[1], mat1.shape[0]), strict=False))
-    )
-    if not plain:  # anything unusual (errors, dtype mixes): torch's own kernel decides
-        return _ADDMM_DECOMPOSITION(self, mat1, mat2, beta=beta, alpha=alpha)
-    return torch.empty((mat1.shape[0], mat2.shape[1]), dtype=mat1.dtype, device="meta")  # contiguous, as torch's
+def torch_meta_kernel(op: Any) -> Callable[..., Any] | None:
+    """The Python function torch registers as the Meta kernel of the overload ``op``, or ``None`` when torch leaves
+    it to C++ (torch 2.13: ``activate_meta()`` in torch/_meta_registrations.py registers the first of the
+    ``torch._decomp.global_decomposition_table`` entries "meta", "post_autograd", "pre_autograd" that holds ``op``,
+    over the C++ meta kernel, except for CompositeImplicitAutograd and view operators and a few listed there)."""
+    import torch._decomp
+
+    if torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd") or op.is_view:
+        return None
+    for kind in ("meta", "post_autograd", "pre_autograd"):
+        kernel = torch._decomp.global_decomposition_table[kind].get(op)
+        if kernel is not None:
+            return kernel
+    return None
 
 
-_ADDMM_DECOMPOSITION: Any = None
+_FAST_KERNELS: dict[str, Callable[..., Any]] | None = None
+
+
+def _fast_kernels() -> dict[str, Callable[..., Any]]:
+    """Our shape-only meta kernel per overload name (:data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS`),
+    each falling back to torch's Python meta kernel; operators that torch leaves to C++ are not overridden."""
+    global _FAST_KERNELS
+    if _FAST_KERNELS is None:
+        from lightning_flops._meta_kernels import SHAPE_ONLY_KERNELS
+
+        kernels = {}
+        for name, factory in SHAPE_ONLY_KERNELS.items():
+            packet, _, overload = name.partition(".")
+            op = getattr(getattr(_aten, packet, None), overload, None)
+            fallback = torch_meta_kernel(op) if op is not None else None
+            if fallback is not None:  # the dispatcher names a default overload by its packet alone
+                kernels[packet if overload == "default" else name] = factory(fallback)
+        _FAST_KERNELS = kernels
+    return _FAST_KERNELS
 
 
 @contextlib.contextmanager
 def fast_meta_kernels() -> Iterator[None]:
-    """While active, ``aten::addmm`` on meta tensors computes its output shape directly (same shape, dtype and
-    strides as torch's meta kernel, ``tests/test_compat.py``) instead of running torch's Python decomposition.
+    """While active, the operators of :data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS` (``addmm``,
+    elementwise operators, norms, ``cat``, ...) compute their output on meta tensors from shapes and dtypes directly
+    (the same shape, dtype and strides as torch's kernel, ``tests/test_meta_kernels.py``) instead of running torch's
+    Python decompositions, 0.2-4 ms a call; anything unusual goes to torch's own kernel.
 
-    Counts do not change: every counter reads shapes, and FlopCounterMode sees ``addmm`` above the meta kernel.
-    Does nothing on torch older than 2.13 (not checked).
+    Counts do not change: every counter reads shapes, and FlopCounterMode sees each operator above its meta kernel.
+    A process-wide override while active, restored on exit. Does nothing on torch older than 2.13 (not checked).
     """
-    global _ADDMM_DECOMPOSITION
     if not META_CONV_TRACING:
         yield
         return
-    import torch._decomp
-
-    if _ADDMM_DECOMPOSITION is None:
-        _ADDMM_DECOMPOSITION = torch._decomp.global_decomposition_table["post_autograd"][_aten.addmm.default]
-    with _meta_kernel_override("addmm", _addmm_meta):
+    with _meta_kernels_override(_fast_kernels()):
         yield
 
 
@@ -425,6 +449,7 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
     ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),
     ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
+    ("torch", "torch._C", "_dispatch_has_kernel_for_dispatch_key", "torch 2.13"),
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),
     # thop
     ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
