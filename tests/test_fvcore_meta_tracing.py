@@ -20,7 +20,7 @@ from torch import nn
 
 import lightning_flops as lf
 from examples.models import SmallCNN, small_cnn_macs
-from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
+from lightning_flops._compat import META_CONV_TRACING, fast_meta_kernels, traceable_meta_convolution
 from tests.test_ops import ALL_OPS, Op
 
 pytestmark = pytest.mark.skipif(not META_CONV_TRACING, reason="the meta-convolution shim is checked on torch >= 2.13")
@@ -49,13 +49,17 @@ def conv_net_inputs() -> tuple[torch.Tensor, ...]:
     return torch.randn(2, 3, 20), torch.randn(2, 3, 16, 16), torch.randn(2, 2, 3, 8, 8)
 
 
-def fvcore_tables(model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str) -> tuple[Any, ...]:
-    """fvcore's total, by-module-and-operator table and unsupported ops on a copy of ``model`` on ``device``."""
+def fvcore_tables(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str, fast: bool = False
+) -> tuple[Any, ...]:
+    """fvcore's total, by-module-and-operator table and unsupported ops on a copy of ``model`` on ``device``
+    (``fast``: with the shape-only meta kernels that profile_model counts under)."""
     from fvcore.nn import FlopCountAnalysis
 
     target = copy.deepcopy(model).eval().to(device)
     shim = traceable_meta_convolution() if device == "meta" else nullcontext()
-    with torch.no_grad(), shim, redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    kernels = fast_meta_kernels() if fast else nullcontext()
+    with torch.no_grad(), shim, kernels, redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = FlopCountAnalysis(target, tuple(t.to(device) for t in inputs))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
@@ -74,10 +78,62 @@ def test_fvcore_on_meta_counts_each_convolution_as_on_cpu(op: Op) -> None:
     assert fvcore_tables(model, inputs, "meta") == on_cpu
 
 
-def test_fvcore_on_meta_counts_every_convolution_flavour_as_on_cpu() -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["torch_meta_kernels", "shape_only_meta_kernels"])
+def test_fvcore_on_meta_counts_every_convolution_flavour_as_on_cpu(fast: bool) -> None:
     on_cpu = fvcore_tables(ConvNet(), conv_net_inputs(), "cpu")
     assert on_cpu[0] > 0 and on_cpu[1]["c2g"]["conv"] == 2 * 8 * 6 * 6 * 2 * 3 * 3  # batch * out * H * W * in/g * k*k
-    assert fvcore_tables(ConvNet(), conv_net_inputs(), "meta") == on_cpu
+    assert fvcore_tables(ConvNet(), conv_net_inputs(), "meta", fast=fast) == on_cpu
+
+
+class NormAttention(nn.Module):
+    """LayerNorm, GELU, a hand-written causal attention (matmul, masked_fill, softmax), residual adds, a mean."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.out = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
+        attn = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        y = x + self.out(nn.functional.gelu(attn @ v))
+        return torch.cat([y, y.mean(dim=-1, keepdim=True)], dim=-1)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["torch_meta_kernels", "shape_only_meta_kernels"])
+def test_fvcore_on_meta_counts_an_attention_block_as_on_cpu(fast: bool) -> None:
+    x = (torch.randn(2, 5, 16),)
+    on_cpu = fvcore_tables(NormAttention(), x, "cpu")
+    assert on_cpu[1]["qkv"]["linear"] == 2 * 5 * 16 * 48  # batch * tokens * in * out
+    assert on_cpu[1][""]["matmul"] == 2 * (2 * 5 * 5 * 16)  # q @ k^T and attn @ v: batch * T * T * dim each
+    assert fvcore_tables(NormAttention(), x, "meta", fast=fast) == on_cpu
+
+
+def test_profile_model_counts_fvcore_alike_from_any_stack_depth_and_traces_on_a_fresh_stack() -> None:
+    """fvcore's trace runs in a thread of its own (the tracer walks the caller's whole stack for every node it adds):
+    the same number from a deep stack, as inside Trainer.fit, and grad mode carried into the thread."""
+    import threading
+
+    threads: list[tuple[str, bool]] = []
+
+    class Recorded(NormAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            threads.append((threading.current_thread().name, torch.is_grad_enabled()))
+            return super().forward(x)
+
+    model = Recorded()
+    x = torch.randn(2, 5, 16)
+    expected = fvcore_tables(NormAttention(), (x,), "cpu")[0]
+
+    def deep(n: int) -> int:
+        if n:
+            return deep(n - 1)
+        return lf.profile_model(model, x, counters=("fvcore",), strict=True).counters["fvcore"].macs
+
+    assert deep(0) == deep(150) == expected
+    fvcore_calls = [t for t in threads if t[0] == "lightning-flops-trace"]
+    assert len(fvcore_calls) == 2 and not any(grad for _, grad in fvcore_calls)
 
 
 def test_profile_model_counts_fvcore_on_meta_with_the_number_fvcore_gives_on_cpu() -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
 from lightning_flops.counters.base import RawCount
-from lightning_flops.counters.tracing import PositionalCall, quiet, user_module_name
+from lightning_flops.counters.tracing import PositionalCall, on_fresh_stack, quiet, user_module_name
 from lightning_flops.report import Uncounted
 from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, operator_of_fvcore
 
@@ -52,14 +52,17 @@ class FvcoreCounter:
             raise ImportError(f"fvcore is not installed ({err}); install it with `pip install fvcore`") from err
         wrapper = PositionalCall(model, args, kwargs)
         on_meta = any(t.is_meta for t in wrapper.tensors) or any(p.is_meta for p in model.parameters())
-        with quiet(), traceable_meta_convolution() if on_meta else contextlib.nullcontext():
+
+        def analyse() -> tuple[int, dict[str, dict[str, int]], dict[str, int]]:
             analysis = FlopCountAnalysis(wrapper, wrapper.tensors)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.tracer_warnings("no_tracer_warning")  # "none" would ignore every warning, the user's too
-            total = analysis.total()
-            per_module = analysis.by_module_and_operator()
-            unsupported = analysis.unsupported_ops()
+            return analysis.total(), analysis.by_module_and_operator(), analysis.unsupported_ops()
+
+        with quiet(), traceable_meta_convolution() if on_meta else contextlib.nullcontext():
+            # traced from an empty stack: the tracer's cost per operator grows with the depth of the caller's stack
+            total, per_module, unsupported = on_fresh_stack(analyse)
         module_operators: dict[str, dict[str, int]] = {}
         for name, ops in per_module.items():
             if name == "":
