@@ -54,16 +54,28 @@ def _first_batch_model(model: str, batch: int) -> tuple[nn.Module, Any]:
     return {"resnet50": resnet50, "vit_b16": vit_b16}[model](), torch.randn(batch, 3, 224, 224)
 
 
-def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
+def _loss(output: Any) -> torch.Tensor:
+    """A scalar to run backward from: the sum of the output (of the logits of an HF output)."""
+    logits = getattr(output, "logits", output)
+    return logits.float().sum()
+
+
+def first_batch(model: str, batch: int, rounds: int, step_rounds: int = 3) -> dict[str, Any]:
     """Cost of ``profile_model`` (all three counters) in units of one warm plain forward of the same batch.
 
-    In one process: two warm-up forwards, one more forward, the first ``profile_model`` call (cold), then ``rounds``
-    rounds of (plain forward, ``profile_model``, ``train_step_flops``, the three libraries run by hand on the real
-    model; the last for the image models only). Each round's ratio divides by that round's forward, so that load
-    from other processes hits numerator and denominator alike.
+    In one process that has imported ``lightning`` first (as every process that runs a Trainer has; it imports
+    ``torch._dynamo``, which FlopCounterMode would otherwise import on its first call): two warm-up forwards, one more
+    forward, the first ``profile_model`` call (cold), then ``rounds`` rounds of (plain forward, ``profile_model``,
+    ``train_step_flops``, the three libraries run by hand on the real model; the last for the image models only),
+    then ``step_rounds`` rounds of one real training step (forward + backward, training mode) without and one with
+    :class:`~lightning_flops.train_step.StepObserver` counting it, as the callback does on the first batch. Each
+    round's ratio divides by that round's forward, so that load from other processes hits numerator and denominator
+    alike.
     """
+    import lightning  # noqa: F401  (what a Trainer's process has loaded)
+
     import lightning_flops as lf
-    from lightning_flops.train_step import train_step_flops
+    from lightning_flops.train_step import StepObserver, train_step_flops
 
     torch.manual_seed(0)
     net, x = _first_batch_model(model, batch)
@@ -83,6 +95,18 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
             train_step_flops(net, x)
         finally:
             net.eval()
+
+    def real_step(observed: bool) -> None:
+        observer = StepObserver()
+        net.train()
+        try:
+            if observed:
+                observer.start()
+            _loss(net(x)).backward()
+        finally:
+            observer.stop()
+            net.eval()
+            net.zero_grad(set_to_none=True)
 
     def three_by_hand() -> None:
         import thop
@@ -108,6 +132,13 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
         steps.append(_timed(train_step))
         if by_hand is not None:
             hands.append(_timed(three_by_hand))
+    real_step(False)  # warm-up: the first backward allocates the gradients
+    observed_extra = []  # (observed step - plain step) / forward, per round
+    for i in range(step_rounds):
+        round_forward = _timed(forward)
+        order = (False, True) if i % 2 == 0 else (True, False)
+        times = {observed: _timed(lambda observed=observed: real_step(observed)) for observed in order}
+        observed_extra.append((times[True] - times[False]) / round_forward)
     report = lf.profile_model(net, x)
     forward_s = statistics.median([cold_forward, *forwards])
     return {
@@ -122,6 +153,8 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
         "warm_ratio": statistics.median(p / f for p, f in zip(profiles, forwards, strict=True)),
         "train_step_s": statistics.median(steps),
         "train_step_ratio": statistics.median(s / f for s, f in zip(steps, forwards, strict=True)),
+        "observed_step_extra_ratio": statistics.median(observed_extra),
+        "observed_step_extras": observed_extra,
         "by_hand_s": statistics.median(hands) if hands else None,
         "by_hand_ratio": statistics.median(h / f for h, f in zip(hands, forwards, strict=True)) if hands else None,
         "devices": {name: result.device for name, result in report.counters.items()},
@@ -130,6 +163,27 @@ def first_batch(model: str, batch: int, rounds: int) -> dict[str, Any]:
         "forwards": forwards,
         "profiles": profiles,
     }
+
+
+def cold_bare(model: str, batch: int) -> dict[str, Any]:
+    """The first ``profile_model`` call in a bare Python process (no ``lightning`` imported), per warm forward.
+
+    This includes importing ``torch._dynamo`` (FlopCounterMode's dispatch is wrapped by ``torch._disable_dynamo``,
+    which imports it on the first call): a cost that a script pays once, and a Trainer's process has already paid.
+    """
+    import lightning_flops as lf
+
+    torch.manual_seed(0)
+    net, x = _first_batch_model(model, batch)
+    net.eval()
+    for _ in range(2):
+        with torch.no_grad():
+            net(x)
+    with torch.no_grad():
+        forward_s = _timed(lambda: net(x))
+    dynamo_before = "torch._dynamo" in sys.modules
+    cold_s = _timed(lambda: lf.profile_model(net, x))
+    return {"forward_s": forward_s, "cold_s": cold_s, "cold_ratio": cold_s / forward_s, "dynamo_before": dynamo_before}
 
 
 # ------------------------------------------------------------------------------------------------ many modules
@@ -314,6 +368,7 @@ def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "first_batch": first_batch,
+    "cold_bare": cold_bare,
     "many_modules": many_modules,
     "steady_state": steady_state,
     "meta_scale": meta_scale,
