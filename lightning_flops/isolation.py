@@ -368,6 +368,16 @@ def _has_script_module(model: nn.Module) -> bool:
     return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
 
+def _plain_contiguous(tensor: torch.Tensor) -> bool:
+    """A strided, contiguous, not quantized ``torch.Tensor`` or ``nn.Parameter`` (no subclass)."""
+    return (
+        type(tensor) in (torch.Tensor, nn.Parameter)
+        and tensor.layout == torch.strided
+        and not tensor.is_quantized
+        and tensor.is_contiguous()
+    )
+
+
 def _meta_tensor(real: torch.Tensor) -> torch.Tensor:
     """An empty meta stand-in: global shape for a DTensor, a fresh uninitialized one for a lazy parameter."""
     from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
@@ -376,10 +386,11 @@ def _meta_tensor(real: torch.Tensor) -> torch.Tensor:
         return UninitializedParameter(requires_grad=real.requires_grad, device="meta", dtype=real.dtype)
     if isinstance(real, UninitializedBuffer):
         return UninitializedBuffer(requires_grad=real.requires_grad, device="meta", dtype=real.dtype)
-    if _is_sharded(real):
+    if _is_sharded(real) or _plain_contiguous(real):
+        # a plain contiguous tensor: what empty_like gives, without its Python meta kernel (~50 us, torch 2.13)
         twin = torch.empty(tuple(real.shape), dtype=real.dtype, device="meta")
     else:
-        twin = torch.empty_like(real, device="meta")
+        twin = torch.empty_like(real, device="meta")  # the same strides where the layout is dense
     if isinstance(real, nn.Parameter):
         return nn.Parameter(twin, requires_grad=real.requires_grad)
     return twin

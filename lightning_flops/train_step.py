@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_flops._compat import set_module_tracker
+from lightning_flops._compat import fast_meta_kernels, set_module_tracker
 from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _KernelWatch, _Recorder
 from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
@@ -206,7 +206,8 @@ def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[U
     with preserved_rng():
         try:
             copy = meta_copy(model)
-            return _forward_backward(copy, _meta_inputs(args), _meta_inputs(kwargs))
+            with fast_meta_kernels():  # shapes only: torch's Python decompositions are most of the time on meta
+                return _forward_backward(copy, _meta_inputs(args), _meta_inputs(kwargs))
         except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the real model
             pass
     snapshot = ModelSnapshot(model)

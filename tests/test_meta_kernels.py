@@ -272,3 +272,39 @@ def test_a_model_on_meta_gives_the_same_outputs_and_counts_with_the_kernels() ->
     assert report.counters["torch"].macs > 0
     model.train()
     assert train_step_flops(model, x) > 0
+
+
+class Probe(torch.nn.Module):
+    """Records, on every call, whether the shape-only kernels are registered and which hooks this module holds."""
+
+    seen: list[tuple[bool, int]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ours = "lightning_flops/_compat.py" in torch._C._dispatch_dump("aten::native_batch_norm")
+        hooks = len(self._forward_pre_hooks) + len(self._forward_hooks) + len(self.norm._forward_pre_hooks)
+        Probe.seen.append((x.device.type == "meta" and ours, hooks))
+        return self.norm(x)
+
+
+def test_every_meta_count_runs_with_the_shape_only_kernels_and_no_tracking_hook_per_module() -> None:
+    """profile_model's three counters and train_step_flops count on meta under the kernels; module tracking uses
+    process-wide hooks, so the modules themselves hold only the counters' own (thop's counting hooks, fvcore's scope
+    hooks) and never the two tracking hooks per module that the torch counter would add."""
+    import lightning_flops as lf
+    from lightning_flops.train_step import train_step_flops
+
+    Probe.seen.clear()
+    report = lf.profile_model(Probe(), torch.randn(3, 4), strict=True)
+    assert {r.device for r in report.counters.values()} == {"meta"}
+    assert report.counters["torch"].macs == 0 and report.params.total == 8  # a norm only: no MACs; weight + bias
+    assert [ours for ours, _ in Probe.seen] == [True] * len(Probe.seen) and len(Probe.seen) >= 3
+    torch_call = Probe.seen[0]  # the torch counter runs first
+    assert torch_call[1] == 0
+    Probe.seen.clear()
+    model = Probe().train()
+    assert train_step_flops(model, torch.randn(3, 4)) == 0
+    assert [ours for ours, _ in Probe.seen] == [True]

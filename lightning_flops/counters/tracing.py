@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES
@@ -56,7 +57,12 @@ class FunctionLabeler(TorchFunctionMode):
 
 
 class ModuleStack:
-    """Tracks which named module is running, with forward pre/post hooks on every submodule of ``model``.
+    """Tracks which named module is running, with one process-wide forward pre/post hook pair filtered by module
+    identity (registering two hooks on every submodule cost more than the count itself on models of many modules).
+
+    Process-wide hooks run before a module's own hooks: the ops of a module's own forward pre-hooks are booked to it,
+    those of its own forward hooks to its parent (counters run on structural copies, which hold none of the user's
+    hooks). ScriptModules run no Python hooks: their ops go to the parent.
 
     Args:
         model: the module whose ``named_modules()`` names are reported.
@@ -77,24 +83,26 @@ class ModuleStack:
         return self.stack[-1] if self.stack else ("", None)
 
     def __enter__(self) -> ModuleStack:
-        for name, module in self.model.named_modules(remove_duplicate=True):
-            stripped = user_module_name(name) if self.wrapped else name
+        names = {
+            id(module): user_module_name(name) if self.wrapped else name
+            for name, module in self.model.named_modules(remove_duplicate=True)
+        }
+        wrapper = self.model if self.wrapped else None  # it and the user's root share the name "": count the root
 
-            def push(
-                mod: nn.Module, args: Any, name: str = stripped, count: bool = name != "" or not self.wrapped
-            ) -> None:
-                self.stack.append((name, mod))
-                self.called.add(name)
-                if count:  # the wrapper and the user's root share the name "": count the root's calls only
-                    self.calls[name] = self.calls.get(name, 0) + 1
+        def push(mod: nn.Module, args: Any) -> None:
+            name = names.get(id(mod))
+            if name is None:
+                return  # a module outside the model (another model, or one made during the forward)
+            self.stack.append((name, mod))
+            self.called.add(name)
+            if mod is not wrapper:
+                self.calls[name] = self.calls.get(name, 0) + 1
 
-            def pop(mod: nn.Module, args: Any, output: Any) -> None:
-                if self.stack and self.stack[-1][1] is mod:
-                    self.stack.pop()
+        def pop(mod: nn.Module, args: Any, output: Any) -> None:
+            if self.stack and self.stack[-1][1] is mod:
+                self.stack.pop()
 
-            with contextlib.suppress(RuntimeError):  # ScriptModules refuse hooks: their ops go to the parent
-                self._handles.append(module.register_forward_pre_hook(push))
-                self._handles.append(module.register_forward_hook(pop, always_call=True))
+        self._handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop, always_call=True)]
         return self
 
     def __exit__(self, *exc: Any) -> None:
