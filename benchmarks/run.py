@@ -113,9 +113,15 @@ def _read_until(proc: subprocess.Popen[str], prefix: str) -> str:
 
 
 def run_lockstep_pair(
-    shape: dict[str, Any], blocks: int, start_with_callback_first: bool = False, env: dict[str, str] | None = None
+    shape: dict[str, Any],
+    blocks: int,
+    start_with_callback_first: bool = False,
+    env: dict[str, str] | None = None,
+    control: bool = False,
 ) -> tuple[dict[bool, list[float]], dict[bool, dict]]:
     """Two ``steady_state`` fits (with and without the callback) that take turns, one block of steps at a time.
+
+    ``control``: both fits run without the callback (an A/A pair: how far two identical fits differ).
 
     Returns:
         Block wall times per fit (``True``: with ``FlopsMonitor``) and each fit's ``RESULT``.
@@ -125,7 +131,7 @@ def run_lockstep_pair(
     order = (True, False) if start_with_callback_first else (False, True)
     procs = {
         key: subprocess.Popen(
-            [sys.executable, str(WORKER), "steady_state", json.dumps({"with_callback": key, **shape})],
+            [sys.executable, str(WORKER), "steady_state", json.dumps({"with_callback": key and not control, **shape})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -241,15 +247,24 @@ PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_":
 
 
 def _steady_pairs(
-    shape: dict[str, Any], blocks: int, pairs: int, env: dict[str, str], label: str, log: Callable[[str], None]
+    shape: dict[str, Any],
+    blocks: int,
+    pairs: int,
+    env: dict[str, str],
+    label: str,
+    log: Callable[[str], None],
+    control: bool = False,
 ) -> dict[str, Any]:
-    """Run ``pairs`` lockstep pairs of fits (with and without the callback) under extra environment ``env``."""
+    """Run ``pairs`` lockstep pairs of fits (with and without the callback) under extra environment ``env``;
+    ``control``: both without it."""
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     block_ratios: list[float] = []
     pair_ratios: list[float] = []
     for i in range(pairs):
         log(f"steady_state ({label}): pair {i + 1}/{pairs} of fits with and without FlopsMonitor, {blocks} blocks")
-        times, results = run_lockstep_pair(shape, blocks, start_with_callback_first=i % 2 == 1, env=env)
+        times, results = run_lockstep_pair(
+            shape, blocks, start_with_callback_first=i % 2 == 1, env=env, control=control
+        )
         ratios = [without / with_ for with_, without in zip(times[True], times[False], strict=True)]
         block_ratios += ratios
         pair_ratios.append(statistics.median(ratios))
@@ -278,6 +293,8 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
     shape = {"width": 2048, "depth": 9, "batch": 8, "steps": 1 + blocks * block, "lockstep_block": block}
     default = _steady_pairs(shape, blocks, pairs, {}, "default allocator", log)  # what users run: the target
     pinned = _steady_pairs(shape, blocks, 2, PINNED_MALLOC, "pinned allocator", log)
+    # the noise floor of the pair ratio: two fits without the callback, measured the same way
+    control = _steady_pairs(shape, blocks, 1 if quick else 3, {}, "control, no callback in either", log, control=True)
     runs = default["runs"]
     speed = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in runs.items()}
     cpu_speed = {k: statistics.median(r["cpu_steps_per_s"] for r in v) for k, v in runs.items()}
@@ -294,6 +311,10 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
         return {k: statistics.median(r["usage_after_batch0"][2] for r in v) / steps_after for k, v in result.items()}
 
     faults, pinned_faults = faults_per_step(runs), faults_per_step(pinned["runs"])
+    control_pairs = ", ".join(f"{r:.3f}" for r in control["pair_ratios"])
+    control_faults = {
+        k: ", ".join(f"{r['usage_after_batch0'][2] / steps_after:.0f}" for r in v) for k, v in control["runs"].items()
+    }
     default_pairs = ", ".join(f"{r:.3f}" for r in default["pair_ratios"])
     pinned_pairs = ", ".join(f"{r:.3f}" for r in pinned["pair_ratios"])
     rows = [
@@ -306,6 +327,10 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
             f"{speed_ratio:.3f}", f">= {STEADY_SPEED_TARGET}", _verdict(speed_ratio >= STEADY_SPEED_TARGET)),
         Row("steady_state: minor page faults per step after batch 0, with / without (default allocator)",
             f"{faults[True]:.0f} / {faults[False]:.0f}", f"{faults[True] / max(faults[False], 1):.2f}", "info", "info"),
+        Row(f"steady_state: control, {len(control['pair_ratios'])} pairs of two fits WITHOUT FlopsMonitor (A/A), "
+            "default allocator, same lockstep: worst pair",
+            f"pairs {control_pairs}; page faults per step of each fit {control_faults[True]} / {control_faults[False]}",
+            f"{min(control['pair_ratios']):.3f}", "info (1.000 if fits were alike)", "info"),
         Row("steady_state: same, median step in process CPU time",
             f"{cpu_speed[True]:.2f} / {cpu_speed[False]:.2f} steps/CPU-s", f"{cpu_speed[True] / cpu_speed[False]:.3f}",
             "info", "info"),
@@ -320,7 +345,7 @@ def case_steady_state(quick: bool, log: Callable[[str], None]) -> tuple[list[Row
         Row("steady_state: first batch (fit start to end of batch 0)", f"{first[True]:.2f} / {first[False]:.2f} s",
             f"{first[True] / first[False]:.2f}", "info", "info"),
     ]  # fmt: skip
-    return rows, {"pinned": pinned, "default": default}
+    return rows, {"pinned": pinned, "default": default, "control": control}
 
 
 def case_meta_scale(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
