@@ -231,14 +231,25 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     torch 2.13 on a chain of 200 convolutions, 0.13 s traced from a shallow stack, 0.9 s from 200 frames deeper.
     Inside ``Trainer.fit`` a callback runs some 50 frames deep. The counts do not depend on where the trace starts.
 
-    Torch's per-thread state that a count depends on is carried into the thread: grad mode and inference mode.
+    Torch's per-thread state that a count depends on is carried into the thread: grad mode, inference mode and, when
+    CUDA is initialized, the current CUDA device and stream (a DDP rank's ``torch.cuda.set_device``). Not carried:
+    a ``with torch.device(...)`` default-device context (tensors the forward makes without a device go to the CPU)
+    and autocast (it changes dtypes, not MACs).
     """
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    device = torch.cuda.current_device() if cuda else None
+    stream = torch.cuda.current_stream(device) if device is not None else None
     outcome: list[Any] = []
 
     def run() -> None:
         try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            with contextlib.ExitStack() as state:
+                if device is not None:
+                    torch.cuda.set_device(device)  # per thread
+                    state.enter_context(torch.cuda.stream(stream))
+                state.enter_context(torch.inference_mode(inference))
+                state.enter_context(torch.set_grad_enabled(grad))
                 outcome.append((True, fn()))
         except BaseException as err:  # handed to the caller, traceback included
             outcome.append((False, err))
