@@ -8,7 +8,8 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
   (:func:`module_parameters`, :func:`module_buffers`), :func:`compiled_inner`, :func:`fsdp_original_class`,
   :func:`is_lazy_shape_hook`, :func:`quantized_weight_bias`.
 * torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
-  :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`.
+  :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`,
+  :func:`decomposes_implicitly`, :func:`shape_formula`.
 * torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (shape-only kernels of :mod:`lightning_flops._meta_kernels`),
   :func:`torch_meta_kernel`.
@@ -44,6 +45,7 @@ __all__ = [
     "THOP_PRINT_NAMES",
     "TorchDispatchMode",
     "compiled_inner",
+    "decomposes_implicitly",
     "default_hp_metric",
     "fast_meta_kernels",
     "fsdp_original_class",
@@ -60,6 +62,7 @@ __all__ = [
     "quantized_weight_bias",
     "run_hparams",
     "set_module_tracker",
+    "shape_formula",
     "storage_address",
     "tensorboard_hparams",
     "thop_rules",
@@ -198,6 +201,27 @@ def set_module_tracker(counter: Any, tracker: Any) -> None:
     """Replace ``FlopCounterMode.mod_tracker`` (torch 2.13; the ModuleTracker that hooks every module) with
     ``tracker``, an object with ``parents`` and ``__enter__``/``__exit__``."""
     counter.mod_tracker = tracker
+
+
+def decomposes_implicitly(op: Any) -> bool:
+    """Whether ``op.decompose()`` would decompose the overload ``op``: it has a CompositeImplicitAutograd kernel,
+    in Python (``OpOverload.py_kernels``) or in the dispatcher (torch 2.13, ``OpOverload.decompose``)."""
+    key = torch._C.DispatchKey.CompositeImplicitAutograd
+    return key in op.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key)
+
+
+def shape_formula(formula: Any) -> Any:
+    """The shape formula inside one of torch's FlopCounterMode formulas, or ``None`` for any other callable.
+
+    torch 2.13 registers most formulas through ``shape_wrapper`` (torch/utils/flop_counter.py): its ``nf`` maps
+    ``get_shape`` over ``(args, kwargs, out_val)`` with pytree and calls ``f(*shapes, out_shape=..., **kwargs)``;
+    ``functools.wraps`` keeps ``f`` as ``nf.__wrapped__`` and copies its names onto ``nf`` (the code object tells
+    them apart; Python >= 3.11, else ``None``: the pytree route).
+    """
+    code = getattr(formula, "__code__", None)  # nf's own code: functools.wraps copied f's names onto nf itself
+    if code is not None and getattr(code, "co_qualname", "") == "shape_wrapper.<locals>.nf":
+        return getattr(formula, "__wrapped__", None)
+    return None
 
 
 def mark_raw_formula(formula: Any) -> Any:
@@ -438,6 +462,7 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._ops", "OpOverload", "torch 2.13"),
     ("torch", "instance:OpOverload", "_schema", "torch 2.13"),
     ("torch", "instance:OpOverload", "_op_dk", "torch 2.13"),
+    ("torch", "source:torch.utils.flop_counter", "r = func.decompose(*args, **kwargs)", "torch 2.13"),
     ("torch", "instance:OptimizedModule", "_orig_mod", "torch 2.13"),
     ("torch", "source:torch.distributed.fsdp._fully_shard._fully_shard", "_orig_cls_mro_index", "torch 2.13"),
     ("torch", "torch.nn.modules.lazy:LazyModuleMixin", "_infer_parameters", "torch 2.13"),
@@ -445,6 +470,7 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
     ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "_get_raw", "torch 2.13"),
+    ("torch", "source:torch.utils.flop_counter", "def shape_wrapper(f):\n    @wraps(f)\n    def nf(", "torch 2.13"),
     ("torch", "torch.library", "_impls", "torch 2.13"),
     ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
     ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),

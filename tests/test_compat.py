@@ -300,3 +300,17 @@ def test_thop_skips_its_parameter_walk_and_gets_it_back(monkeypatch: pytest.Monk
     assert report.counters["thop"].macs == 2 * (4 * 8 + 8 * 3)  # batch * (in*hidden + hidden*out)
     assert walks == []  # thop's per-module parameter count did not run (its total_params are unused)
     assert thop_profile.count_parameters is counting  # and the hook is back after the call
+
+
+def test_flop_formula_shims_read_torchs_registry_as_flop_counter_mode_does() -> None:
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    wrapped = flop_registry[aten.mm]
+    inner = _compat.shape_formula(wrapped)
+    assert inner is not None and inner is wrapped.__wrapped__
+    a, b, out = torch.empty(3, 5, device="meta"), torch.empty(5, 7, device="meta"), torch.empty(3, 7, device="meta")
+    assert inner(a.shape, b.shape, out_shape=out.shape) == wrapped(a, b, out_val=out) == 2 * 3 * 5 * 7
+    assert _compat.shape_formula(lambda *a, **k: 0) is None  # a raw formula of ours: called as it is
+    assert _compat.decomposes_implicitly(aten.linear.default) and _compat.decomposes_implicitly(aten.matmul.default)
+    assert not _compat.decomposes_implicitly(aten.addmm.default) and not _compat.decomposes_implicitly(aten.mm.default)

@@ -109,9 +109,12 @@ def inject_import_missing(monkeypatch: pytest.MonkeyPatch, name: str, model: nn.
 _TRIGGERS: dict[str, Callable[[nn.Module], bool]] = {
     "thop": lambda module: "total_ops" in module._buffers,  # thop registers its buffers before the forward call
     "fvcore": lambda module: torch.jit.is_tracing(),  # fvcore counts on a JIT trace
-    # FlopCounterMode pushes a dispatch mode of its own (torch 2.13: `_FlopCounterMode`); other passes (the watched
-    # meta pass, the kernel watch) run under dispatch modes too, so look for that one by name
-    "torch": lambda module: any("FlopCounterMode" in type(m).__name__ for m in _get_current_dispatch_mode_stack()),
+    # the torch counter counts under a dispatch mode of its own (`_ReferenceMode`, or torch's `_FlopCounterMode` when a
+    # higher-order operator runs); other passes (the watched meta pass, the kernel watch) run under dispatch modes too,
+    # so look for those by name
+    "torch": lambda module: any(
+        type(m).__name__ in ("_ReferenceMode", "_FlopCounterMode") for m in _get_current_dispatch_mode_stack()
+    ),
 }
 
 
