@@ -1,6 +1,8 @@
 """The reference counter: ``torch.utils.flop_counter.FlopCounterMode`` plus the kernels it misses, and no silent zero.
 
-FlopCounterMode counts FLOPs (2 per MAC); this adapter converts to MACs with :func:`macs_from_flops`. On CPU, torch
+FlopCounterMode counts FLOPs (2 per MAC); this adapter converts to MACs with :func:`macs_from_flops`. The forward
+count applies FlopCounterMode's rule in a dispatch loop of its own (:class:`_ReferenceMode`, the same totals at a
+fraction of the cost per operator); higher-order operators are counted by FlopCounterMode itself. On CPU, torch
 2.13 runs three fused kernels that have no formula and would count 0: ``_scaled_dot_product_flash_attention_for_cpu``
 (and its backward), ``_native_multi_head_attention`` (the ``nn.MultiheadAttention`` fast path under ``no_grad``) and
 ``mkldnn_rnn_layer`` (LSTM/GRU/RNN, and its backward). On the meta device they decompose and are counted anyway; the
