@@ -291,6 +291,9 @@ class WriteWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+_SCALARS = frozenset({bool, int, float, complex, str, bytes})
+
+
 class _Copier:
     """Builds a structural copy of a module tree; ``tensor_fn(real)`` gives each tensor's stand-in."""
 
@@ -313,6 +316,8 @@ class _Copier:
         dict or set is a new container, so that the forward's appends stay on the copy (no tensor is copied)."""
         if isinstance(value, torch.Tensor):
             return self.tensor(value)
+        if value is None or type(value) in _SCALARS:  # most of a module's attributes: nothing to walk
+            return value
         mapped = map_tensors(self.tensor, value) if not isinstance(value, (set, frozenset)) else value
         if mapped is value and isinstance(value, (list, dict, set)):
             return copy.copy(value)
@@ -334,6 +339,9 @@ class _Copier:
             elif key in HOOK_FLAG_DICTS:
                 continue  # filled below, from the hooks kept
             elif is_hook_dict_key(key, value):
+                if not value:
+                    state[key] = type(value)()  # most hook dicts are empty
+                    continue
                 kept = {i: _rebound(h, real, twin) for i, h in value.items() if _functional_hook(h)}
                 state[key] = type(value)(kept) if isinstance(value, dict) else kept
             elif key == "forward" or isinstance(value, types.MethodType):
