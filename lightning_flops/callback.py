@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_flops import render, sinks
 from lightning_flops._compat import default_hp_metric, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.counters.tracing import on_fresh_stack
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
 from lightning_flops.inputs import batch_size_of, iter_tensors, split_input, to_device
 from lightning_flops.parts import resolve_parts, validate_parts
@@ -441,18 +442,23 @@ class FlopsMonitor(Callback):
         if isinstance(prepared, Exception):
             raise prepared
         example, batch_size = prepared
-        return profile_model(
-            pl_module,
-            example,
-            counters=self.counters,
-            limit=self.limit,
-            flag_on=self.flag_on,
-            mode=self.mode,
-            custom_ops=self.custom_ops,
-            batch_size=batch_size,
-            strict=self.strict,
-            tokens_fn=self._profile_tokens_fn,
-            parts=self.parts,
+        # on a thread of its own: what the profile allocates comes from another glibc arena, so the training thread's
+        # heap stays as a fit without the callback has it (counted on the main thread, the fit's minor page faults
+        # per step after batch 0 grew up to 5x and its steps slowed by up to 30%: benchmarks/README.md)
+        return on_fresh_stack(
+            lambda: profile_model(
+                pl_module,
+                example,
+                counters=self.counters,
+                limit=self.limit,
+                flag_on=self.flag_on,
+                mode=self.mode,
+                custom_ops=self.custom_ops,
+                batch_size=batch_size,
+                strict=self.strict,
+                tokens_fn=self._profile_tokens_fn,
+                parts=self.parts,
+            )
         )
 
     def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:
