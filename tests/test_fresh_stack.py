@@ -4,6 +4,7 @@ with torch's per-thread grad and inference modes carried into the thread."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -49,3 +50,25 @@ def test_grad_and_inference_mode_are_carried_into_the_thread(grad: bool, inferen
     assert on_caller[1] is inference
     outside = modes()
     assert on_fresh_stack(modes) == outside
+
+
+def test_flops_monitor_profiles_on_its_own_thread_and_trains_on_the_callers(tmp_path: Any) -> None:
+    """The profile's allocations come from another glibc arena than the training thread's (benchmarks/README.md):
+    every counting forward of the fit runs off the training thread, every training step on it."""
+    from lightning_flops import FlopsMonitor
+    from tests.lit_helpers import LinearStack, RandomDataModule, linear_stack_macs, make_trainer
+
+    threads: list[tuple[str, bool]] = []
+
+    class Recorded(LinearStack):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            threads.append((threading.current_thread().name, x.device.type == "meta"))
+            return super().forward(x)
+
+    monitor = FlopsMonitor()
+    make_trainer(tmp_path, [monitor]).fit(Recorded(), datamodule=RandomDataModule())
+    training = threading.current_thread().name
+    assert monitor.report is not None and monitor.report.counters["torch"].macs == linear_stack_macs(4)
+    counting = [name for name, on_meta in threads if on_meta]
+    assert len(counting) >= 3 and training not in counting  # three counters (and their passes) on meta, elsewhere
+    assert [name for name, on_meta in threads if not on_meta] == [training] * 2  # the two real training steps
