@@ -168,7 +168,7 @@ def _same_as_first(dtypes: frozenset[torch.dtype] = _FLOATING, min_dim: int = 0)
     return factory
 
 
-_ANY_DTYPE = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *_FLOATING})
+_ANY_DTYPE = _SCALAR_TENSOR_DTYPES | _FLOATING
 
 
 def _reduction(torch_kernel: Kernel) -> Kernel:
@@ -295,6 +295,11 @@ def _native_layer_norm(torch_kernel: Kernel) -> Kernel:
     return kernel
 
 
+def _plain_mask(mask: Any) -> bool:
+    """A norm backward's ``output_mask``: three bools (input, weight, bias gradients wanted)."""
+    return isinstance(mask, (list, tuple)) and len(mask) == 3 and all(isinstance(m, bool) for m in mask)
+
+
 def _native_layer_norm_backward(torch_kernel: Kernel) -> Kernel:
     """``native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask)``:
     gradients like ``input``, ``weight`` and ``bias``, each when asked for and (for the last two) present."""
@@ -302,8 +307,7 @@ def _native_layer_norm_backward(torch_kernel: Kernel) -> Kernel:
     def kernel(grad: Any, inp: Any, normalized: Any, mean: Any, rstd: Any, weight: Any, bias: Any, mask: Any) -> Any:
         shape = _plain(inp)
         axis = _layer_norm_axis(shape, normalized)
-        plain_mask = isinstance(mask, (list, tuple)) and len(mask) == 3 and all(isinstance(m, bool) for m in mask)
-        if axis is None or not plain_mask or _plain(grad) != shape or grad.dtype != inp.dtype:
+        if axis is None or not _plain_mask(mask) or _plain(grad) != shape or grad.dtype != inp.dtype:
             return torch_kernel(grad, inp, normalized, mean, rstd, weight, bias, mask)
         params = tuple(normalized)
         if not (_parameter_of(weight, params, inp.dtype) and _parameter_of(bias, params, inp.dtype)):
@@ -324,8 +328,7 @@ def _native_batch_norm_backward(torch_kernel: Kernel) -> Kernel:
     def kernel(grad: Any, inp: Any, weight: Any, *rest: Any) -> Any:
         shape = _plain(inp)
         mask = rest[-1] if rest else None
-        plain_mask = isinstance(mask, (list, tuple)) and len(mask) == 3 and all(isinstance(m, bool) for m in mask)
-        if shape is None or len(shape) < 2 or not plain_mask or _plain(grad) != shape or grad.dtype != inp.dtype:
+        if shape is None or len(shape) < 2 or not _plain_mask(mask) or _plain(grad) != shape or grad.dtype != inp.dtype:
             return torch_kernel(grad, inp, weight, *rest)
         if weight is None or not _parameter_of(weight, (shape[1],), inp.dtype):
             return torch_kernel(grad, inp, weight, *rest)

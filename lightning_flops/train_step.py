@@ -28,10 +28,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_flops._compat import fast_meta_kernels, set_module_tracker
-from lightning_flops.counters.torch_dispatch import _GlobalOnlyTracker, _KernelWatch, _Recorder
+from lightning_flops._compat import fast_meta_kernels
+from lightning_flops.counters.torch_dispatch import _KernelWatch, _Recorder, flop_counter_mode
 from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
@@ -50,10 +49,9 @@ class _CountingMode:
     def __init__(self, stack: ModuleStack | None = None) -> None:
         mapping = _Recorder(None, FunctionLabeler()).mapping()
         self.watch = _KernelWatch(stack, set(mapping))
-        self.counter = FlopCounterMode(display=False, custom_mapping=mapping)
-        # A private attribute (lightning_flops._compat.set_module_tracker): the default ModuleTracker puts
-        # hooks on the model's modules and tensors; a total needs none.
-        set_module_tracker(self.counter, _GlobalOnlyTracker())
+        # torch's FlopCounterMode itself: a live training step cannot run twice, as a higher-order operator would
+        # need under the torch counter's own loop (counters/torch_dispatch._ReferenceMode)
+        self.counter = flop_counter_mode(mapping)
 
     def __enter__(self) -> _CountingMode:
         self.watch.__enter__()  # first, so that it sits beneath FlopCounterMode and sees the kernels that run

@@ -46,6 +46,7 @@ __all__ = [
     "TorchCounter",
     "count_flops",
     "count_flops_and_uncounted",
+    "flop_counter_mode",
     "grouped_mm_macs",
     "make_counter",
     "packed_parameter_count",
@@ -561,6 +562,10 @@ class _ReferenceMode(TorchDispatchMode):
             self.total += formula(*args, **kwargs, out_val=out)
         return out
 
+    def get_total_flops(self) -> int:
+        """FLOPs counted so far (FlopCounterMode's name for it)."""
+        return self.total
+
 
 _PRIM_DEVICE = torch.ops.prim.device.default
 
@@ -580,10 +585,11 @@ def count_flops_and_uncounted(
     try:
         return _count_with(lambda mapping: _ReferenceMode(mapping), fn, model)
     except _HigherOrderOperator:
-        return _count_with(_flop_counter_mode, fn, model)
+        return _count_with(flop_counter_mode, fn, model)
 
 
-def _flop_counter_mode(mapping: dict[Any, Callable[..., int]]) -> Any:
+def flop_counter_mode(mapping: dict[Any, Callable[..., int]]) -> Any:
+    """FlopCounterMode with ``mapping`` as its formulas and no module tracker (a total only)."""
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     # A private attribute (lightning_flops._compat.set_module_tracker): FlopCounterMode's ModuleTracker puts
     # grad hooks on module inputs and raises "Expected gradient function to be set" when a module gets a view of a
@@ -610,8 +616,7 @@ def _count_with(
     finally:
         if stack is not None:
             stack.__exit__(None, None, None)
-    total = counter.total if isinstance(counter, _ReferenceMode) else counter.get_total_flops()
-    return total, recorder.own, labeler.calls, watch.uncounted()
+    return counter.get_total_flops(), recorder.own, labeler.calls, watch.uncounted()
 
 
 class TorchCounter:
