@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightning_flops.markup import escape_markdown, markdown_code
@@ -345,37 +345,35 @@ def _cell(value: Any, column: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- diff
-def diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
-    """Displayed rows of a run diff: repeated blocks collapsed, largest change first."""
+def _collapsed_changes(
+    keys: list[tuple[str, str, str]], values: list[tuple[int, int]]
+) -> Iterator[tuple[str, str, str, int | None, int | None]]:
+    """``(module label, operator, change, a, b)`` per displayed diff row: repeated blocks collapsed (``layers.*
+    (12x)``), the side an added or removed module lacks as ``None``."""
     from lightning_flops.explain import collapse
 
-    values = [(r.a_macs, r.b_macs) for r in diff.rows]
-    groups = collapse([(r.module, r.operator, r.change) for r in diff.rows], values)
-    out = []
-    for pattern, op, change, count, (a, b) in groups:
+    for pattern, op, change, count, (a, b) in collapse(keys, values):
         module = (pattern or "<root>") + (f" ({count}x)" if count > 1 else "")
-        a = None if change == "added" else a
-        b = None if change == "removed" else b
-        out.append(
-            {"module": module, "operator": op, "change": change, "a_macs": a, "b_macs": b, "delta": (b or 0) - (a or 0)}
-        )
+        yield module, op, change, None if change == "added" else a, None if change == "removed" else b
+
+
+def diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
+    """Displayed rows of a run diff: repeated blocks collapsed, largest change first."""
+    keys = [(r.module, r.operator, r.change) for r in diff.rows]
+    out = [
+        {"module": module, "operator": op, "change": change, "a_macs": a, "b_macs": b, "delta": (b or 0) - (a or 0)}
+        for module, op, change, a, b in _collapsed_changes(keys, [(r.a_macs, r.b_macs) for r in diff.rows])
+    ]
     return sorted(out, key=lambda row: -abs(row["delta"]))
 
 
 def param_diff_rows(diff: ReportDiff) -> list[dict[str, Any]]:
     """Displayed rows of the parameter changes: repeated blocks collapsed, largest change first."""
-    from lightning_flops.explain import collapse
-
-    values = [(r.a_params, r.b_params) for r in diff.param_rows]
-    groups = collapse([(r.module, "params", r.change) for r in diff.param_rows], values)
-    out = []
-    for pattern, _, change, count, (a, b) in groups:
-        module = (pattern or "<root>") + (f" ({count}x)" if count > 1 else "")
-        a = None if change == "added" else a
-        b = None if change == "removed" else b
-        out.append(
-            {"module": module, "change": change, "a_params": a, "b_params": b, "params_delta": (b or 0) - (a or 0)}
-        )
+    keys = [(r.module, "params", r.change) for r in diff.param_rows]
+    out = [
+        {"module": module, "change": change, "a_params": a, "b_params": b, "params_delta": (b or 0) - (a or 0)}
+        for module, _, change, a, b in _collapsed_changes(keys, [(r.a_params, r.b_params) for r in diff.param_rows])
+    ]
     return sorted(out, key=lambda row: -abs(row["params_delta"]))
 
 

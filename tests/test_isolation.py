@@ -12,23 +12,12 @@ import torch
 from torch import nn
 
 import lightning_flops as lf
+from lightning_flops._compat import GLOBAL_HOOK_DICTS  # process-wide hook dicts, compared before vs after
 from lightning_flops.isolation import meta_copy
 
 COUNTERS = ("thop", "fvcore", "torch")
 DEVICES = (None, "meta", "model")
 MODES = ("eval", "train")
-# Process-wide hook dicts of torch.nn.modules.module (torch 2.13); compared by content, before vs after.
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_hooks_always_called",
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-    "_global_buffer_registration_hooks",
-)
 MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks", "_backward_hooks")
 
 
