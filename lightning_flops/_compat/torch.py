@@ -1,8 +1,5 @@
-"""Every private API of torch, thop, fvcore and Lightning that lightning-flops touches: here, and nowhere else.
-
-Each name below says the version it was checked against (torch 2.13, lightning 2.6.6, thop 0.1.1, fvcore 0.1.5);
-:data:`PRIVATE_APIS` lists every private name these shims rely on, and ``tests/test_compat.py`` resolves each one,
-so that an upgrade that removes or reshapes one fails there, loudly, naming it.
+"""torch's private APIs that lightning-flops touches (checked against torch 2.13): module and hook internals,
+dispatch internals, FlopCounterMode's formula table, meta kernels.
 
 * torch modules: hook dicts (:data:`MODULE_HOOK_DICTS`, :func:`torch_global_hook_dicts`), tensor dicts
   (:func:`module_parameters`, :func:`module_buffers`), :func:`compiled_inner`, :func:`fsdp_original_class`,
@@ -13,10 +10,6 @@ so that an upgrade that removes or reshapes one fails there, loudly, naming it.
 * torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (shape-only kernels of :mod:`lightning_flops._meta_kernels`),
   :func:`torch_meta_kernel`.
-* thop: :func:`thop_rules`, :func:`thop_without_parameter_count`, :data:`THOP_PRINTING_MODULES`. fvcore: public
-  API only (``FlopCountAnalysis``).
-* Lightning (imported lazily, inside the functions): :func:`logs_hyperparams`, :func:`run_hparams` (the mirror of
-  Lightning's private ``_log_hyperparams``), :func:`default_hp_metric`, :func:`tensorboard_hparams`.
 """
 
 from __future__ import annotations
@@ -30,47 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode  # torch 2.13: base of our dispatch modes
-
-__all__ = [
-    "GLOBAL_HOOK_DICTS",
-    "GLOBAL_HOOK_FLAG_DICTS",
-    "HOOK_FLAG_DICTS",
-    "META_CONV_TRACING",
-    "MODULE_CHILDREN_DICT",
-    "MODULE_HOOK_DICTS",
-    "MODULE_TENSOR_DICTS",
-    "PRIVATE_APIS",
-    "THOP_PRINTING_MODULES",
-    "THOP_PRINT_NAMES",
-    "TorchDispatchMode",
-    "compiled_inner",
-    "decomposes_implicitly",
-    "default_hp_metric",
-    "fast_meta_kernels",
-    "fsdp_original_class",
-    "handle_with_refs",
-    "is_fake_tensor",
-    "is_hook_dict_key",
-    "is_lazy_shape_hook",
-    "is_op_overload",
-    "logs_hyperparams",
-    "mark_raw_formula",
-    "module_buffers",
-    "module_parameters",
-    "op_schema",
-    "quantized_weight_bias",
-    "run_hparams",
-    "set_module_tracker",
-    "shape_formula",
-    "storage_address",
-    "tensorboard_hparams",
-    "thop_rules",
-    "thop_without_parameter_count",
-    "torch_global_hook_dicts",
-    "torch_meta_kernel",
-    "traceable_meta_convolution",
-]
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: F401  (torch 2.13: base of our dispatch modes)
 
 # ---------------------------------------------------------------------------------------------- nn.Module internals
 # Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
@@ -228,91 +181,6 @@ def mark_raw_formula(formula: Any) -> Any:
     """Mark a FlopCounterMode formula as taking the raw args (``_get_raw``, torch 2.13: tensors, not shapes)."""
     formula._get_raw = True
     return formula
-
-
-# ------------------------------------------------------------------------------------------------------------ thop
-def thop_rules() -> tuple[dict[type, Any], Any]:
-    """thop's module-type -> rule table and its "counts nothing" rule (``thop.profile.register_hooks``,
-    ``thop.vision.basic_hooks.zero_ops``; thop 0.1.1, also in ultralytics-thop). Raises ImportError without thop."""
-    from thop.profile import register_hooks
-    from thop.vision.basic_hooks import zero_ops
-
-    return register_hooks, zero_ops
-
-
-@contextlib.contextmanager
-def thop_without_parameter_count() -> Iterator[None]:
-    """While active, ``thop.profile`` skips its per-module parameter count (``count_parameters``, a forward hook
-    on every module with a rule that sums ``p.nelement()`` in float64 tensors; thop 0.1.1 looks the name up in
-    ``thop.profile``'s globals when it adds its hooks). Its ``total_params`` stay 0: we count parameters ourselves
-    and use thop's MACs only. A process-wide patch while active, restored on exit; a no-op without that name."""
-    import thop.profile  # noqa: F401  (the package's `profile` attribute is the function: take the module)
-
-    thop_profile = sys.modules["thop.profile"]
-    previous = vars(thop_profile).get("count_parameters", _ABSENT)
-    if previous is _ABSENT:
-        yield
-        return
-    thop_profile.count_parameters = _no_parameter_count
-    try:
-        yield
-    finally:
-        thop_profile.count_parameters = previous
-
-
-_ABSENT = object()
-
-
-def _no_parameter_count(module: nn.Module, inputs: Any, output: Any) -> None:
-    """thop's ``count_parameters`` hook, doing nothing."""
-
-
-# thop's modules that print: through the builtin, or through thop.utils' prRed/prGreen/prYellow (which hold the
-# builtin itself, so they are replaced too); thop 0.1.1
-THOP_PRINTING_MODULES = ("thop.profile", "thop.utils", "thop.fx_profile", "thop.vision.basic_hooks", "thop.rnn_hooks")
-THOP_PRINT_NAMES = ("print", "prRed", "prGreen", "prYellow")
-
-
-# ------------------------------------------------------------------------------------------------------- Lightning
-def logs_hyperparams(holder: Any) -> bool:
-    """Whether a LightningModule / LightningDataModule has its ``hparams_initial`` logged: the private
-    ``_log_hyperparams`` flag that ``save_hyperparameters(logger=False)`` clears (lightning 2.6.6)."""
-    return bool(getattr(holder, "_log_hyperparams", False))
-
-
-def default_hp_metric(logger: Any) -> bool:
-    """``TensorBoardLogger(default_hp_metric=...)``, kept as a private attribute (lightning 2.6.6)."""
-    return bool(logger._default_hp_metric)
-
-
-def tensorboard_hparams(logger: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` converted exactly as ``TensorBoardLogger.log_hyperparams`` converts them (lightning 2.6.6:
-    ``lightning/fabric/loggers/tensorboard.py``, ``lightning/fabric/utilities/logger.py``)."""
-    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
-    return logger._sanitize_params(_flatten_dict(_convert_params(dict(params))))
-
-
-def run_hparams(trainer: Any) -> tuple[dict[str, Any], bool]:
-    """The hyperparameters Lightning logs for this run, and whether Lightning will log them (with ``hp_metric``).
-
-    Mirrors ``lightning.pytorch.loggers.utilities._log_hyperparams`` (lightning 2.6.6): the module's and the
-    datamodule's ``hparams_initial`` unless they were saved with ``logger=False`` (the private ``_log_hyperparams``
-    flags: :func:`logs_hyperparams`), without LightningCLI's ``_class_path``.
-    """
-    pl_module = trainer.lightning_module
-    datamodule = trainer.datamodule
-    params: dict[str, Any] = {}
-    logged = False
-    if logs_hyperparams(pl_module):
-        params.update(pl_module.hparams_initial)
-        logged = True
-    if datamodule is not None and logs_hyperparams(datamodule):
-        params.update(datamodule.hparams_initial)
-        logged = True
-    params.pop("_class_path", None)
-    # `Trainer(enable_autolog_hparams=...)` appeared in lightning 2.6.0; before it, Lightning always logs them
-    return params, logged and getattr(trainer, "enable_autolog_hparams", True)
 
 
 # ------------------------------------------------------------------------------------------------ meta kernels
@@ -477,17 +345,4 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
     ("torch", "torch._C", "_dispatch_has_kernel_for_dispatch_key", "torch 2.13"),
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),
-    # thop
-    ("thop", "thop.profile", "register_hooks", "thop 0.1.1"),
-    ("thop", "thop.profile", "count_parameters", "thop 0.1.1"),
-    ("thop", "source:thop.profile", "register_forward_hook(count_parameters)", "thop 0.1.1"),
-    ("thop", "thop.vision.basic_hooks", "zero_ops", "thop 0.1.1"),
-    *(("thop", "thop.utils", name, "thop 0.1.1") for name in ("prRed", "prGreen", "prYellow")),
-    # lightning
-    ("lightning", "instance:LightningModule", "_log_hyperparams", "lightning 2.6.6"),
-    ("lightning", "instance:LightningDataModule", "_log_hyperparams", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.loggers.tensorboard:TensorBoardLogger", "_sanitize_params", "lightning 2.6.6"),
-    ("lightning", "instance:TensorBoardLogger", "_default_hp_metric", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.utilities.logger", "_convert_params", "lightning 2.6.6"),
-    ("lightning", "lightning.fabric.utilities.logger", "_flatten_dict", "lightning 2.6.6"),
 )
