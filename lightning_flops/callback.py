@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
-import json
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -21,35 +16,24 @@ from lightning_flops._compat import default_hp_metric, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.counters.tracing import on_fresh_stack
 from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
-from lightning_flops.inputs import batch_size_of, iter_tensors, split_input, to_device
+from lightning_flops.inputs import (
+    NoInput,
+    PreparedInput,
+    UserCodeFailed,
+    batch_input,
+    batch_size_of,
+    prepare_input,
+    split_input,
+)
 from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
 from lightning_flops.report import FlopsReport, Uncounted
+from lightning_flops.reuse import reuse_key
 from lightning_flops.train_step import StepObserver
 
 __all__ = ["FlopsMonitor"]
 
 ON_GAP = ("warn", "raise", "ignore")
-
-
-class _NoInput(Exception):
-    """No model input could be taken from the batch; the message says why."""
-
-
-class _UserCodeFailed(Exception):
-    """``input_fn(batch)`` or ``batch_size_fn(batch)`` raised: the user's error, kept whole in ``error``."""
-
-    def __init__(self, what: str, error: Exception) -> None:
-        super().__init__(f"`{what}` raised {error_text(error)}")
-        self.error = error
-
-
-def _call_user(what: str, fn: Callable[[Any], Any], batch: Any) -> Any:
-    """``fn(batch)``; its exception is wrapped in :class:`_UserCodeFailed` (not our bug, a failure to report)."""
-    try:
-        return fn(batch)
-    except Exception as err:
-        raise _UserCodeFailed(what, err) from err
 
 
 class FlopsMonitor(Callback):
@@ -149,8 +133,7 @@ class FlopsMonitor(Callback):
         # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
         self._report_key: str | None = None
         self._pending = False
-        # log dir -> the report file this callback wrote there and the report it holds (rank zero only)
-        self._published: dict[str, tuple[sinks.ReportFile, FlopsReport] | None] = {}
+        self._publications = sinks.Publications()  # what this callback wrote where (rank zero only)
         self._owns_flops_attr = False
         self._declared_dirs: set[str] = set()
         self._observe_step = False  # count the next training step as it runs
@@ -159,8 +142,6 @@ class FlopsMonitor(Callback):
         self._step_batch: Any = None
         self._step_backward = False
         self._directory: str | None = None
-        self._profile_tokens_fn: Callable[[Any], int] | None = None  # tokens_fn as profile_model gets it
-        self._batch_tokens: Any = None  # tokens_fn(batch) of the batch being profiled (part of the reuse key)
 
     @property
     @override
@@ -237,7 +218,7 @@ class FlopsMonitor(Callback):
         batch, self._step_batch = self._step_batch, None
         try:
             flops = self._stop_observer()
-            samples = batch_size_of(batch, lambda b: self._batch_input(pl_module, b), self.batch_size_fn)
+            samples = batch_size_of(batch, lambda b: batch_input(pl_module, b, self.input_fn), self.batch_size_fn)
         except Exception as err:  # the count must never stop training
             rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
             return
@@ -309,11 +290,13 @@ class FlopsMonitor(Callback):
         resolve_parts(pl_module, self.parts)  # a configuration error: raised strict or not, before any counting
         directory = sinks.report_directory(trainer)  # a collective under DDP: every rank asks
         self._directory = directory
-        try:  # the user's input_fn and batch_size_fn are called once per profile
-            prepared: tuple[Any, int | None] | Exception = self._prepare(pl_module, batch)
-        except Exception as err:  # _NoInput, _UserCodeFailed, or our bug: _profile sorts them out
+        try:  # the user's input_fn, batch_size_fn and tokens_fn are called once per profile
+            prepared: PreparedInput | Exception = prepare_input(
+                pl_module, batch, self.input_fn, self.example_input, self.batch_size_fn, self.tokens_fn
+            )
+        except Exception as err:  # NoInput, UserCodeFailed, or our bug: _profile sorts them out
             prepared = err
-        key = None if isinstance(prepared, Exception) else self._reuse_key(pl_module, batch, *prepared)
+        key = None if isinstance(prepared, Exception) else self._reuse_key(pl_module, batch, prepared)
         report = self.report if key is not None and key == self._report_key else None
         failure: Exception | None = None
         bug = False  # the failure is in lightning-flops' own code
@@ -322,7 +305,7 @@ class FlopsMonitor(Callback):
             try:
                 report = self._profile(pl_module, prepared)
                 self._report_key = key if report is not None else None
-            except _UserCodeFailed as err:  # the user's input_fn / batch_size_fn
+            except UserCodeFailed as err:  # the user's input_fn / batch_size_fn
                 failure = err.error
             except (FlopsConfigError, CounterError) as err:  # bad input, or a counter failed under strict
                 failure = err
@@ -348,7 +331,7 @@ class FlopsMonitor(Callback):
                         failure = err  # raised below, after every rank has agreed to stop
                     else:
                         rank_zero_warn(f"FlopsMonitor: could not write the report: {error_text(err)}")
-            self._published.setdefault(directory, None)
+            self._publications.seen(directory)
         # every rank takes part in both decisions, so a failure on one rank alone never leaves the others waiting
         local_failure = failure is not None and self.strict
         local_gap = report is not None and report.flagged and self.on_gap == "raise"
@@ -374,61 +357,34 @@ class FlopsMonitor(Callback):
         elif any_gap:
             raise FlopsGapError("FlopsMonitor: counters disagree above the limit on another rank (on_gap='raise')")
 
-    def _reuse_key(self, pl_module: LightningModule, batch: Any, example: Any, batch_size: int | None) -> str | None:
-        """Everything the report depends on, as JSON: the stored report is reused only when this is identical.
-
-        The model fingerprint, the options, the shapes and dtypes of the input that would be profiled now (and of
-        the training-step input when ``example_input`` is fixed), the batch size and tokens from ``batch_size_fn``
-        and ``tokens_fn``, and the ``custom_ops`` rules (type and rule names plus a digest of each rule's code and
-        captured values).
-        ``None`` when the input cannot be described (then nothing is reused).
-        """
-        try:
-            specs = _input_specs(example)
-            # the training step counts the batch itself, which a fixed example_input does not describe
-            train_input = _input_specs(self._batch_input(pl_module, batch)) if self.example_input is not None else None
-        except Exception:  # no reuse; profiling meets the same problem and reports it
-            return None
-        key = {
-            "fingerprint": model_fingerprint(pl_module),
+    def _reuse_key(self, pl_module: LightningModule, batch: Any, prepared: PreparedInput) -> str | None:
+        """What the report depends on (:func:`~lightning_flops.reuse.reuse_key`): the model fingerprint, the options,
+        the input profiled now (and the training-step batch when ``example_input`` is fixed), the batch size and
+        tokens from the user's callables, the ``custom_ops`` rules and the parts."""
+        options = {
             "counters": list(self.counters),
             "mode": self.mode,
             "limit": self.limit,
             "flag_on": self.flag_on,
             "strict": self.strict,
-            "inputs": specs,
-            "train_inputs": train_input,
-            "batch_size": batch_size,
-            "rules": sorted(
-                [_callable_key(kind), _callable_key(rule)] for kind, rule in (self.custom_ops or {}).items()
-            ),
-            "tokens_fn": _callable_key(self.tokens_fn),
-            "tokens": self._batch_tokens,
-            "parts": getattr(self, "parts", None),  # when FlopsMonitor takes `parts`
         }
-        return json.dumps(key, sort_keys=True, default=repr)
+        # the training step counts the batch itself, which a fixed example_input does not describe
+        fixed = self.example_input is not None
+        return reuse_key(
+            model_fingerprint(pl_module),
+            options,
+            prepared.example,
+            (lambda: batch_input(pl_module, batch, self.input_fn)) if fixed else None,
+            prepared.batch_size,
+            self.custom_ops,
+            self.tokens_fn,
+            prepared.tokens,
+            getattr(self, "parts", None),  # when FlopsMonitor takes `parts`
+        )
 
-    def _prepare(self, pl_module: LightningModule, batch: Any) -> tuple[Any, int | None]:
-        """The model input and ``batch_size_fn(batch)`` when it describes that input (else ``None``).
-
-        Raises :class:`_NoInput` when no input fits and :class:`_UserCodeFailed` when ``input_fn`` or
-        ``batch_size_fn`` raises.
-        """
-        example, from_batch = self._input(pl_module, batch)
-        batch_size = None
-        if self.batch_size_fn is not None and from_batch:
-            batch_size = _call_user("batch_size_fn", self.batch_size_fn, batch)
-        self._profile_tokens_fn = self.tokens_fn
-        self._batch_tokens = None
-        if self.tokens_fn is not None and from_batch:
-            tokens = _call_user("tokens_fn", self.tokens_fn, batch)  # it describes the batch, not the input
-            self._profile_tokens_fn = lambda _: tokens
-            self._batch_tokens = tokens
-        return example, batch_size
-
-    def _profile(self, pl_module: LightningModule, prepared: tuple[Any, int | None] | Exception) -> FlopsReport | None:
+    def _profile(self, pl_module: LightningModule, prepared: PreparedInput | Exception) -> FlopsReport | None:
         """Profile the prepared input; warn (or raise under strict) when there is none."""
-        if isinstance(prepared, _NoInput):
+        if isinstance(prepared, NoInput):
             err = prepared
             message = (
                 f"FlopsMonitor could not find the model input in the batch ({err}); pass "
@@ -441,62 +397,28 @@ class FlopsMonitor(Callback):
             return None
         if isinstance(prepared, Exception):
             raise prepared
-        example, batch_size = prepared
         # on a thread of its own: what the profile allocates comes from another glibc arena, so the training thread's
         # heap stays as a fit without the callback has it (counted on the main thread, the fit's minor page faults
         # per step after batch 0 grew up to 5x and its steps slowed by up to 30%: benchmarks/README.md)
         return on_fresh_stack(
             lambda: profile_model(
                 pl_module,
-                example,
+                prepared.example,
                 counters=self.counters,
                 limit=self.limit,
                 flag_on=self.flag_on,
                 mode=self.mode,
                 custom_ops=self.custom_ops,
-                batch_size=batch_size,
+                batch_size=prepared.batch_size,
                 strict=self.strict,
-                tokens_fn=self._profile_tokens_fn,
+                tokens_fn=prepared.tokens_fn,
                 parts=self.parts,
             )
         )
 
-    def _input(self, pl_module: LightningModule, batch: Any) -> tuple[Any, bool]:
-        """The model input (``example_input``, else from the batch, else ``example_input_array``) and whether it
-        came from the batch (only then does ``batch_size_fn(batch)`` describe it)."""
-        if self.example_input is not None:
-            return to_device(self.example_input, pl_module.device), False
-        try:
-            return self._batch_input(pl_module, batch), True
-        except _NoInput:
-            fallback = pl_module.example_input_array
-            if fallback is None or self.input_fn is not None:
-                raise
-            return to_device(fallback, pl_module.device), False
-
-    def _batch_input(self, pl_module: LightningModule, batch: Any) -> Any:
-        """``input_fn(batch)``, else the default batch rules; raises :class:`_NoInput` saying why nothing fits."""
-        if self.input_fn is not None:
-            return to_device(_call_user("input_fn", self.input_fn, batch), pl_module.device)
-        return to_device(batch_to_input(pl_module, batch), pl_module.device)
-
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
         """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""
-        if trainer.loggers:
-            first = trainer.loggers[0]
-            report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
-        if directory not in self._published:
-            path = sinks.publish(report, trainer.loggers, directory, self.prefix, trainer.global_step)
-            self._published[directory] = (path, report)
-            return
-        published = self._published[directory]
-        if published is None or report.train_step_flops is None or published[1].train_step_flops is not None:
-            return
-        path = published[0]
-        key = f"{self.prefix}/train_step/flops_per_batch"
-        sinks.log_metrics(trainer.loggers, {key: float(report.train_step_flops)}, trainer.global_step)
-        sinks.rewrite_report(report, path, trainer.loggers)
-        self._published[directory] = (path, report)
+        self._publications.publish(report, trainer.loggers, directory, self.prefix, trainer.global_step)
 
     def _on_gap(self, report: FlopsReport, raise_now: bool) -> None:
         message = "FlopsMonitor: " + render.gap_message(report)
@@ -504,63 +426,3 @@ class FlopsMonitor(Callback):
             raise FlopsGapError(message + " (on_gap='raise')")
         if self.on_gap == "warn":
             rank_zero_warn(message + " The torch counter is the reference; set on_gap='ignore' to silence this.")
-
-
-def batch_to_input(pl_module: torch.nn.Module, batch: Any) -> Any:
-    """The default input rules for a batch (see :class:`FlopsMonitor`); raises :class:`_NoInput` when none fits."""
-    if type(pl_module).forward is LightningModule.forward:
-        raise _NoInput(f"{type(pl_module).__name__} does not implement `forward`")
-    if isinstance(batch, torch.Tensor):
-        return batch
-    parameters = list(inspect.signature(pl_module.forward).parameters.values())
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    if isinstance(batch, (tuple, list)) and not hasattr(batch, "_fields"):
-        if not required:
-            raise _NoInput("`forward` has no required positional parameter to fill from a tuple/list batch")
-        if len(required) > len(batch):
-            raise _NoInput(f"`forward` needs {len(required)} positional arguments, the batch has {len(batch)} items")
-        return tuple(batch[: len(required)])
-    if isinstance(batch, Mapping):
-        if any(p.kind == p.VAR_KEYWORD for p in parameters):
-            return dict(batch)
-        names = {p.name for p in parameters if p.kind != p.VAR_POSITIONAL}
-        chosen = {k: v for k, v in batch.items() if k in names}
-        missing = [p.name for p in required if p.name not in chosen]
-        if not chosen or missing:
-            raise _NoInput(
-                f"the dict batch keys {sorted(map(str, batch))} do not cover `forward`'s parameters "
-                f"{[p.name for p in parameters]}"
-            )
-        return chosen
-    raise _NoInput(f"a batch of type {type(batch).__name__} has no default rule")
-
-
-def _input_specs(example: Any) -> list[list[Any]]:
-    """``[path, shape, dtype]`` of every tensor of a model input, as :class:`~lightning_flops.report.InputSpec`."""
-    args, kwargs = split_input(example)
-    return [[path, list(t.shape), str(t.dtype)] for path, t in (*iter_tensors(list(args)), *iter_tensors(kwargs))]
-
-
-def _code_digest(code: types.CodeType) -> str:
-    """Digest of a code object's bytecode, names and constants (nested functions included, addresses excluded)."""
-    digest = hashlib.sha256(code.co_code)
-    digest.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        digest.update(_code_digest(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
-    return digest.hexdigest()[:16]
-
-
-def _callable_key(fn: Any) -> str | None:
-    """A text that changes when a rule changes: its qualified name, a digest of its code and its captured values."""
-    if fn is None:
-        return None
-    if isinstance(fn, type) or not callable(fn):
-        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
-    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    code = getattr(fn, "__code__", None)
-    if code is None:  # functools.partial and callable objects: their repr shows their arguments (or their address)
-        return f"{name}:{fn!r}"
-    captured = [cell.cell_contents for cell in (getattr(fn, "__closure__", None) or ())]
-    defaults = getattr(fn, "__defaults__", None)
-    return f"{name}#{_code_digest(code)}:{captured!r}:{defaults!r}"

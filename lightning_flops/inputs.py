@@ -1,27 +1,36 @@
-"""The one tree walker over model inputs and outputs: split, walk, move, slice, clone and detect the batch size.
+"""Model inputs: the one tree walker over inputs and outputs (split, walk, move, slice, clone, batch size) and the
+rules that take the model input out of a training batch (:func:`batch_to_input`, :func:`prepare_input`).
 
-Every function here sees the same containers, in the same way: tensors inside tuples, lists, NamedTuples, mappings
-and dataclass instances (frozen ones included), nested to any depth. Anything else is a leaf that is passed through
-unchanged (never copied).
+Every walker function here sees the same containers, in the same way: tensors inside tuples, lists, NamedTuples,
+mappings and dataclass instances (frozen ones included), nested to any depth. Anything else is a leaf that is passed
+through unchanged (never copied).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from lightning_flops.errors import FlopsConfigError
 
 __all__ = [
+    "NoInput",
+    "PreparedInput",
+    "UserCodeFailed",
+    "batch_input",
     "batch_size_of",
+    "batch_to_input",
+    "call_user",
     "clone_tensors",
     "detect_batch_size",
     "iter_tensors",
     "map_tensors",
+    "prepare_input",
     "slice_batch",
     "split_input",
     "to_device",
@@ -194,3 +203,153 @@ def slice_batch(value: Any, batch: int) -> tuple[Any, bool]:
         return tensor
 
     return map_tensors(one, value), sliced
+
+
+# ------------------------------------------------------------------ the input rules of a training batch
+class NoInput(Exception):
+    """No model input could be taken from the batch; the message says why."""
+
+
+class UserCodeFailed(Exception):
+    """``input_fn(batch)``, ``batch_size_fn(batch)`` or ``tokens_fn(batch)`` raised: the user's error, kept whole in
+    ``error`` (not our bug: a failure to report).
+
+    Args:
+        what: the argument whose callable raised, e.g. ``"input_fn"``.
+        error: the exception it raised.
+    """
+
+    def __init__(self, what: str, error: Exception) -> None:
+        super().__init__(f"`{what}` raised {type(error).__name__}: {error}")
+        self.what = what
+        self.error = error
+
+
+def call_user(what: str, fn: Callable[[Any], Any], batch: Any) -> Any:
+    """``fn(batch)``; its exception is wrapped in :class:`UserCodeFailed`.
+
+    Args:
+        what: the argument ``fn`` was given as (named in the error).
+        fn: the user's callable.
+        batch: the batch as the dataloader gave it.
+    """
+    try:
+        return fn(batch)
+    except Exception as err:
+        raise UserCodeFailed(what, err) from err
+
+
+def batch_to_input(module: torch.nn.Module, batch: Any) -> Any:
+    """The default input rules for a batch; raises :class:`NoInput` when none fits.
+
+    A Tensor batch is the input; a tuple/list batch gives as many leading elements as ``forward`` has required
+    positional parameters; a dict batch gives the keys that match ``forward``'s parameter names (all of them when
+    ``forward`` takes ``**kwargs``).
+
+    Args:
+        module: the LightningModule whose ``forward`` takes the input.
+        batch: the batch as the dataloader gave it.
+    """
+    from lightning.pytorch import LightningModule  # lightning only where a LightningModule is met
+
+    if type(module).forward is LightningModule.forward:
+        raise NoInput(f"{type(module).__name__} does not implement `forward`")
+    if isinstance(batch, torch.Tensor):
+        return batch
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if isinstance(batch, (tuple, list)) and not hasattr(batch, "_fields"):
+        if not required:
+            raise NoInput("`forward` has no required positional parameter to fill from a tuple/list batch")
+        if len(required) > len(batch):
+            raise NoInput(f"`forward` needs {len(required)} positional arguments, the batch has {len(batch)} items")
+        return tuple(batch[: len(required)])
+    if isinstance(batch, Mapping):
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return dict(batch)
+        names = {p.name for p in parameters if p.kind != p.VAR_POSITIONAL}
+        chosen = {k: v for k, v in batch.items() if k in names}
+        missing = [p.name for p in required if p.name not in chosen]
+        if not chosen or missing:
+            raise NoInput(
+                f"the dict batch keys {sorted(map(str, batch))} do not cover `forward`'s parameters "
+                f"{[p.name for p in parameters]}"
+            )
+        return chosen
+    raise NoInput(f"a batch of type {type(batch).__name__} has no default rule")
+
+
+def batch_input(module: Any, batch: Any, input_fn: Callable[[Any], Any] | None) -> Any:
+    """The model input of ``batch`` on the module's device: ``input_fn(batch)``, else :func:`batch_to_input`.
+
+    Raises :class:`NoInput` saying why nothing fits, :class:`UserCodeFailed` when ``input_fn`` raises.
+
+    Args:
+        module: the LightningModule (its ``forward`` and ``device``).
+        batch: the batch as the dataloader gave it.
+        input_fn: the user's rule, or ``None``.
+    """
+    if input_fn is not None:
+        return to_device(call_user("input_fn", input_fn, batch), module.device)
+    return to_device(batch_to_input(module, batch), module.device)
+
+
+class PreparedInput(NamedTuple):
+    """What a profile of one batch takes: the input, and what the user's callables said about the batch.
+
+    Args:
+        example: the model input to profile.
+        from_batch: whether ``example`` was taken from the batch (only then do ``batch_size_fn`` and ``tokens_fn``
+            of the batch describe it).
+        batch_size: ``batch_size_fn(batch)``, or ``None``.
+        tokens: ``tokens_fn(batch)``, or ``None``.
+        tokens_fn: the rule ``profile_model`` gets: one returning ``tokens`` when they were taken from the batch,
+            else the user's ``tokens_fn`` (applied to a fixed input) or ``None``.
+    """
+
+    example: Any
+    from_batch: bool
+    batch_size: int | None
+    tokens: Any
+    tokens_fn: Callable[[Any], Any] | None
+
+
+def prepare_input(
+    module: Any,
+    batch: Any,
+    input_fn: Callable[[Any], Any] | None = None,
+    example_input: Any = None,
+    batch_size_fn: Callable[[Any], int] | None = None,
+    tokens_fn: Callable[[Any], Any] | None = None,
+) -> PreparedInput:
+    """The input rules of ``FlopsMonitor``: ``input_fn(batch)``; else ``example_input``; else the default batch rules
+    (:func:`batch_to_input`); else ``module.example_input_array``. Each user callable is called once.
+
+    Raises :class:`NoInput` when no input fits and :class:`UserCodeFailed` when a user callable raises.
+
+    Args:
+        module: the LightningModule (``forward``, ``device``, ``example_input_array``).
+        batch: the batch as the dataloader gave it.
+        input_fn: ``input_fn(batch)`` returns the model input.
+        example_input: a fixed input, profiled instead of the batch.
+        batch_size_fn: ``batch_size_fn(batch)`` returns the samples in the batch.
+        tokens_fn: ``tokens_fn(batch)`` returns the tokens in the batch.
+    """
+    if example_input is not None:
+        example, from_batch = to_device(example_input, module.device), False
+    else:
+        try:
+            example, from_batch = batch_input(module, batch, input_fn), True
+        except NoInput:
+            fallback = module.example_input_array
+            if fallback is None or input_fn is not None:
+                raise
+            example, from_batch = to_device(fallback, module.device), False
+    batch_size = None
+    if batch_size_fn is not None and from_batch:
+        batch_size = call_user("batch_size_fn", batch_size_fn, batch)
+    if tokens_fn is not None and from_batch:
+        tokens = call_user("tokens_fn", tokens_fn, batch)  # it describes the batch, not the input
+        return PreparedInput(example, from_batch, batch_size, tokens, lambda _: tokens)
+    return PreparedInput(example, from_batch, batch_size, None, tokens_fn)

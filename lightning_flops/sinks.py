@@ -7,6 +7,7 @@ Logged values are per sample (``report.macs_per_sample``), except ``{prefix}/tra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -31,6 +32,7 @@ from lightning_flops.report import FlopsReport
 
 __all__ = [
     "REPORT_NAME",
+    "Publications",
     "ReportFile",
     "attach_to_trackers",
     "declare_hparams_metrics",
@@ -417,3 +419,40 @@ def report_location_line(file: ReportFile, several: bool) -> str:
     if file.attached:
         line += "; attached to " + ", ".join(file.attached)
     return line
+
+
+class Publications:
+    """What a monitor published where (global rank zero): each directory gets a report once; the training-step count
+    that comes later (the observed first step, or a fit after ``validate``) updates that report, never another run's.
+
+    Example::
+
+        publications = Publications()
+        publications.publish(report, trainer.loggers, directory, "compute", trainer.global_step)
+        publications.publish(with_train_step, trainer.loggers, directory, "compute", trainer.global_step)  # updates
+    """
+
+    def __init__(self) -> None:
+        # directory -> the report file written there and the report it holds; None: nothing of ours is there
+        self._published: dict[str, tuple[ReportFile, FlopsReport] | None] = {}
+
+    def publish(self, report: FlopsReport, loggers: Sequence[Logger], directory: str, prefix: str, step: int) -> None:
+        """Publish ``report`` into ``directory`` the first time; later, only add its training-step FLOPs to the file
+        written there (logged as ``{prefix}/train_step/flops_per_batch``) when the published one has none."""
+        if loggers:
+            first = loggers[0]
+            report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
+        if directory not in self._published:
+            self._published[directory] = (publish(report, loggers, directory, prefix, step), report)
+            return
+        published = self._published[directory]
+        if published is None or report.train_step_flops is None or published[1].train_step_flops is not None:
+            return
+        path = published[0]
+        log_metrics(loggers, {f"{prefix}/train_step/flops_per_batch": float(report.train_step_flops)}, step)
+        rewrite_report(report, path, loggers)
+        self._published[directory] = (path, report)
+
+    def seen(self, directory: str) -> None:
+        """Mark ``directory`` as met: when nothing was published there (another rank, a failure), nothing ever is."""
+        self._published.setdefault(directory, None)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_flops import FlopsConfigError, FlopsMonitor
-from lightning_flops.callback import _NoInput, batch_to_input
+from lightning_flops.inputs import NoInput, batch_to_input, prepare_input
 
 
 @pytest.mark.parametrize(
@@ -88,23 +88,24 @@ def test_dict_batch_gives_the_keys_forward_accepts() -> None:
     ],
 )
 def test_batch_without_a_rule_raises_no_input(module: nn.Module, batch: Any, reason: str) -> None:
-    with pytest.raises(_NoInput, match=reason):
+    with pytest.raises(NoInput, match=reason):
         batch_to_input(module, batch)
 
 
 def test_module_without_forward_has_no_input() -> None:
     from lightning.pytorch import LightningModule
 
-    with pytest.raises(_NoInput, match="does not implement `forward`"):
+    with pytest.raises(NoInput, match="does not implement `forward`"):
         batch_to_input(LightningModule(), X)
 
 
 def test_example_input_array_is_used_when_the_batch_rules_fail() -> None:
     module = LinearStack()
     module.example_input_array = torch.zeros(5, IN_FEATURES)
-    example, from_batch = FlopsMonitor()._input(module, {"unknown": X})
-    assert torch.equal(example, module.example_input_array)
-    assert not from_batch  # so batch_size_fn(batch), which describes the batch, is not applied to it
+    prepared = prepare_input(module, {"unknown": X}, batch_size_fn=lambda batch: 99)
+    assert torch.equal(prepared.example, module.example_input_array)
+    assert not prepared.from_batch
+    assert prepared.batch_size is None  # so batch_size_fn(batch), which describes the batch, is not applied to it
 
 
 class _DictBatches(LinearStack):
