@@ -15,15 +15,18 @@ __all__ = [
     "DiffRow",
     "Discrepancy",
     "FlopsConfigError",
+    "FlopsError",
     "FlopsGapError",
     "FlopsMonitor",
     "FlopsReport",
     "Gap",
+    "InputSpec",
     "ParamCount",
     "ParamDiffRow",
     "PartCount",
     "ReportDiff",
     "ReportFormatError",
+    "Uncounted",
     "diff_reports",
     "profile_model",
     "train_step_flops",
@@ -32,13 +35,16 @@ __all__ = [
 _LOCATIONS = {
     "CounterError": "lightning_flops.errors",
     "FlopsConfigError": "lightning_flops.errors",
+    "FlopsError": "lightning_flops.errors",
     "FlopsGapError": "lightning_flops.errors",
     "ReportFormatError": "lightning_flops.errors",
     "CounterResult": "lightning_flops.report",
     "FlopsReport": "lightning_flops.report",
     "Gap": "lightning_flops.report",
+    "InputSpec": "lightning_flops.report",
     "ParamCount": "lightning_flops.report",
     "PartCount": "lightning_flops.report",
+    "Uncounted": "lightning_flops.report",
     "Discrepancy": "lightning_flops.explain",
     "DiffRow": "lightning_flops.explain",
     "ReportDiff": "lightning_flops.explain",
@@ -51,10 +57,10 @@ _LOCATIONS = {
 
 if TYPE_CHECKING:
     from lightning_flops.callback import FlopsMonitor
-    from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+    from lightning_flops.errors import CounterError, FlopsConfigError, FlopsError, FlopsGapError, ReportFormatError
     from lightning_flops.explain import DiffRow, Discrepancy, ParamDiffRow, ReportDiff, diff_reports
     from lightning_flops.profiling import profile_model
-    from lightning_flops.report import CounterResult, FlopsReport, Gap, ParamCount, PartCount
+    from lightning_flops.report import CounterResult, FlopsReport, Gap, InputSpec, ParamCount, PartCount, Uncounted
     from lightning_flops.train_step import train_step_flops
 
 

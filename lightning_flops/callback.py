@@ -15,7 +15,14 @@ from lightning_flops import render, sinks
 from lightning_flops._compat import default_hp_metric, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.counters.tracing import on_fresh_stack
-from lightning_flops.errors import CounterError, FlopsConfigError, FlopsGapError, ReportFormatError
+from lightning_flops.errors import (
+    CounterError,
+    FlopsConfigError,
+    FlopsGapError,
+    ReportFormatError,
+    error_text,
+    internal_error,
+)
 from lightning_flops.inputs import (
     NoInput,
     PreparedInput,
@@ -25,8 +32,10 @@ from lightning_flops.inputs import (
     prepare_input,
     split_input,
 )
+from lightning_flops.options import validate_options
+from lightning_flops.parameters import model_fingerprint
 from lightning_flops.parts import resolve_parts, validate_parts
-from lightning_flops.profiling import error_text, internal_error, model_fingerprint, profile_model, validate_options
+from lightning_flops.profiling import profile_model
 from lightning_flops.report import FlopsReport, Uncounted
 from lightning_flops.reuse import reuse_key
 from lightning_flops.train_step import StepObserver

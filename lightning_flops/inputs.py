@@ -27,7 +27,9 @@ __all__ = [
     "batch_to_input",
     "call_user",
     "clone_tensors",
+    "count_tokens",
     "detect_batch_size",
+    "detect_tokens",
     "iter_tensors",
     "map_tensors",
     "prepare_input",
@@ -184,6 +186,33 @@ def batch_size_of(
     except Exception:  # no model input in the batch: dim 0 of the batch's first tensor
         example = (batch,)
     return detect_batch_size(*split_input(example))
+
+
+def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> int | None:
+    """Tokens in the input: ``B * T`` of the first integer tensor of shape ``[B, T]`` (``input_ids``), else ``None``.
+
+    ``B`` must be the batch size. Padding tokens count (the model computes them); an ``attention_mask`` is not
+    used to discount them. Pass ``tokens_fn`` for other layouts (packed sequences, sequence-first inputs).
+    """
+    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
+        integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+        if integer and tensor.dim() == 2 and tensor.shape[0] == batch:
+            return int(tensor.shape[0] * tensor.shape[1])
+    return None
+
+
+def count_tokens(
+    tokens_fn: Callable[[Any], int] | None, value: Any, args: tuple, kwargs: dict, batch: int
+) -> int | None:
+    """``tokens_fn(value)`` checked (an int >= 0, else :class:`FlopsConfigError`), or :func:`detect_tokens`."""
+    if tokens_fn is None:
+        return detect_tokens(args, kwargs, batch)
+    tokens = tokens_fn(value)
+    if isinstance(tokens, torch.Tensor) and tokens.numel() == 1 and not tokens.is_floating_point():
+        tokens = int(tokens.item())
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise FlopsConfigError(f"`tokens_fn` must return an int >= 0 (tokens in the input), got {tokens!r}")
+    return tokens
 
 
 def slice_batch(value: Any, batch: int) -> tuple[Any, bool]:

@@ -43,6 +43,7 @@ from lightning_flops._compat import (
     storage_address,
     torch_global_hook_dicts,
 )
+from lightning_flops.errors import ShardedModelError
 from lightning_flops.inputs import map_tensors
 
 __all__ = [
@@ -180,10 +181,6 @@ def own_global_hooks() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------ structural copies
-class ShardedModelError(RuntimeError):
-    """A sharded (DTensor) parameter cannot be counted in place: only a meta copy has its global shape."""
-
-
 #: ``clone`` argument of :func:`shared_copy` meaning "clone every tensor" (the forward's writes are unknown).
 ALL: frozenset[int] = frozenset({-1})
 

@@ -76,7 +76,7 @@ def reuse_key(
     reports it).
 
     Args:
-        fingerprint: the model's fingerprint (:func:`~lightning_flops.profiling.model_fingerprint`).
+        fingerprint: the model's fingerprint (:func:`~lightning_flops.parameters.model_fingerprint`).
         options: the profile options (counters, mode, limit, flag_on, strict).
         example: the input that would be profiled now.
         train_input: gives the training-step input when it differs from ``example`` (a fixed ``example_input``).

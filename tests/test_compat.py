@@ -84,11 +84,11 @@ def test_shims_leave_torchs_own_kernels_registered_on_exit(shim: str) -> None:
 @meta_shims
 def test_profile_model_makes_one_meta_copy_for_all_counters(monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_flops as lf
-    import lightning_flops.profiling as profiling
+    import lightning_flops.placement as placement
 
     copies = []
-    real_meta_copy = profiling.meta_copy
-    monkeypatch.setattr(profiling, "meta_copy", lambda model, *a: copies.append(model) or real_meta_copy(model, *a))
+    real_meta_copy = placement.meta_copy
+    monkeypatch.setattr(placement, "meta_copy", lambda model, *a: copies.append(model) or real_meta_copy(model, *a))
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
     report = lf.profile_model(model, torch.randn(2, 3, 8, 8), strict=True)
     assert {n: r.device for n, r in report.counters.items()} == {"thop": "meta", "fvcore": "meta", "torch": "meta"}
