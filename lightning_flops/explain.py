@@ -22,6 +22,7 @@ __all__ = [
     "Discrepancy",
     "ParamDiffRow",
     "ReportDiff",
+    "align_roots",
     "collapse",
     "diff_reports",
     "explain",
@@ -392,6 +393,7 @@ def diff_reports(a: FlopsReport, b: FlopsReport, counter: str = "torch") -> Repo
     Raises:
         ValueError: ``counter`` is missing or failed in one of the reports.
     """
+    a, b, aligned = align_roots(a, b)
     results = []
     for label, report in (("a", a), ("b", b)):
         result = report.counters.get(counter)
@@ -419,7 +421,7 @@ def diff_reports(a: FlopsReport, b: FlopsReport, counter: str = "torch") -> Repo
     residual = (b_total - a_total) - sum(row.delta for row in rows)
     if abs(residual) > 1e-9 * max(abs(a_total), abs(b_total), 1):
         rows.append(DiffRow("", "other", 0.0, residual, "changed"))
-    notes = []
+    notes = [aligned] if aligned else []
     shapes_a = [(i.name, tuple(i.shape[1:])) for i in a.inputs]
     shapes_b = [(i.name, tuple(i.shape[1:])) for i in b.inputs]
     if shapes_a != shapes_b:
@@ -450,3 +452,78 @@ def _param_rows(a: FlopsReport, b: FlopsReport) -> tuple[ParamDiffRow, ...]:
 
 def _shapes(report: FlopsReport) -> str:
     return ", ".join(f"{i.name}: {list(i.shape)}" for i in report.inputs) or "no tensors"
+
+
+# ------------------------------------------------------------------------------------------ root alignment
+def _module_names(report: FlopsReport) -> set[str]:
+    names = set(getattr(report, "module_types", None) or {})
+    for result in report.counters.values():
+        names |= set(result.module_operators)
+    return names - {""}
+
+
+def _wrapper_prefix(outer: FlopsReport, inner: FlopsReport) -> str | None:
+    """The module of ``outer`` that is ``inner``'s root (a LightningModule's ``model`` attribute profiled alone),
+    or ``None``: the prefix under which ``inner``'s names match more of ``outer``'s than they do unprefixed (and at
+    least half of them), with the same class at the root where both reports name classes."""
+    names_outer, names_inner = _module_names(outer), _module_names(inner)
+    if not names_inner:
+        return None
+    plain = len(names_outer & names_inner)
+    best, best_overlap = None, plain
+    for prefix in sorted(names_outer):
+        overlap = sum(f"{prefix}.{name}" in names_outer for name in names_inner)
+        if overlap > best_overlap:
+            best, best_overlap = prefix, overlap
+    if best is None or 2 * best_overlap < len(names_inner):
+        return None
+    types_outer, types_inner = getattr(outer, "module_types", None), getattr(inner, "module_types", None)
+    if types_outer and types_inner and types_outer.get(best) != types_inner.get(""):
+        return None
+    return best
+
+
+def _prefixed(report: FlopsReport, prefix: str) -> FlopsReport:
+    """``report`` with every module named under ``prefix`` (its root becomes ``prefix``; the new root and the
+    modules between hold the same inclusive counts)."""
+    from dataclasses import replace
+
+    def rename(name: str) -> str:
+        return f"{prefix}.{name}" if name else prefix
+
+    chain = [prefix.rsplit(".", depth)[0] for depth in range(prefix.count(".") + 1)][::-1]  # "a", "a.b", ...
+    counters = {}
+    for key, result in report.counters.items():
+        operators = {rename(m): dict(ops) for m, ops in result.module_operators.items()}
+        root = dict(result.module_operators.get("", {}))
+        for ancestor in ["", *chain[:-1]]:
+            operators[ancestor] = dict(root)
+        counters[key] = replace(result, module_operators=operators)
+    types = getattr(report, "module_types", None) or {}
+    params = getattr(report, "module_params", None) or {}
+    changes: dict[str, Any] = {"counters": counters}
+    if types:
+        changes["module_types"] = {rename(m): t for m, t in types.items()}
+    if params:
+        changes["module_params"] = {rename(m): n for m, n in params.items()}
+    return replace(report, **changes)
+
+
+def align_roots(a: FlopsReport, b: FlopsReport) -> tuple[FlopsReport, FlopsReport, str]:
+    """Name both reports' modules from the same root, so that a model profiled alone and the same model inside a
+    LightningModule (``model.conv1`` against ``conv1``) match module by module.
+
+    Returns:
+        ``(a, b, note)``: the reports (one renamed under the other's wrapper module when one wraps the other) and a
+        one-line note saying which was renamed (``""`` when nothing was).
+    """
+    for outer, inner, label in ((a, b, "b"), (b, a, "a")):
+        prefix = _wrapper_prefix(outer, inner)
+        if prefix is not None:
+            renamed = _prefixed(inner, prefix)
+            note = (
+                f"modules of {label} ({inner.model}) are named under `{prefix}`, as in the other report "
+                f"({outer.model}), so that the same modules match"
+            )
+            return (renamed, b, note) if label == "a" else (a, renamed, note)
+    return a, b, ""

@@ -406,6 +406,8 @@ class FlopsReport:
             data = json.loads(text)
         except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
             raise ReportFormatError(f"not valid JSON: {err}") from err
+        except RecursionError:  # arrays or objects nested deeper than the interpreter's recursion limit
+            raise ReportFormatError("not a report: JSON nested too deeply to read") from None
         return cls.from_dict(data)
 
     # -------------------------------------------------------------- Markdown

@@ -91,6 +91,22 @@ def _number(path: str, value: Any) -> None:
         _fail(path, value, f"a number below 1e{round(math.log10(MAX_COUNT))}")
 
 
+def _finite(path: str, value: Any) -> None:
+    """A JSON number that is neither NaN nor infinite (a count a reader adds up and prints as JSON)."""
+    _number(path, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(path, value, "a finite number")
+
+
+def _uncounted_entry(path: str, value: Any) -> None:
+    """One ``uncounted`` entry: an object (operator, module, calls, reason) or a plain string (older reports)."""
+    if isinstance(value, str):
+        return
+    _UNCOUNTED(path, value)
+    if "operator" not in value:
+        raise ReportFormatError(f"malformed report: `{path}.operator` is missing")
+
+
 def _one_of(choices: tuple[str, ...]) -> Check:
     def check(path: str, value: Any) -> None:
         if not isinstance(value, str) or value not in choices:
@@ -140,7 +156,8 @@ def _logger_value(path: str, value: Any) -> None:
         _fail(path, value, "a string")
 
 
-_COUNTER = _object(
+_UNCOUNTED = _object({"operator": _text, "module": _text, "calls": _count, "reason": _text})
+_COUNTER_FIELDS = _object(
     {
         "name": _text,
         "ok": _flag,
@@ -148,12 +165,21 @@ _COUNTER = _object(
         "raw_macs": _count_or_none,
         "error": _text_or_none,
         "device": _text_or_none,
-        "module_operators": _object(values=_object(values=_number)),
-        "uncounted": _array(),
+        "module_operators": _object(values=_object(values=_finite)),
+        "uncounted": _array(_uncounted_entry),
         "seconds": _number,
         "sample_scale": _positive_or_none,
     }
 )
+
+
+def _counter(path: str, value: Any) -> None:
+    """One counter's entry; a counter that says it counted (``ok``) must hold its count."""
+    _COUNTER_FIELDS(path, value)
+    if value.get("ok") is True and value.get("macs") is None:
+        _fail(f"{path}.macs", None, "an integer >= 0 when `ok` is true")
+
+
 _GAP = _object(
     {
         "a": _text,
@@ -169,7 +195,7 @@ _INPUT = _object({"name": _text, "shape": _array(_count), "dtype": _text})
 _TOP_LEVEL: dict[str, Check] = {
     "model": _text,
     "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
-    "counters": _object(values=_COUNTER),
+    "counters": _object(values=_counter),
     "batch_size": _count,
     "mode": _one_of(MODES),
     "limit": _number,
@@ -177,11 +203,11 @@ _TOP_LEVEL: dict[str, Check] = {
     "gaps": _array(_GAP),
     "inputs": _array(_INPUT),
     "rules": _array(_text),
-    "versions": _object(),
+    "versions": _object(values=_text_or_none),
     "fingerprint": _text,
     "train_step_flops": _count_or_none,
     "train_step_batch_size": _positive_or_none,
-    "train_step_uncounted": _array(),
+    "train_step_uncounted": _array(_uncounted_entry),
     "tokens": _count_or_none,
     "logger": _object_or_none(values=_logger_value),
     "flagged": _flag,

@@ -22,8 +22,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
+import typing
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -45,9 +48,32 @@ def _version() -> str:
         return "unknown"
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '?(?P<value>.*?)'? \(choose from (?P<choices>.*)\)$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) that suggest the closest valid choice.
+
+    ``lightning-flops statment RUN`` -> ``lightning-flops: error: argument COMMAND: invalid choice: 'statment'
+    (choose from ...); did you mean `statement`?``
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print ``PROG: error: MESSAGE`` on one line (``--help`` shows the usage) and exit with status 2."""
+        names = ",".join(command.NAME for command in COMMANDS)
+        message = message.replace(f"argument {{{names}}}", "argument COMMAND")
+        found = _INVALID_CHOICE.search(message)
+        if found is not None:
+            choices = [c.strip().strip("'\"") for c in found.group("choices").split(",")]
+            close = difflib.get_close_matches(found.group("value"), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean `{close[0]}`?"
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lightning-flops``: one sub-command per module in :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Compare the compute (MACs, FLOPs = 2 x MACs, parameters) of runs, or profile a model.",
     )

@@ -262,7 +262,7 @@ def _human_cells(
                 ratio, pct = row[f"{col}_ratio"], row[f"{col}_change_pct"]
                 line.append("-" if ratio is None else f"{ratio:.2f}x ({pct:+.1f}%)")
         cells.append([" ".join(cell.split()) for cell in line])  # one line per run, whatever the names hold
-    return headers, cells
+    return [" ".join(header.split()) for header in headers], cells  # part labels are the user's text too
 
 
 def _render_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
@@ -274,7 +274,7 @@ def _render_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str
 
 
 def _render_markdown(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(escape_markdown(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
     return "\n".join(lines)
 
@@ -330,6 +330,11 @@ def _plot(
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()), overwrite=overwrite)
 
 
+def _listed(errors: Sequence[str]) -> str:
+    """One error on the same line; several, one per indented line."""
+    return f" {errors[0]}" if len(errors) == 1 else "\n  " + "\n  ".join(errors)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``; returns the exit status (0, or 1 when ``--keep-going`` skipped files)."""
     allowed = _sort_keys()
@@ -344,9 +349,9 @@ def run(args: argparse.Namespace) -> int:
     loaded, bad = load_reports(files)
     errors += bad
     if not loaded:
-        raise CliError("no readable reports to compare:\n  " + "\n  ".join(errors))
+        raise CliError("no readable reports to compare:" + _listed(errors))
     if errors and not args.keep_going:
-        raise CliError("bad input (pass --keep-going to compare the other runs):\n  " + "\n  ".join(errors))
+        raise CliError("bad input (pass --keep-going to compare the other runs):" + _listed(errors))
 
     runs = [_Run(name, file, report) for name, (file, report) in zip(_run_names(loaded), loaded, strict=True)]
     counters = _counters_of(runs)

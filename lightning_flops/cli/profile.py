@@ -136,14 +136,15 @@ def _import_target(target: str) -> Any:
 def _guarded_import(target: str, location: str, load: Callable[[], Any]) -> Any:
     """Run ``load()`` (the import of TARGET's module) so that whatever it does at import time is reported as such.
 
-    The module sees ``sys.argv == [location]`` (a command line parsed at import time finds no options of ours), its
-    stderr is held back and shown again only on success, and an exception or a ``sys.exit()`` (any status: exit 0
-    must not pass for a profile) becomes one :class:`CliError` line that says it came from importing TARGET.
+    The module sees ``sys.argv == [location]`` (a command line parsed at import time finds no options of ours), what
+    it prints (stdout and stderr) is held back and shown again on stderr only on success (stdout holds the report and
+    nothing else), and an exception or a ``sys.exit()`` (any status: exit 0 must not pass for a profile) becomes one
+    :class:`CliError` line that says it came from importing TARGET.
     """
     argv, held = sys.argv, io.StringIO()
     sys.argv = [location]
     try:
-        with contextlib.redirect_stderr(held):
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
             result = load()
     except SystemExit as exit_:
         last = next((line for line in reversed(held.getvalue().splitlines()) if line.strip()), "")
@@ -208,19 +209,14 @@ def make_inputs(model: Any, shapes: Sequence[InputShape], device: str, seed: int
     return tensors
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
-    shapes = [parse_shape(text) for text in args.input]
-    check_input_size(shapes, args.device)
-    kwargs = parse_kwargs(args.kwargs)
-    json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
-
+def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[InputShape]) -> Any:
+    """Build TARGET and profile it on random inputs of ``shapes``; a configuration error becomes a :class:`CliError`."""
     import lightning_flops
 
     model = _build_model(args.target, kwargs, args.device)
     inputs = make_inputs(model, shapes, args.device)
     try:
-        report = lightning_flops.profile_model(
+        return lightning_flops.profile_model(
             model,
             inputs[0] if len(inputs) == 1 else tuple(inputs),
             counters=tuple(args.counters),
@@ -231,6 +227,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except FlopsConfigError as err:
         raise CliError(str(err)) from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
+    shapes = [parse_shape(text) for text in args.input]
+    check_input_size(shapes, args.device)
+    kwargs = parse_kwargs(args.kwargs)
+    json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
+    with contextlib.redirect_stdout(sys.stderr):  # what the target prints goes to stderr: stdout is the report only
+        report = _profile(args, kwargs, shapes)
     if json_path is not None:
         text = report.to_json()
         atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
