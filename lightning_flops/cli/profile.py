@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import io
@@ -163,6 +164,99 @@ def _guarded_import(target: str, location: str, load: Callable[[], Any]) -> Any:
     return result
 
 
+def parse_parts(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["visual=backbone,neck", "head=head"]`` -> ``{"visual": ["backbone", "neck"], "head": ["head"]}``: the
+    ``parts=`` argument of ``profile_model`` (qualified ``named_modules()`` names, checked against the model there)."""
+    parts: dict[str, list[str]] = {}
+    for item in items:
+        label, sep, names = item.partition("=")
+        modules = [name.strip() for name in names.split(",")]
+        if not sep or not label.strip() or not all(modules):
+            raise CliError(f"`--parts` items must be LABEL=MODULE[,MODULE...], got {item!r}")
+        if label.strip() in parts:
+            raise CliError(f"`--parts`: label {label.strip()!r} is given twice; list all its modules in one item")
+        parts[label.strip()] = modules
+    return parts
+
+
+def parse_custom_ops(items: Sequence[str], model: Any) -> dict[type, float]:
+    """``["nn.LayerNorm=4", "MyBlock=10"]`` -> ``{nn.LayerNorm: 4.0, MyBlock: 10.0}``: the number form of
+    ``profile_model``'s ``custom_ops`` (MACs per element of the module's output).
+
+    ``TYPE`` is ``nn.NAME`` / ``torch.nn.NAME`` (a torch module class), ``package.module:NAME`` (any importable
+    class), or a bare class name of one of the model's own modules (``MyBlock``). A type the model does not use is an
+    error: a rule that matches nothing is a typo more often than not.
+    """
+    from torch import nn
+
+    used = {type(module) for module in model.modules()}
+    rules: dict[type, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not sep or not name or not math.isfinite(rate) or rate < 0:
+            raise CliError(
+                f"`--custom-op` items must be TYPE=MACS_PER_OUTPUT_ELEMENT with a number >= 0 "
+                f"(e.g. nn.LayerNorm=4), got {item!r}"
+            )
+        cls = _module_class(name, used, nn)
+        if cls not in used:
+            raise CliError(
+                f"`--custom-op {item}`: {type(model).__name__} has no {_class_name(cls)} module; its module types "
+                f"are {', '.join(sorted({_class_name(t) for t in used}))}"
+            )
+        rules[cls] = int(rate) if rate.is_integer() else rate
+    return rules
+
+
+def _class_name(cls: type) -> str:
+    """``nn.LayerNorm`` for torch's module classes, ``package.module.Name`` for others."""
+    from torch import nn
+
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _module_class(name: str, used: set[type], nn: Any) -> type:
+    """The ``nn.Module`` subclass that ``--custom-op``'s ``TYPE`` names (see :func:`parse_custom_ops`)."""
+    if ":" in name:
+        location, _, attr = name.partition(":")
+        try:
+            cls: Any = importlib.import_module(location)
+            for part in attr.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError) as err:
+            raise CliError(f"`--custom-op`: cannot import {name!r}: {err}") from None
+    elif name.startswith(("nn.", "torch.nn.")):
+        attr = name.rpartition(".")[2]
+        cls = getattr(nn, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            known = [n for n in dir(nn) if isinstance(getattr(nn, n), type) and issubclass(getattr(nn, n), nn.Module)]
+            close = difflib.get_close_matches(attr, known, n=1)
+            hint = f"; did you mean `nn.{close[0]}`?" if close else ""
+            raise CliError(f"`--custom-op`: torch.nn has no module class {attr!r}{hint}")
+    else:
+        found = {t for t in used if name in (t.__name__, t.__qualname__)}
+        if len(found) != 1:
+            names = sorted({t.__name__ for t in used})
+            if found:
+                listed = ", ".join(sorted(_class_name(t) for t in found))
+                raise CliError(f"`--custom-op`: {name!r} names {len(found)} classes ({listed}); give one as nn.NAME "
+                               "or package.module:NAME")  # fmt: skip
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else f" (its module types: {', '.join(names)})"
+            raise CliError(f"`--custom-op`: the model has no module of a class named {name!r}{hint}")
+        cls = found.pop()
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CliError(f"`--custom-op`: {name!r} is not an nn.Module subclass")
+    return cls
+
+
 def _build_model(target: str, kwargs: dict[str, Any], device: str) -> Any:
     """Call the class or factory named by ``target`` with ``kwargs`` (inside ``torch.device("meta")`` for meta)."""
     import torch
@@ -214,6 +308,7 @@ def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[
     import lightning_flops
 
     model = _build_model(args.target, kwargs, args.device)
+    custom_ops = parse_custom_ops(args.custom_op, model) if args.custom_op else None
     inputs = make_inputs(model, shapes, args.device)
     try:
         return lightning_flops.profile_model(
@@ -224,6 +319,8 @@ def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[
             flag_on=args.flag_on,
             mode=args.mode,
             device="meta" if args.device == "meta" else None,
+            custom_ops=custom_ops,
+            parts=parse_parts(args.parts) or None,
         )
     except FlopsConfigError as err:
         raise CliError(str(err)) from err
@@ -234,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = [parse_shape(text) for text in args.input]
     check_input_size(shapes, args.device)
     kwargs = parse_kwargs(args.kwargs)
+    parse_parts(args.parts)  # bad items fail before the model is built
     json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
     with contextlib.redirect_stdout(sys.stderr):  # what the target prints goes to stderr: stdout is the report only
         report = _profile(args, kwargs, shapes)
@@ -296,6 +394,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--limit", type=float, default=0.01, help="relative gap above which counters are flagged (default: 0.01 = 1%%)"
     )
     parser.add_argument("--flag-on", default="core", help="core (default: MAC core only) or total")
+    parser.add_argument(
+        "--parts",
+        action="append",
+        default=[],
+        metavar="LABEL=MODULE[,MODULE...]",
+        help="report a named part beside the total (repeatable), as profile_model(parts={LABEL: [MODULE, ...]}): "
+        "qualified named_modules() names, e.g. visual=backbone,neck",
+    )
+    parser.add_argument(
+        "--custom-op",
+        action="append",
+        default=[],
+        metavar="TYPE=MACS",
+        help="count every module of TYPE as MACS multiply-accumulates per element of its output, in every counter "
+        "(repeatable), as profile_model(custom_ops={TYPE: MACS}); TYPE is nn.NAME, package.module:NAME or the "
+        "class name of one of the model's modules, e.g. nn.LayerNorm=4",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (atomically)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     return parser
