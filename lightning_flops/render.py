@@ -15,7 +15,8 @@ from lightning_flops.vocabulary import CONVENTION_UNCOUNTED
 
 if TYPE_CHECKING:
     from lightning_flops.explain import Discrepancy, ReportDiff
-    from lightning_flops.report import FlopsReport, Uncounted
+    from lightning_flops.report import FlopsReport
+    from lightning_flops.types import Uncounted
 
 __all__ = [
     "diff_header",

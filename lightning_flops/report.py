@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.schema import check_report_dict
+from lightning_flops.types import Uncounted
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 if TYPE_CHECKING:
@@ -90,42 +91,6 @@ class InputSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
-
-
-@dataclass(frozen=True)
-class Uncounted:
-    """An operator (or module) that a counter saw and counted as 0 although it may do multiply-accumulates.
-
-    Args:
-        operator: the kernel or function (``"_grouped_mm"``, ``"mylib::fused_mlp"``, ``"einsum"``), or the module
-            type for a module without a rule (``"MyBlock"``).
-        module: qualified ``named_modules()`` name of the innermost module it ran in (``""`` is the root, or unknown
-            where the counter does not say, as fvcore).
-        calls: how many times it ran there during the counted call.
-        reason: why it was not counted (``"no formula"``, ``"functional call: thop counts modules only"``, ...).
-
-    Example::
-
-        Uncounted(operator="_grouped_mm", module="model.layers.0.mlp.experts", calls=2, reason="no formula")
-    """
-
-    operator: str
-    module: str
-    calls: int
-    reason: str
-
-    @classmethod
-    def from_data(cls, data: Any) -> Uncounted:
-        """Read one entry of a report's ``uncounted`` list; a plain string (older reports) becomes the reason."""
-        if isinstance(data, str):
-            operator = data.split(" ", 1)[0]
-            return cls(operator=operator, module="", calls=0, reason=data)
-        return cls(
-            operator=str(data["operator"]),
-            module=str(data.get("module", "")),
-            calls=int(data.get("calls", 0)),
-            reason=str(data.get("reason", "")),
-        )
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ Backward runs from the sum of the floating-point outputs that require grad (the 
 the model's matrix products). Autograd skips the gradient of inputs that need none, so the first layer's input
 gradient is counted only when that input requires grad (as in the real step).
 
-Both ways run the torch counter's kernel watch (:class:`~lightning_flops.counters.torch_dispatch._KernelWatch`)
-beneath the counting mode: every kernel of the forward or the backward that has no formula and is not on the
-reviewed zero-MAC list is returned as :class:`~lightning_flops.report.Uncounted`, so the training-step count never
+Both ways count with the counting engine (:class:`~lightning_flops.counters.engine.StepCounting`), as the torch
+counter does: every kernel of the forward or the backward that has no formula and is not on the
+reviewed zero-MAC list is returned as :class:`~lightning_flops.types.Uncounted`, so the training-step count never
 counts zero in silence either. :func:`train_step_count` books them to the module they ran in (backward kernels run
 outside any module: ``""``); :class:`StepObserver` registers no hook, so its entries carry the module ``""``.
 """
@@ -30,52 +30,13 @@ import torch
 from torch import nn
 
 from lightning_flops._compat import fast_meta_kernels
-from lightning_flops.counters.torch_dispatch import _KernelWatch, _Recorder, flop_counter_mode
-from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack
+from lightning_flops.counters.engine import StepCounting
+from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
-from lightning_flops.report import Uncounted
+from lightning_flops.types import Uncounted
 
 __all__ = ["StepObserver", "train_step_count", "train_step_flops"]
-
-
-class _CountingMode:
-    """FlopCounterMode with the torch counter's formulas over the kernel watch; one total, no hook of its own.
-
-    Args:
-        stack: the module stack uncounted kernels are booked to (``None``: module ``""``).
-    """
-
-    def __init__(self, stack: ModuleStack | None = None) -> None:
-        mapping = _Recorder(None, FunctionLabeler()).mapping()
-        self.watch = _KernelWatch(stack, set(mapping))
-        # torch's FlopCounterMode itself: a live training step cannot run twice, as a higher-order operator would
-        # need under the torch counter's own loop (counters/torch_dispatch._ReferenceMode)
-        self.counter = flop_counter_mode(mapping)
-
-    def __enter__(self) -> _CountingMode:
-        self.watch.__enter__()  # first, so that it sits beneath FlopCounterMode and sees the kernels that run
-        try:
-            self.counter.__enter__()
-        except BaseException:
-            self.watch.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.counter.__exit__(*exc)
-        finally:
-            self.watch.__exit__(*exc)
-
-    @property
-    def flops(self) -> int:
-        """FLOPs counted so far."""
-        return int(self.counter.get_total_flops())
-
-    def uncounted(self) -> tuple[Uncounted, ...]:
-        """Kernels that ran without a formula and are not on the zero-MAC list."""
-        return self.watch.uncounted()
 
 
 class StepObserver:
@@ -95,7 +56,7 @@ class StepObserver:
     """
 
     def __init__(self) -> None:
-        self._mode: _CountingMode | None = None
+        self._mode: StepCounting | None = None
         self.flops: int | None = None
         #: kernels of the observed step without a formula (module ``""``: the observer registers no hook)
         self.uncounted: tuple[Uncounted, ...] = ()
@@ -109,7 +70,7 @@ class StepObserver:
         """Enter the counting mode."""
         if self._mode is not None:
             return
-        mode = _CountingMode()
+        mode = StepCounting()
         mode.__enter__()
         self._mode = mode
 
@@ -152,7 +113,7 @@ def _forward_backward(
         ``(FLOPs, uncounted kernels)``, the latter booked to ``model``'s module names (forward hooks, removed after).
     """
     stack = ModuleStack(model)
-    mode = _CountingMode(stack)
+    mode = StepCounting(stack)
     with stack, torch.enable_grad(), mode:
         output = model(*args, **kwargs)
         losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]

@@ -276,62 +276,88 @@ def _lstm_weights(inputs: int, hidden: int, layers: int, directions: int) -> lis
     return weights
 
 
+def _formula(name: str) -> Callable[..., int]:
+    """Our registered formula of ``aten::name``, called as FlopCounterMode calls it (arguments bound by name)."""
+    from lightning_flops.counters.formulas import FORMULAS
+
+    return FORMULAS[getattr(torch.ops.aten, name)]
+
+
 def test_cudnn_rnn_formula_equals_the_lstm_count() -> None:
     # CUDA-only: called on meta tensors. The 2-layer bidirectional LSTM of CORE_OPS, sequence-first [T, B, I]
-    from lightning_flops.counters import torch_dispatch as td
-
     x, weights = _meta(10, 2, 64), _lstm_weights(64, 128, 2, 2)
-    flops = td._cudnn_rnn_flop(x, weights, 4, None, _meta(4, 2, 128), _meta(4, 2, 128), 2, 128, 0, 2, False, 0.0,
+    flops = _formula("_cudnn_rnn")(x, weights, 4, None, _meta(4, 2, 128), _meta(4, 2, 128), 2, 128, 0, 2, False, 0.0,
                                False, True, [], None)  # fmt: skip
     assert flops == 2 * (2 * (2 * 10 * 4 * 128 * (64 + 128)) + 2 * (2 * 10 * 4 * 128 * (2 * 128 + 128)))
     mask = [True, True, True, True]
-    backward = td._cudnn_rnn_backward_flop(x, weights, 4, None, None, None, None, None, None, None, 2, 128, 0, 2,
+    backward = _formula("_cudnn_rnn_backward")(x, weights, 4, None, None, None, None, None, None, None, 2, 128, 0, 2,
                                            False, 0.0, True, True, [], None, None, mask)  # fmt: skip
     assert backward == 2 * flops  # data gradients (one forward) + weight gradients (one forward)
-    packed = td._cudnn_rnn_flop(_meta(15, 64), weights, 4, None, None, None, 2, 128, 0, 2, False, 0.0, False, True,
+    packed = _formula("_cudnn_rnn")(_meta(15, 64), weights, 4, None, None, None, 2, 128, 0, 2, False, 0.0, False, True,
                                 [2, 2, 2, 2, 2, 1, 1, 1, 1, 1], None)  # fmt: skip
     assert packed == 2 * 15 * sum(w.shape[0] * w.shape[1] for w in weights if w.dim() == 2)  # 15 packed tokens
 
 
 def test_miopen_rnn_formula_equals_the_lstm_count() -> None:
-    from lightning_flops.counters import torch_dispatch as td
-
     x, weights = _meta(10, 2, 64), _lstm_weights(64, 128, 1, 1)
-    flops = td._miopen_rnn_flop(x, weights, 4, None, None, 2, 128, 1, False, 0.0, False, False, [], None)
+    flops = _formula("miopen_rnn")(x, weights, 4, None, None, 2, 128, 1, False, 0.0, False, False, [], None)
     assert flops == 2 * 2 * 10 * 4 * 128 * (64 + 128)  # batch * seq * gates * hidden * (in + hidden)
 
 
 def test_scaled_grouped_mm_formula_reads_its_offs() -> None:
-    from lightning_flops.counters import torch_dispatch as td
-
     x, w = _meta(16, 64), _meta(4, 64, 32)
     offs = torch.tensor([4, 8, 12, 14], dtype=torch.int32)
-    assert td._scaled_grouped_mm_flop(x, w, _meta(16), _meta(4, 32), offs) == 2 * 14 * 64 * 32
-    assert td._scaled_grouped_mm_v2_flop(x, w, [], [], [], [], [], [], offs) == 2 * 14 * 64 * 32
-    assert td._mm_flop(_meta(32, 64), _meta(64, 48)) == 2 * 32 * 64 * 48  # _scaled_mm_v2
+    assert _formula("_scaled_grouped_mm")(x, w, _meta(16), _meta(4, 32), offs) == 2 * 14 * 64 * 32
+    assert _formula("_scaled_grouped_mm_v2")(x, w, [], [], [], [], [], [], offs) == 2 * 14 * 64 * 32
+    assert _formula("_scaled_mm_v2")(_meta(32, 64), _meta(64, 48)) == 2 * 32 * 64 * 48  # _scaled_mm_v2
 
 
 def test_cuda_attention_formulas_equal_the_sdpa_count() -> None:
     # q [B=2, H=4, 32, 16], k/v [2, 4, 24, 16]: q k^T and p v, each b * h * n * m * d; backward 2.5x (torch's rule)
     from torch.utils.flop_counter import sdpa_backward_flop_count
 
-    from lightning_flops.counters import torch_dispatch as td
-
     q, k, v = _meta(2, 4, 32, 16), _meta(2, 4, 24, 16), _meta(2, 4, 24, 16)
     forward = 2 * (2 * (2 * 4 * 32 * 24 * 16))
-    assert td._fused_attention_flop(q, k, v) == forward
-    assert td._cudnn_attention_flop(q, k, v, None, None, None, 32, 24) == forward
+    assert _formula("_scaled_dot_product_fused_attention_overrideable")(q, k, v) == forward
+    assert _formula("_cudnn_attention_forward")(q, k, v, None, None, None, 32, 24) == forward
     backward = sdpa_backward_flop_count(q.shape, q.shape, k.shape, v.shape)
     assert backward == 2 * 5 * (2 * 4 * 32 * 24 * 16)  # dq, dk, dv, dp and the recomputed scores
-    assert td._fused_attention_backward_flop(q, q, k, v) == backward
-    assert td._cudnn_attention_backward_flop(q, q, k, v, q, None, None, None, None, None, None, 32, 24) == backward
+    assert _formula("_scaled_dot_product_fused_attention_overrideable_backward")(q, q, k, v) == backward
+    assert _formula("_cudnn_attention_backward")(q, q, k, v, q, None, None, None, None, None, None, 32, 24) == backward
 
 
 def test_cudnn_attention_formula_counts_packed_sequences_one_by_one() -> None:
     # two sequences of 5 and 3 tokens packed as [8, H=2, D=16]: 5 * 5 and 3 * 3 score blocks
-    from lightning_flops.counters import torch_dispatch as td
-
     q = k = v = torch.empty(8, 2, 16)
     cum = torch.tensor([0, 5, 8], dtype=torch.int32)
-    flops = td._cudnn_attention_flop(q, k, v, None, cum, cum, 5, 5)
+    flops = _formula("_cudnn_attention_forward")(q, k, v, None, cum, cum, 5, 5)
     assert flops == 2 * 2 * (2 * 5 * 5 * 16 + 2 * 3 * 3 * 16)  # (q k^T + p v) per sequence, heads * n * m * d each
+
+
+def test_formulas_read_arguments_by_schema_name_positional_or_keyword() -> None:
+    # aten::_cudnn_rnn_backward(..., batch_sizes (18), dropout_state, reserve, output_mask (21)): the same count
+    # whether output_mask comes by position or by keyword; a False weight-gradient flag halves it
+    x, weights = _meta(10, 2, 64), _lstm_weights(64, 128, 1, 1)
+    head = (x, weights, 4, None, None, None, None, None, None, None, 2, 128, 0, 1, False, 0.0, True, False, [], None)
+    backward = _formula("_cudnn_rnn_backward")
+    full = 2 * 2 * (2 * 10 * 4 * 128 * (64 + 128))  # (data + weight gradients) * batch * seq * gates * H * (in + H)
+    assert backward(*head, None, [True, True, True, True]) == full
+    assert backward(*head, reserve=None, output_mask=[True, True, True, False]) == full // 2
+    offs = torch.tensor([4, 8, 12, 14], dtype=torch.int32)
+    assert _formula("_grouped_mm")(_meta(16, 64), _meta(4, 64, 32), offs=offs) == 2 * 14 * 64 * 32  # rows * in * out
+    assert _formula("_grouped_mm")(_meta(16, 64), _meta(4, 64, 32)) == 2 * 16 * 64 * 32  # offs=None: every row
+
+
+def test_every_formula_is_registered_once_under_a_real_operator() -> None:
+    import torch.utils.flop_counter as fc
+
+    from lightning_flops.counters.formulas import FORMULAS, Call, formula
+
+    assert not set(FORMULAS) & set(fc.flop_registry)  # ours add to torch's, never replace one
+    before = dict(FORMULAS)
+
+    @formula("aten::no_such_operator_here")
+    def _nothing(call: Call) -> int:
+        return 1
+
+    assert before == FORMULAS  # an operator this torch lacks is skipped

@@ -7,13 +7,10 @@ that reports can be read and compared without it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS, OPERATORS
-
-if TYPE_CHECKING:
-    from lightning_flops.report import Uncounted
+from lightning_flops.types import RawCount
+from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS
 
 __all__ = [
     "CONVENTION_OPERATORS",
@@ -43,33 +40,6 @@ def flops_from_macs(macs: int) -> int:
 def macs_from_flops(flops: int) -> int:
     """MACs of a count given in FLOPs (torch's FlopCounterMode counts 2 FLOPs per MAC)."""
     return flops // 2
-
-
-@dataclass
-class RawCount:
-    """What a counter adapter measured on one forward call, in MACs, before our rules are applied.
-
-    Args:
-        macs: total MACs of the call.
-        module_operators: inclusive MACs per qualified module name (``""`` is the root) and vocabulary operator.
-        uncounted: operators (or modules) that the counter saw and did not count, with the module they ran in.
-
-    Raises:
-        ValueError: a module's operators use a label outside :data:`~lightning_flops.vocabulary.OPERATORS`
-            (a lightning-flops bug: every adapter maps to the one vocabulary).
-    """
-
-    macs: int
-    module_operators: dict[str, dict[str, int]] = field(default_factory=dict)
-    uncounted: tuple[Uncounted, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.uncounted = tuple(self.uncounted)
-        unknown = {op for ops in self.module_operators.values() for op in ops} - OPERATORS
-        if unknown:
-            raise ValueError(
-                f"lightning-flops bug: operator labels {sorted(unknown)} are not in the vocabulary {sorted(OPERATORS)}"
-            )
 
 
 class Counter(Protocol):

@@ -17,7 +17,7 @@ from torch import nn
 from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
 from lightning_flops.counters.base import RawCount
 from lightning_flops.counters.tracing import PositionalCall, on_fresh_stack, quiet, user_module_name
-from lightning_flops.report import Uncounted
+from lightning_flops.types import Uncounted
 from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, operator_of_fvcore
 
 __all__ = ["FvcoreCounter", "make_counter", "operator_of_fvcore"]

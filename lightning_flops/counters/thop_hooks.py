@@ -23,7 +23,7 @@ from lightning_flops.counters.tracing import (
     quiet,
     user_module_name,
 )
-from lightning_flops.report import Uncounted
+from lightning_flops.types import Uncounted
 
 __all__ = ["ThopCounter", "make_counter", "thop_variant"]
 

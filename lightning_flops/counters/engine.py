@@ -1,0 +1,365 @@
+"""The counting engine: FlopCounterMode's rule with torch's formulas and ours, each FLOP booked to a module and an
+operator, every kernel without a formula listed. One engine serves the torch counter (a forward), the training-step
+count (forward + backward) and the step observer (a real training step).
+
+- :func:`count` counts ``fn()`` and returns a :class:`Count`;
+- :class:`StepCounting` is the same counting as a context manager entered and left by the caller (the step
+  observer enters it before a real step and leaves it before the optimizer step).
+
+The formulas are torch's ``flop_registry`` plus :data:`lightning_flops.counters.formulas.FORMULAS`, nothing else.
+Every kernel that runs without a formula is checked against the reviewed zero-MAC list
+(:mod:`lightning_flops.vocabulary`: views, copies, factories, indexing, reductions, norms, ...; kernels torch tags
+``pointwise``; view kernels). Anything else, in any namespace (custom ops from ``torch.library`` included), is listed
+as :class:`~lightning_flops.types.Uncounted` with its module and calls: the count is never zero in silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from lightning_flops._compat import (
+    TorchDispatchMode,
+    decomposes_implicitly,
+    is_op_overload,
+    mark_raw_formula,
+    set_module_tracker,
+    shape_formula,
+)
+from lightning_flops.counters.formulas import FORMULAS
+from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, operator_of_module
+from lightning_flops.types import Uncounted
+from lightning_flops.vocabulary import NO_FORMULA, REVIEWED_UNCOUNTED, operator_of_aten, zero_mac_reason
+
+__all__ = ["Count", "StepCounting", "count", "flop_counter_mode", "packet_name"]
+
+aten = torch.ops.aten
+
+
+def packet_name(packet: Any) -> str:
+    """``aten._grouped_mm`` -> ``_grouped_mm``; another namespace keeps it: ``quantized::linear_dynamic``."""
+    name = str(packet)
+    namespace, dot, bare = name.partition(".")
+    if not dot:
+        return name  # a higher-order operator (flex_attention)
+    return bare if namespace == "aten" else f"{namespace}::{bare}"
+
+
+@dataclass(frozen=True)
+class Count:
+    """What :func:`count` measured, in FLOPs (2 per MAC, torch's unit).
+
+    Args:
+        flops: the total, FlopCounterMode's rule with our formulas.
+        own: FLOPs per module name (innermost module, ``""`` the root or outside any module) and operator label.
+        calls: calls per labelled torch function (``einsum``, ``linear``, ...).
+        uncounted: kernels that ran without a formula and are not on the zero-MAC list.
+    """
+
+    flops: int
+    own: dict[str, dict[str, int]]
+    calls: dict[str, int]
+    uncounted: tuple[Uncounted, ...]
+
+
+class _Recorder:
+    """Wraps every formula so that each FLOP count is also booked to a module and an operator."""
+
+    def __init__(self, stack: ModuleStack | None, labeler: FunctionLabeler) -> None:
+        self.stack = stack
+        self.labeler = labeler
+        self.own: dict[str, dict[str, int]] = {}
+
+    def wrap(self, packet: Any, formula: Callable[..., int]) -> Callable[..., int]:
+        fallback = operator_of_aten(packet_name(packet))
+        on_shapes = shape_formula(formula)
+
+        def recorded(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+            shapes = _flat_shapes(args, kwargs, out_val) if on_shapes is not None else None
+            if shapes is not None:  # what torch's shape_wrapper computes, without a pytree walk per call
+                flops = on_shapes(*shapes[0], out_shape=shapes[2], **shapes[1])
+            else:
+                flops = formula(*args, out_val=out_val, **kwargs)
+            name, module = self.stack.current if self.stack is not None else ("", None)
+            operator = self.labeler.label or fallback
+            if module is not None and operator in ("linear", "matmul") and operator_of_module(module) == "rnn":
+                operator = "rnn"  # LSTM/GRU decomposed into matrix products (meta device, CPU GRU)
+            bucket = self.own.setdefault(name, {})
+            bucket[operator] = bucket.get(operator, 0) + flops
+            return flops
+
+        return mark_raw_formula(recorded)  # FlopCounterMode passes tensors through; the wrapped formula shapes them
+
+    def mapping(self) -> dict[Any, Callable[..., int]]:
+        formulas = {**flop_registry, **FORMULAS}
+        return {packet: self.wrap(packet, formula) for packet, formula in formulas.items()}
+
+
+def _shape_of(value: Any) -> Any:
+    """A tensor's shape; a plain list or tuple of tensors and leaves mapped likewise; any other container (nested,
+    a dict, a NamedTuple or other tuple subclass: pytree may walk into them) gives ``_NESTED``; a leaf itself."""
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if type(value) in (list, tuple):
+        if any(isinstance(v, (list, tuple, dict)) for v in value):
+            return _NESTED
+        return type(value)(v.shape if isinstance(v, torch.Tensor) else v for v in value)
+    if isinstance(value, (list, tuple, dict)):
+        return _NESTED
+    return value
+
+
+_NESTED = object()
+
+
+def _flat_shapes(args: tuple, kwargs: dict, out: Any) -> tuple[tuple, dict, Any] | None:
+    """``(args, kwargs, out)`` with each tensor replaced by its shape, as torch's ``shape_wrapper`` maps them with
+    pytree, when nothing is nested deeper than one list or tuple; ``None`` otherwise (then torch's own wrapper runs)."""
+    new_args = tuple(_shape_of(a) for a in args)
+    new_kwargs = {k: _shape_of(v) for k, v in kwargs.items()}
+    new_out = _shape_of(out)
+    if _NESTED in new_args or _NESTED in new_kwargs.values() or new_out is _NESTED:
+        return None
+    return new_args, new_kwargs, new_out
+
+
+def _zero_reason(func: Any, name: str) -> str | None:
+    """Why the kernel ``func`` may count 0 without being listed, or ``None`` when it must be listed."""
+    reason = zero_mac_reason(name)
+    if reason is not None:
+        return reason
+    packet = func.overloadpacket
+    if any(torch.Tag.pointwise in getattr(packet, overload).tags for overload in packet.overloads()):
+        # tags are per overload (add.Tensor is tagged, add.default on Python scalars is not): the family decides
+        return "elementwise (torch tags it pointwise): a convention"
+    if func.is_view:
+        return "view: no arithmetic"
+    return None
+
+
+class _KernelWatch(TorchDispatchMode):
+    """Sees every kernel that really runs (below the counting mode's decompositions) and keeps those without a
+    formula.
+
+    Entered before the counting mode, so it sits beneath it on the mode stack: the counting mode decomposes what it
+    can and every kernel that executes then passes here once. A kernel with no formula that is not on the reviewed
+    zero-MAC list is recorded with the innermost module it ran in.
+    """
+
+    def __init__(self, stack: ModuleStack | None, counted: set[Any]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.counted = counted
+        self.missed: dict[tuple[str, str, str], int] = {}
+        self._verdicts: dict[Any, str | None] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if is_op_overload(func):
+            packet = func.overloadpacket
+            if packet not in self._verdicts:
+                name = packet_name(packet)
+                if packet in self.counted:
+                    self._verdicts[packet] = None
+                elif name in REVIEWED_UNCOUNTED:
+                    self._verdicts[packet] = f"{NO_FORMULA}: {REVIEWED_UNCOUNTED[name]}"
+                else:
+                    self._verdicts[packet] = None if _zero_reason(func, name) is not None else NO_FORMULA
+            reason = self._verdicts[packet]
+            if reason is not None:
+                module = self.stack.current[0] if self.stack is not None else ""
+                key = (packet_name(packet), module, reason)
+                self.missed[key] = self.missed.get(key, 0) + 1
+        return func(*args, **kwargs)
+
+    def uncounted(self) -> tuple[Uncounted, ...]:
+        """What ran without a formula, one entry per kernel and module, in the order first seen."""
+        return tuple(
+            Uncounted(operator=op, module=module, calls=n, reason=reason)
+            for (op, module, reason), n in self.missed.items()
+        )
+
+
+class _GlobalOnlyTracker:
+    """Stands in for FlopCounterMode's ModuleTracker: books every FLOP to ``"Global"``, registers no hooks."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalOnlyTracker:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+# FlopCounterMode leaves these to the tensor's own policy (nested tensors): it answers NotImplemented (torch 2.13)
+_METADATA_OPS = frozenset(
+    getattr(packet, overload)
+    for packet, overload in (
+        (aten.sym_is_contiguous, "default"), (aten.is_contiguous, "default"), (aten.is_contiguous, "memory_format"),
+        (aten.is_strides_like_format, "default"), (aten.is_non_overlapping_and_dense, "default"),
+        (aten.size, "default"), (aten.sym_size, "default"), (aten.stride, "default"), (aten.sym_stride, "default"),
+        (aten.storage_offset, "default"), (aten.sym_storage_offset, "default"), (aten.numel, "default"),
+        (aten.sym_numel, "default"), (aten.dim, "default"), (torch.ops.prim.layout, "default"),
+    )
+    if hasattr(packet, overload)
+)  # fmt: skip
+
+_PRIM_DEVICE = torch.ops.prim.device.default
+
+
+class _HigherOrderOperator(Exception):
+    """A higher-order operator (``torch.cond``, a Triton kernel) ran: FlopCounterMode itself must count it."""
+
+
+class _ReferenceMode(TorchDispatchMode):
+    """FlopCounterMode's counting rule, as ``_FlopCounterMode.__torch_dispatch__`` applies it (torch 2.13), at a
+    fraction of its cost per operator (measured: 117 us a call there, most of the time of counting small modules).
+
+    The rule, unchanged: the metadata queries FlopCounterMode skips are left alone; every other operator is first
+    decomposed when it has a CompositeImplicitAutograd kernel (re-entering this mode, so that its parts are counted),
+    else run, and counted with the formula of its overload packet when the registry has one. What is cheaper: no
+    pytree walk, no torch._dynamo guard around each call, and whether an operator decomposes is looked up once.
+    ``tests/test_reference_mode.py`` checks that totals equal FlopCounterMode's on every operator and model tested.
+    A higher-order operator raises :class:`_HigherOrderOperator`; the caller then counts with FlopCounterMode.
+
+    Args:
+        registry: formula per overload packet, each called as FlopCounterMode calls it:
+            ``formula(*args, **kwargs, out_val=out)``.
+    """
+
+    supports_higher_order_operators = True  # so that they reach __torch_dispatch__, which hands them over
+
+    def __init__(self, registry: dict[Any, Callable[..., int]]) -> None:
+        super().__init__()
+        self.registry = registry
+        self.total = 0
+        self._decomposes: dict[Any, bool] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _METADATA_OPS:
+            return NotImplemented
+        if not is_op_overload(func):
+            raise _HigherOrderOperator(str(func))
+        if func is not _PRIM_DEVICE:
+            decomposes = self._decomposes.get(func)
+            if decomposes is None:
+                decomposes = self._decomposes[func] = decomposes_implicitly(func)
+            if decomposes:
+                with self:
+                    result = func.decompose(*args, **kwargs)
+                if result is not NotImplemented:
+                    return result
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func.overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+    def get_total_flops(self) -> int:
+        """FLOPs counted so far (FlopCounterMode's name for it)."""
+        return self.total
+
+
+def flop_counter_mode(mapping: dict[Any, Callable[..., int]]) -> Any:
+    """FlopCounterMode with ``mapping`` as its formulas and no module tracker (a total only)."""
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    # A private attribute (lightning_flops._compat.set_module_tracker): FlopCounterMode's ModuleTracker puts
+    # grad hooks on module inputs and raises "Expected gradient function to be set" when a module gets a view of a
+    # parameter made under no_grad (`self.query.expand(...)`). Its per-module table is unused (ModuleStack books
+    # modules), and the total it keeps under "Global" is the same without it.
+    set_module_tracker(counter, _GlobalOnlyTracker())
+    return counter
+
+
+def count(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> Count:
+    """Run ``fn()`` and count it: FlopCounterMode's rule with torch's formulas and ours.
+
+    Counts with :class:`_ReferenceMode` (FlopCounterMode's rule, cheaper per operator); when a higher-order operator
+    runs, ``fn`` runs again under FlopCounterMode itself (``fn`` must be repeatable: a forward on a copy).
+
+    Args:
+        fn: the work to count (a forward call, or forward and backward of a training step).
+        model: when given, FLOPs and uncounted kernels are booked to its ``named_modules()`` names; otherwise all
+            to the root ``""``.
+
+    Example::
+
+        result = count(lambda: model(x), model)
+        result.flops, result.own["fc"]["linear"], result.uncounted
+    """
+    try:
+        return _count_with(lambda mapping: _ReferenceMode(mapping), fn, model)
+    except _HigherOrderOperator:
+        return _count_with(flop_counter_mode, fn, model)
+
+
+def _count_with(
+    make_mode: Callable[[dict[Any, Callable[..., int]]], Any], fn: Callable[[], Any], model: torch.nn.Module | None
+) -> Count:
+    labeler = FunctionLabeler()
+    stack = ModuleStack(model) if model is not None else None
+    recorder = _Recorder(stack, labeler)
+    mapping = recorder.mapping()
+    watch = _KernelWatch(stack, set(mapping))
+    counter = make_mode(mapping)
+    if stack is not None:
+        stack.__enter__()
+    try:
+        with labeler, watch, counter:
+            fn()
+    finally:
+        if stack is not None:
+            stack.__exit__(None, None, None)
+    return Count(counter.get_total_flops(), recorder.own, labeler.calls, watch.uncounted())
+
+
+class StepCounting:
+    """The engine's counting as a context manager: every kernel run between ``__enter__`` and ``__exit__`` is
+    counted with torch's formulas and ours, over the kernel watch; one total, no hook of its own.
+
+    Args:
+        stack: the module stack uncounted kernels are booked to (``None``: module ``""``); entered by the caller.
+
+    Example::
+
+        with StepCounting() as step:
+            model(x).sum().backward()
+        step.flops, step.uncounted()
+    """
+
+    def __init__(self, stack: ModuleStack | None = None) -> None:
+        mapping = _Recorder(None, FunctionLabeler()).mapping()
+        self.watch = _KernelWatch(stack, set(mapping))
+        # torch's FlopCounterMode itself: a live training step cannot run twice, as a higher-order operator would
+        # need under the engine's own loop (_ReferenceMode)
+        self.counter = flop_counter_mode(mapping)
+
+    def __enter__(self) -> StepCounting:
+        self.watch.__enter__()  # first, so that it sits beneath the counting mode and sees the kernels that run
+        try:
+            self.counter.__enter__()
+        except BaseException:
+            self.watch.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.counter.__exit__(*exc)
+        finally:
+            self.watch.__exit__(*exc)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs counted so far."""
+        return int(self.counter.get_total_flops())
+
+    def uncounted(self) -> tuple[Uncounted, ...]:
+        """Kernels that ran without a formula and are not on the zero-MAC list."""
+        return self.watch.uncounted()
