@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_flops import render, sinks
-from lightning_flops._compat import default_hp_metric, run_hparams
+from lightning_flops._compat import callback_state_key, default_hp_metric, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.counters.tracing import on_fresh_stack
 from lightning_flops.errors import (
@@ -156,7 +156,7 @@ class FlopsMonitor(Callback):
     @override
     def state_key(self) -> str:
         """Unique per prefix, mode and counters, so several monitors (e.g. eval and ``mode="train"``) can coexist."""
-        return self._generate_state_key(prefix=self.prefix, mode=self.mode, counters=list(self.counters))
+        return callback_state_key(self, prefix=self.prefix, mode=self.mode, counters=list(self.counters))
 
     # ------------------------------------------------------------------ hooks
     @override

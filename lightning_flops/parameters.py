@@ -7,6 +7,7 @@ import hashlib
 
 from torch import nn
 
+from lightning_flops._compat import packed_params
 from lightning_flops.report import ParamCount
 
 __all__ = ["active_parameters", "model_fingerprint", "own_parameters", "param_count"]
@@ -45,7 +46,7 @@ def active_parameters(model: nn.Module, called: set[str]) -> int:
                 if id(param) not in seen:
                     seen.add(id(param))
                     total += param.numel()
-            packed = getattr(module, "_packed_params", None)
+            packed = packed_params(module)
             if isinstance(packed, nn.Module):
                 total += packed_parameter_count(packed)
     return total

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from lightning_flops._compat import fast_meta_kernels
+from lightning_flops._compat import batch_norm_types, fast_meta_kernels
 from lightning_flops.counters.base import RawCount, get_counter
 from lightning_flops.inputs import iter_tensors, map_tensors, slice_batch
 from lightning_flops.isolation import (
@@ -59,8 +59,9 @@ def _model_device(model: nn.Module) -> str:
 
 def _batch_coupled(model: nn.Module, mode: str) -> bool:
     """Whether samples of a batch affect each other's compute (BatchNorm statistics in training mode)."""
+    batch_norms = batch_norm_types()
     return mode == "train" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not model.training) for m in model.modules()
+        isinstance(m, batch_norms) and (m.training or not model.training) for m in model.modules()
     )
 
 

@@ -422,6 +422,8 @@ def module_operators() -> tuple[tuple[tuple[type, ...], str], ...]:
     """Module types and their labels, most specific first (imports torch)."""
     from torch import nn
 
+    from lightning_flops._compat import conv_module_types, norm_module_types, pool_module_types
+
     quantized_linear: tuple[type, ...] = ()
     try:  # dynamic/static int8 Linear (torch.ao, torch 2.13)
         from torch.ao.nn.quantized import Linear as QLinear
@@ -431,13 +433,13 @@ def module_operators() -> tuple[tuple[tuple[type, ...], str], ...]:
     except ImportError:  # pragma: no cover - a torch without torch.ao
         pass
     return (
-        ((nn.modules.conv._ConvNd,), "conv"),
+        (conv_module_types(), "conv"),
         ((nn.Linear, nn.Bilinear, *quantized_linear), "linear"),
         ((nn.MultiheadAttention,), "attention"),
         ((nn.RNNBase, nn.RNNCellBase), "rnn"),
         (
             (
-                nn.modules.batchnorm._NormBase,
+                *norm_module_types(),
                 nn.LayerNorm,
                 nn.GroupNorm,
                 nn.LocalResponseNorm,
@@ -447,12 +449,7 @@ def module_operators() -> tuple[tuple[tuple[type, ...], str], ...]:
         ),
         ((nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax"),
         (
-            (
-                nn.modules.pooling._MaxPoolNd,
-                nn.modules.pooling._AvgPoolNd,
-                nn.modules.pooling._AdaptiveAvgPoolNd,
-                nn.modules.pooling._AdaptiveMaxPoolNd,
-            ),
+            (*pool_module_types(),),
             "pool",
         ),
         ((nn.Upsample, nn.PixelShuffle), "interpolate"),
@@ -490,6 +487,9 @@ def function_labels() -> dict[Any, str]:
     import torch
     import torch.nn.functional as F
 
+    from lightning_flops._compat import private_torch_functions
+
+    private = private_torch_functions()
     candidates = {
         "einsum": [torch.einsum],
         "matmul": [
@@ -504,14 +504,14 @@ def function_labels() -> dict[Any, str]:
             torch.Tensor.bmm,
             torch.Tensor.mm,
             getattr(F, "grouped_mm", None),
-            getattr(torch, "_grouped_mm", None),
+            private.get("_grouped_mm"),
         ],
         "linear": [F.linear, F.bilinear],
         "conv": [F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d],
         "attention": [
             F.scaled_dot_product_attention,
             F.multi_head_attention_forward,
-            getattr(torch, "_native_multi_head_attention", None),
+            private.get("_native_multi_head_attention"),
         ],
     }
     labels: dict[Any, str] = {}

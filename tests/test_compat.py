@@ -132,6 +132,7 @@ def _instances(tmp_path: Path) -> dict[str, Callable[[], Iterator[Any]]]:
         "OpOverload": lambda: iter([torch.ops.aten.add.Tensor]),
         "RemovableHandle": lambda: iter([nn.Linear(2, 2).register_forward_hook(lambda *args: None)]),
         "OptimizedModule": lambda: iter([torch.compile(nn.Linear(2, 2))]),  # wraps only: nothing is compiled
+        "QuantizedLinear": lambda: iter([torch.ao.nn.quantized.dynamic.Linear(2, 2)]),
         "FlopCounterMode": lambda: iter([FlopCounterMode(display=False)]),
         "torch.library.Library": _library_instance,
         "TensorBoardLogger": lambda: _tensorboard_logger(tmp_path),
@@ -230,43 +231,124 @@ def test_the_shims_give_what_the_private_names_give(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ and nowhere but in _compat
-_PRIVATE_NAMES = {name for _, _, name, _ in PRIVATE_APIS} | {
-    "_get_raw",  # FlopCounterMode formulas (mark_raw_formula)
-    "_subclasses",
-    "_ops",
-    "_decomp",
-    "_python_dispatch",
-    "_C",
-    "_dynamo",
-}
-
-
-def _private_uses(path: Path) -> list[str]:
-    """``line: what`` for each private name of torch/thop/fvcore/Lightning that ``path`` touches."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr in _PRIVATE_NAMES:
-            found.append(f"{node.lineno}: .{node.attr}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in _PRIVATE_NAMES:
-            found.append(f"{node.lineno}: {node.value!r}")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in _LIBRARIES:
-            private = [a.name for a in node.names if a.name.startswith("_")]
-            if any(part.startswith("_") for part in node.module.split(".")) or private:
-                found.append(f"{node.lineno}: from {node.module} import {', '.join(a.name for a in node.names)}")
-            elif node.module.split(".")[0] in ("thop", "fvcore") and node.module not in ("fvcore.nn",):
-                found.append(f"{node.lineno}: from {node.module} (an internal module)")
-    return found
-
-
 _LIBRARIES = ("torch", "lightning", "pytorch_lightning", "thop", "fvcore")
+# where a dispatcher operator is named (``torch.ops.aten._grouped_mm``, ``aten._to_copy``): the operator table, not a
+# private Python name
+_OPERATOR_ROOTS = ("aten", "_aten", "prims", "quantized")
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+# Python's own public ``_names`` (namedtuple's API)
+_PUBLIC_UNDERSCORED = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}
+
+
+def _own_private_names(package: Path) -> set[str]:
+    """Every ``_name`` lightning-flops defines itself outside ``_compat``: functions, classes, variables, attributes
+    it assigns, parameters. Anything else spelled ``_name`` comes from a library."""
+    own = set()
+    for path in package.rglob("*.py"):
+        if "_compat" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.arg):
+                own.add(node.arg)
+    return {name for name in own if _is_private(name)} | _PUBLIC_UNDERSCORED
+
+
+def _chain_root(node: ast.expr) -> tuple[str | None, list[str]]:
+    """``(root name, attribute path)`` of ``a.b.c`` -> ``("a", ["b", "c"])``; ``None`` for a root that is no name."""
+    path: list[str] = []
+    while isinstance(node, ast.Attribute):
+        path.insert(0, node.attr)
+        node = node.value
+    return (node.id if isinstance(node, ast.Name) else None), path
+
+
+def _not_public(module_name: str, name: str) -> bool:
+    """Whether ``from module_name import name`` takes a name that module does not publish: ``_name``, or a name
+    outside the module's ``__all__`` that is no submodule."""
+    if _is_private(name):
+        return True
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False  # an optional library that is not installed: nothing to compare against
+    published = getattr(module, "__all__", None)
+    return published is not None and name not in published and not inspect.ismodule(getattr(module, name, None))
+
+
+def _private_uses(path: Path, own: set[str] = frozenset()) -> list[str]:
+    """``line: what`` for each name of torch/thop/fvcore/Lightning that ``path`` reaches although it is private: an
+    import of a ``_module`` or ``_name`` (or a name outside that module's ``__all__``), an attribute ``x._name`` or a
+    ``getattr(x, "_name")`` that is not one of lightning-flops' own names (``own``) nor an operator of the dispatcher
+    (``aten._to_copy``). An allow-list: a new private name fails here without being listed anywhere."""
+    tree = ast.parse(path.read_text())
+    library_of: dict[str, str] = {}  # local name -> the top-level package it was imported from
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                library_of[alias.asname or top] = top
+                if top in _LIBRARIES and any(_is_private(part) for part in alias.name.split(".")):
+                    found.append(f"{node.lineno}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            top = node.module.split(".")[0]
+            for alias in node.names:
+                library_of[alias.asname or alias.name] = top
+            if top not in _LIBRARIES:
+                continue
+            private = [a.name for a in node.names if _not_public(node.module, a.name)]
+            if any(_is_private(part) for part in node.module.split(".")) or private:
+                found.append(f"{node.lineno}: from {node.module} import {', '.join(private or ['...'])}")
+            elif top in ("thop", "fvcore") and node.module != "fvcore.nn":
+                found.append(f"{node.lineno}: from {node.module} (an internal module)")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in own:
+            root, chain = _chain_root(node)
+            if root in _OPERATOR_ROOTS or chain[:1] == ["ops"]:
+                continue  # a dispatcher operator (torch.ops.aten._to_copy), named as the operator table names it
+            if root is not None and library_of.get(root, "torch") not in _LIBRARIES:
+                continue  # the standard library's or another package's (argparse._SubParsersAction)
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _is_private(node.args[1].value)
+            and node.args[1].value not in own
+        ):
+            found.append(f"{node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+            and _is_private(node.slice.value)
+            and node.slice.value not in own
+        ):
+            found.append(f"{node.lineno}: [{node.slice.value!r}]")
+    return sorted(found, key=lambda use: int(use.split(":")[0]))
 
 
 def test_no_module_but_compat_touches_a_private_api() -> None:
     package = Path(lightning_flops.__file__).parent
+    own = _own_private_names(package)
     offenders = {
         str(path.relative_to(package)): uses
         for path in sorted(package.rglob("*.py"))
-        if "_compat" not in path.relative_to(package).parts and (uses := _private_uses(path))
+        if "_compat" not in path.relative_to(package).parts and (uses := _private_uses(path, own))
     }
     assert offenders == {}, f"private APIs touched outside lightning_flops/_compat/: {offenders}"
 
@@ -274,12 +356,20 @@ def test_no_module_but_compat_touches_a_private_api() -> None:
 def test_the_scan_sees_a_private_use(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
+        "import argparse\n"
+        "from torch import nn\n"
         "from torch.utils._python_dispatch import TorchDispatchMode\n"
         "from thop.profile import register_hooks\n"
+        "from torch.utils.flop_counter import FlopCounterMode, flop_registry\n"
         "x = module._buffers\n"
         "y = getattr(model, '_orig_mod', None)\n"
+        "z = isinstance(m, nn.modules.conv._ConvNd)\n"
+        "w = self._generate_state_key()\n"
+        "v = vars(module)['_forward_hooks']\n"
+        "ok = (argparse._SubParsersAction, torch.ops.aten._to_copy.default, aten._grouped_mm, self._mine)\n"
     )
-    assert [use.split(":")[0] for use in _private_uses(sample)] == ["1", "2", "3", "4"]
+    lines = [use.split(":")[0] for use in _private_uses(sample, own={"_mine"})]
+    assert lines == ["3", "4", "5", "6", "7", "8", "9", "10"], _private_uses(sample, own={"_mine"})
 
 
 def test_thop_skips_its_parameter_walk_and_gets_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,3 +404,44 @@ def test_flop_formula_shims_read_torchs_registry_as_flop_counter_mode_does() -> 
     assert _compat.shape_formula(lambda *a, **k: 0) is None  # a raw formula of ours: called as it is
     assert _compat.decomposes_implicitly(aten.linear.default) and _compat.decomposes_implicitly(aten.matmul.default)
     assert not _compat.decomposes_implicitly(aten.addmm.default) and not _compat.decomposes_implicitly(aten.mm.default)
+
+
+# ------------------------------------------------------------------------ version gates: bounded above, faked here
+@pytest.mark.parametrize(
+    ("version", "checked"),
+    [("2.13.0", True), ("2.13.1+cu128", True), ("2.13.0a0+git1234", True), ("2.12.1", False), ("2.14.0", False)],
+)
+def test_the_torch_gate_is_bounded_above_and_below(version: str, checked: bool) -> None:
+    assert _compat.torch_checked(version) is checked
+
+
+def test_outside_the_gate_every_shim_takes_torchs_public_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_flops.counters.fvcore_jit import FvcoreCounter
+
+    conv = nn.Conv2d(3, 4, 3)
+    quantized = torch.ao.nn.quantized.dynamic.Linear(2, 2)
+    inside = (_compat.conv_module_types(), _compat.pool_module_types(), _compat.packed_params(quantized))
+    assert inside[0] == (nn.modules.conv._ConvNd,) and inside[2] is not None
+    monkeypatch.setattr(torch, "__version__", "2.14.0")
+    assert not _compat.torch_checked()
+    before = torch._C._dispatch_dump("aten::convolution"), torch._C._dispatch_dump("aten::addmm")
+    with _compat.traceable_meta_convolution(), _compat.fast_meta_kernels():
+        assert (torch._C._dispatch_dump("aten::convolution"), torch._C._dispatch_dump("aten::addmm")) == before
+    assert nn.Conv2d in _compat.conv_module_types() and nn.modules.conv._ConvNd not in _compat.conv_module_types()
+    assert nn.MaxPool2d in _compat.pool_module_types() and nn.BatchNorm2d in _compat.batch_norm_types()
+    assert _compat.packed_params(quantized) is None
+    assert not FvcoreCounter().can_count_on_meta(nn.Sequential(conv))  # the meta trace needs the shim: in place
+    report = lightning_flops.profile_model(nn.Sequential(conv), torch.randn(1, 3, 8, 8), strict=True)
+    assert {n: r.macs for n, r in report.counters.items()} == dict.fromkeys(("thop", "fvcore", "torch"), 4 * 6 * 6 * 27)
+
+
+def test_outside_the_lightning_gate_the_state_key_is_built_as_lightning_builds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lightning
+
+    monitor = lightning_flops.FlopsMonitor()
+    inside = monitor.state_key
+    monkeypatch.setattr(lightning, "__version__", "2.7.0")
+    assert not _compat.lightning_checked()
+    assert monitor.state_key == inside  # the same string, built without Lightning's private helper

@@ -14,6 +14,26 @@ def logs_hyperparams(holder: Any) -> bool:
     return bool(getattr(holder, "_log_hyperparams", False))
 
 
+LIGHTNING_CHECKED = ((2, 6), (2, 7))  # lightning >= 2.6, < 2.7: the shims below; outside, their public fallback
+
+
+def lightning_checked() -> bool:
+    """Whether the installed Lightning is within :data:`LIGHTNING_CHECKED` (read at each call)."""
+    import lightning
+
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in lightning.__version__.split(".")[:2])
+    lower, upper = LIGHTNING_CHECKED
+    return lower <= (major, minor) < upper
+
+
+def callback_state_key(callback: Any, **key: Any) -> str:
+    """``Callback._generate_state_key(**key)`` (lightning 2.6.6), the key under which a callback's state is saved;
+    outside :data:`LIGHTNING_CHECKED` the same string built as 2.6.6 builds it (class qualname + ``repr(key)``)."""
+    if lightning_checked() and hasattr(callback, "_generate_state_key"):
+        return callback._generate_state_key(**key)
+    return f"{type(callback).__qualname__}{key!r}"
+
+
 def default_hp_metric(logger: Any) -> bool:
     """``TensorBoardLogger(default_hp_metric=...)``, kept as a private attribute (lightning 2.6.6)."""
     return bool(logger._default_hp_metric)
@@ -51,6 +71,7 @@ def run_hparams(trainer: Any) -> tuple[dict[str, Any], bool]:
 
 # (library, where, name, checked against), as in lightning_flops._compat.torch.PRIVATE_APIS
 PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
+    ("lightning", "lightning.pytorch:Callback", "_generate_state_key", "lightning 2.6.6"),
     ("lightning", "instance:LightningModule", "_log_hyperparams", "lightning 2.6.6"),
     ("lightning", "instance:LightningDataModule", "_log_hyperparams", "lightning 2.6.6"),
     ("lightning", "lightning.fabric.loggers.tensorboard:TensorBoardLogger", "_sanitize_params", "lightning 2.6.6"),

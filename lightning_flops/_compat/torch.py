@@ -23,7 +23,34 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode  # noqa: F401  (torch 2.13: not in torch.overrides.__all__)
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: F401  (torch 2.13: base of our dispatch modes)
+
+# FlopCounterMode's formula table and attention formulas: not in torch.utils.flop_counter.__all__ (torch 2.13)
+from torch.utils.flop_counter import (  # noqa: F401
+    flop_registry,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+# ---------------------------------------------------------------------------------------------------- version gate
+# The torch every shim below was checked against: torch >= 2.13, < 2.14. On any other torch a shim with a public
+# fallback takes torch's own path (:func:`torch_checked` is read at each call, so a test can fake the version).
+TORCH_CHECKED = ((2, 13), (2, 14))
+
+
+def torch_version(version: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of ``version`` (default ``torch.__version__``): ``"2.13.0+cpu"`` -> ``(2, 13)``."""
+    major, minor = (version or str(torch.__version__)).split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def torch_checked(version: str | None = None) -> bool:
+    """Whether this torch (or ``version``) is within :data:`TORCH_CHECKED`, the versions the shims were checked
+    against; outside it every shim with a public fallback uses the fallback."""
+    lower, upper = TORCH_CHECKED
+    return lower <= torch_version(version) < upper
+
 
 # ---------------------------------------------------------------------------------------------- nn.Module internals
 # Per-module dicts of hooks, checked against torch 2.13 (`torch/nn/modules/module.py`).
@@ -119,6 +146,73 @@ def quantized_weight_bias(module: nn.Module) -> tuple[Any, Any]:
     return module._weight_bias()  # type: ignore[operator]
 
 
+# ----------------------------------------------------------------------------------- module classes torch keeps private
+def _public_or_private(private: Callable[[], tuple[type, ...]], public: tuple[type, ...]) -> tuple[type, ...]:
+    """``private()`` (base classes torch keeps private) within :data:`TORCH_CHECKED`, else ``public``: the public
+    subclasses those bases had in torch 2.13 (a newer torch's new subclasses are then missed, never misread)."""
+    if torch_checked():
+        try:
+            return private()
+        except AttributeError:  # pragma: no cover - gated: only a torch outside the check gets here
+            pass
+    return public
+
+
+def conv_module_types() -> tuple[type, ...]:
+    """Every convolution module class: ``nn.modules.conv._ConvNd`` (torch 2.13), else the public ones."""
+    public = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return _public_or_private(lambda: (nn.modules.conv._ConvNd,), public)
+
+
+def norm_module_types() -> tuple[type, ...]:
+    """Batch and instance norms: ``nn.modules.batchnorm._NormBase`` (torch 2.13), else the public ones."""
+    public = (
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.SyncBatchNorm,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+    )
+    return _public_or_private(lambda: (nn.modules.batchnorm._NormBase,), public)
+
+
+def batch_norm_types() -> tuple[type, ...]:
+    """Batch norms (whose training-mode statistics couple a batch): ``nn.modules.batchnorm._BatchNorm``
+    (torch 2.13), else the public ones."""
+    public = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    return _public_or_private(lambda: (nn.modules.batchnorm._BatchNorm,), public)
+
+
+def pool_module_types() -> tuple[type, ...]:
+    """Max, average and adaptive pooling modules: ``nn.modules.pooling._MaxPoolNd``, ``_AvgPoolNd``,
+    ``_AdaptiveAvgPoolNd``, ``_AdaptiveMaxPoolNd`` (torch 2.13), else the public ones."""
+    public = tuple(
+        getattr(nn, f"{kind}{d}d")
+        for kind in ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool")
+        for d in (1, 2, 3)
+    )
+    pooling = nn.modules.pooling
+    return _public_or_private(
+        lambda: (pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd),
+        public,
+    )
+
+
+def packed_params(module: nn.Module) -> Any:
+    """The ``_packed_params`` child of a ``torch.ao.nn.quantized`` Linear (its packed weight and bias, torch 2.13),
+    else ``None``; ``None`` on a torch outside :data:`TORCH_CHECKED` (its packed weights are then not counted)."""
+    return getattr(module, "_packed_params", None) if torch_checked() else None
+
+
+def private_torch_functions() -> dict[str, Any]:
+    """``{name: function}`` of the private Python bindings of operators that the function vocabulary labels:
+    ``torch._grouped_mm``, ``torch._native_multi_head_attention`` (torch 2.13), those this torch has."""
+    names = ("_grouped_mm", "_native_multi_head_attention")
+    return {name: getattr(torch, name) for name in names if hasattr(torch, name)}
+
+
 def handle_with_refs(handle: Any, mapped: Any) -> Any:
     """A copy of a hook's ``RemovableHandle`` whose weak references to hook dicts are ``mapped(ref)``
     (``hooks_dict_ref``, ``extra_dict_ref``: public but undocumented fields, torch 2.13)."""
@@ -184,18 +278,13 @@ def mark_raw_formula(formula: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ meta kernels
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
 # Checked against torch 2.13: `aten::convolution` is in the JIT tracer's "do not record" list (it records the
 # `aten::_convolution` that the CompositeExplicitAutograd kernel of `convolution` calls). On the meta device a Python
 # meta kernel for `convolution` (torch/_meta_registrations.py `meta_conv`) takes precedence over that composite
 # kernel, so the trace records no convolution at all and `meta_conv` runs while the tracer is still on, where
 # `tensor.shape[i]` is a traced tensor: `torch._check(... == ...)` raises "cond must be a bool, but got a Tensor".
 # Older torch is left alone (fvcore then counts convolutional models on their own device).
-META_CONV_TRACING = _torch_version() >= (2, 13)
+META_CONV_TRACING = torch_checked()  # at import; the shims read torch_checked() at each call
 
 _aten = torch.ops.aten
 
@@ -220,7 +309,7 @@ def traceable_meta_convolution() -> Iterator[None]:
         with torch.no_grad(), traceable_meta_convolution():
             FlopCountAnalysis(meta_model, meta_input).total()
     """
-    if not META_CONV_TRACING:
+    if not torch_checked():
         yield
         return
     with _meta_kernel_override("convolution", _convolution_through_composite):
@@ -304,7 +393,7 @@ def fast_meta_kernels() -> Iterator[None]:
     Counts do not change: every counter reads shapes, and FlopCounterMode sees each operator above its meta kernel.
     A process-wide override while active, restored on exit. Does nothing on torch older than 2.13 (not checked).
     """
-    if not META_CONV_TRACING:
+    if not torch_checked():
         yield
         return
     with _meta_kernels_override(_fast_kernels()):
@@ -326,6 +415,21 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "instance:RemovableHandle", "hooks_dict_ref", "torch 2.13"),
     ("torch", "instance:RemovableHandle", "extra_dict_ref", "torch 2.13"),
     ("torch", "torch.utils._python_dispatch", "TorchDispatchMode", "torch 2.13"),
+    ("torch", "torch.overrides", "TorchFunctionMode", "torch 2.13"),
+    *(
+        ("torch", "torch.utils.flop_counter", name, "torch 2.13")
+        for name in ("flop_registry", "sdpa_flop_count", "sdpa_backward_flop_count")
+    ),
+    ("torch", "torch.nn.modules.conv", "_ConvNd", "torch 2.13"),
+    ("torch", "torch.nn.modules.batchnorm", "_NormBase", "torch 2.13"),
+    ("torch", "torch.nn.modules.batchnorm", "_BatchNorm", "torch 2.13"),
+    *(
+        ("torch", "torch.nn.modules.pooling", name, "torch 2.13")
+        for name in ("_MaxPoolNd", "_AvgPoolNd", "_AdaptiveAvgPoolNd", "_AdaptiveMaxPoolNd")
+    ),
+    ("torch", "instance:QuantizedLinear", "_packed_params", "torch 2.13"),
+    ("torch", "torch", "_grouped_mm", "torch 2.13"),
+    ("torch", "torch", "_native_multi_head_attention", "torch 2.13"),
     ("torch", "torch._subclasses", "FakeTensor", "torch 2.13"),
     ("torch", "torch._ops", "OpOverload", "torch 2.13"),
     ("torch", "instance:OpOverload", "_schema", "torch 2.13"),

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_flops._compat import (
     TorchDispatchMode,
     decomposes_implicitly,
+    flop_registry,
     is_op_overload,
     mark_raw_formula,
     set_module_tracker,

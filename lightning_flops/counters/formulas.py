@@ -19,9 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from lightning_flops._compat import is_fake_tensor, mark_raw_formula, op_schema
+from lightning_flops._compat import (
+    is_fake_tensor,
+    mark_raw_formula,
+    op_schema,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 __all__ = ["FORMULAS", "Call", "formula", "grouped_mm_macs"]
 

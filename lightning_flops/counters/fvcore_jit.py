@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_flops._compat import META_CONV_TRACING, traceable_meta_convolution
+from lightning_flops._compat import conv_module_types, torch_checked, traceable_meta_convolution
 from lightning_flops.counters.base import RawCount
 from lightning_flops.counters.tracing import PositionalCall, on_fresh_stack, quiet, user_module_name
 from lightning_flops.types import Uncounted
@@ -42,7 +42,8 @@ class FvcoreCounter:
     name = "fvcore"
 
     def can_count_on_meta(self, model: nn.Module) -> bool:
-        return META_CONV_TRACING or not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        convolutions = conv_module_types()
+        return torch_checked() or not any(isinstance(m, convolutions) for m in model.modules())
 
     def count(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RawCount:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_flops._compat import module_buffers, thop_rules, thop_without_parameter_count
+from lightning_flops._compat import module_buffers, packed_params, thop_rules, thop_without_parameter_count
 from lightning_flops.counters.base import RawCount, inclusive_counts
 from lightning_flops.counters.tracing import (
     FunctionLabeler,
@@ -149,7 +149,7 @@ def _modules_without_rule(wrapper: nn.Module, calls: dict[str, int], rules: dict
             continue
         leaf = next(module.children(), None) is None
         weighted = next(module.parameters(recurse=False), None) is not None
-        packed = hasattr(module, "_packed_params")  # a quantized Linear: its weights are packed, not parameters
+        packed = packed_params(module) is not None  # a quantized Linear: its weights are packed, not parameters
         if (leaf and weighted) or packed:
             found.append(
                 Uncounted(

@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-from torch.overrides import TorchFunctionMode
 
-from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES
+from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES, TorchFunctionMode
 from lightning_flops.inputs import iter_tensors
 from lightning_flops.vocabulary import function_labels, operator_of_module
 
