@@ -20,6 +20,7 @@ __all__ = [
     "FlopsMonitor",
     "FlopsReport",
     "Gap",
+    "GenerationReport",
     "InputSpec",
     "ParamCount",
     "ParamDiffRow",
@@ -28,6 +29,7 @@ __all__ = [
     "ReportFormatError",
     "Uncounted",
     "diff_reports",
+    "profile_generate",
     "profile_model",
     "train_step_flops",
 ]
@@ -51,6 +53,8 @@ _LOCATIONS = {
     "ParamDiffRow": "lightning_flops.explain",
     "diff_reports": "lightning_flops.explain",
     "profile_model": "lightning_flops.profiling",
+    "GenerationReport": "lightning_flops.generation_report",
+    "profile_generate": "lightning_flops.generation",
     "FlopsMonitor": "lightning_flops.callback",
     "train_step_flops": "lightning_flops.train_step",
 }
@@ -59,6 +63,8 @@ if TYPE_CHECKING:
     from lightning_flops.callback import FlopsMonitor
     from lightning_flops.errors import CounterError, FlopsConfigError, FlopsError, FlopsGapError, ReportFormatError
     from lightning_flops.explain import DiffRow, Discrepancy, ParamDiffRow, ReportDiff, diff_reports
+    from lightning_flops.generation import profile_generate
+    from lightning_flops.generation_report import GenerationReport
     from lightning_flops.profiling import profile_model
     from lightning_flops.report import CounterResult, FlopsReport, Gap, InputSpec, ParamCount, PartCount, Uncounted
     from lightning_flops.train_step import train_step_flops

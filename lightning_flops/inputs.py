@@ -32,6 +32,7 @@ __all__ = [
     "detect_tokens",
     "iter_tensors",
     "map_tensors",
+    "masked_tokens",
     "prepare_input",
     "slice_batch",
     "split_input",
@@ -198,6 +199,21 @@ def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> 
         integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
         if integer and tensor.dim() == 2 and tensor.shape[0] == batch:
             return int(tensor.shape[0] * tensor.shape[1])
+    return None
+
+
+def masked_tokens(kwargs: Mapping[str, Any], batch: int) -> int | None:
+    """Real tokens by the ``attention_mask`` keyword: its nonzero entries, when it is a ``[batch, T]`` tensor.
+
+    Padding positions (mask 0) are computed by the model but are not tokens of the text; ``None`` without a mask.
+
+    Args:
+        kwargs: keyword arguments of ``forward`` or ``generate``.
+        batch: the batch size: a mask of another dim 0 is not this input's.
+    """
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
+        return int(torch.count_nonzero(mask))
     return None
 
 
