@@ -435,17 +435,15 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
         f"{human_count(flops, 'FLOPs')} ({_exact(flops)} FLOPs; 1 MAC = 2 FLOPs), for one forward pass in "
         f"{report.mode} mode on an input of shape {shapes} (batch {report.batch_size}; per sample {per_sample})."
     ]
-    convention = "normalization, activations, pooling, softmax, interpolation and elementwise operations"
-    if counter == "torch":
-        parts.append(
-            f"Counted are the multiply-accumulates of {counted}; {convention} are not counted (by convention)."
-        )
-    else:
-        parts.append(f"Counted with {counter}'s own conventions ({counted} among them).")
-    rules = list(report.rules)
-    if rules:
-        parts.append(f"Custom rules applied (their MACs are included): {'; '.join(rules)}.")
-    parts.append(f"The model has {report.params.total:,} parameters ({report.params.trainable:,} trainable).")
+    parts.extend(_counted_sentences(report, counter, counted))
+    parts.extend(_parts_sentences(report, counter))
+    params = report.params
+    active = (
+        f"; {params.active:,} of them read by an operator on this input"
+        if params.active is not None and params.active != params.total
+        else ""
+    )
+    parts.append(f"The model has {params.total:,} parameters ({params.trainable:,} trainable{active}).")
     if report.train_step_flops is not None:
         batch = report.train_step_batch_size or report.batch_size
         parts.append(
@@ -467,6 +465,78 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
             f" per sample ({summary.split(' per sample: ', 1)[1] if ' per sample: ' in summary else summary})."
         )
     return " ".join(parts)
+
+
+_CONVENTION_WORDS = "normalization, activations, pooling, softmax, interpolation and elementwise operations"
+
+
+def rule_macs_by_type(report: FlopsReport, counter: str) -> dict[str, int]:
+    """MACs (whole call) that ``custom_ops`` rules gave ``counter``, per ruled module type, in rule order.
+
+    Read from the ``custom`` operator each ruled module holds itself; a report without module types (older files)
+    books them all under ``""``.
+
+    Args:
+        report: the profile.
+        counter: the counter whose rule MACs are read.
+    """
+    from lightning_flops.explain import own_counts
+
+    out = {rule.partition(": ")[0]: 0 for rule in report.rules}
+    for module, ops in own_counts(report.counters[counter].module_operators).items():
+        macs = ops.get("custom", 0)
+        if macs:
+            kind = report.module_types.get(module, "") if report.module_types else ""
+            out[kind if kind in out else ""] = out.get(kind if kind in out else "", 0) + macs
+    return {kind: macs for kind, macs in out.items() if kind or macs}
+
+
+def _counted_sentences(report: FlopsReport, counter: str, counted: str) -> list[str]:
+    """What the stated total holds: the core operators, what each custom rule adds, what is left out."""
+    if not report.rules:
+        if counter != "torch":
+            return [f"Counted with {counter}'s own conventions ({counted} among them)."]
+        return [
+            f"Counted are the multiply-accumulates of {counted}; {_CONVENTION_WORDS} are not counted (by convention)."
+        ]
+    result = report.counters[counter]
+    per = max(report.batch_size, 1)
+    core = (result.core_macs or 0) / per
+    custom = result.by_operator.get("custom", 0) / per
+    other = (result.macs or 0) / per - core - custom
+    rules = {rule.partition(": ")[0]: rule for rule in report.rules}
+    named = "; ".join(
+        f"{rules.get(kind, 'other ruled modules')} ({_exact(macs / per)} MACs)"
+        for kind, macs in rule_macs_by_type(report, counter).items()
+    )
+    ruled = (
+        f"the modules that custom rules count ({_exact(custom)} MACs per sample; a rule replaces the count of the "
+        f"modules it covers): {named}"
+    )
+    if counter != "torch":
+        own = f", {_exact(other)} MACs per sample of its own conventions" if other else ""
+        return [
+            f"Counted with {counter}'s own conventions: {counted} ({_exact(core)} MACs per sample){own}, and {ruled}."
+        ]
+    rest = f", other operators ({_exact(other)} MACs per sample)" if other else ""
+    return [
+        f"Counted are the multiply-accumulates of {counted} ({_exact(core)} MACs per sample){rest}, and {ruled}.",
+        f"Other {_CONVENTION_WORDS} are not counted (by convention).",
+    ]
+
+
+def _parts_sentences(report: FlopsReport, counter: str) -> list[str]:
+    """One sentence naming each part with its MACs per sample (custom rules included) and parameters."""
+    if not report.parts:
+        return []
+    per = max(report.batch_size, 1)
+    ruled = " including custom rules" if report.rules else ""
+    described = []
+    for label, part in report.parts.items():
+        macs = part.macs.get(counter)
+        cost = "no count" if macs is None else f"{human_count(macs / per, 'MACs')} ({_exact(macs / per)} MACs)"
+        described.append(f"{label} ({', '.join(part.modules)}): {cost}, {part.params.total:,} parameters")
+    return [f"Parts, per sample{ruled}: {'; '.join(described)}."]
 
 
 # ------------------------------------------------------------------------------------------------- LaTeX
