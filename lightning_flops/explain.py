@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS
@@ -20,6 +20,7 @@ __all__ = [
     "CAUSES",
     "DiffRow",
     "Discrepancy",
+    "Explanation",
     "ParamDiffRow",
     "ReportDiff",
     "align_roots",
@@ -43,14 +44,15 @@ class Discrepancy:
     Args:
         module: qualified ``named_modules()`` name, ``""`` for the root; the deepest module where it arises.
         operator: vocabulary operator (``conv``, ``einsum``, ``norm``, ``custom``, ...).
-        macs: counter minus reference (signed) for the whole call.
+        macs: counter minus reference (signed) for the whole call (``batch_size`` samples).
         cause: one of :data:`CAUSES`.
         note: the known reason, when there is one.
+        batch_size: samples in the profiled call (:attr:`macs_per_sample` divides by it).
 
     Example::
 
         for row in report.explain("thop"):
-            print(row.module, row.operator, row.macs, row.cause, row.note)
+            print(row.module, row.operator, row.macs_per_sample, row.cause, row.note)
     """
 
     module: str
@@ -58,6 +60,70 @@ class Discrepancy:
     macs: int
     cause: str
     note: str = ""
+    batch_size: int = 1
+
+    @property
+    def macs_per_sample(self) -> float:
+        """``macs`` of one sample: what every display shows."""
+        return self.macs / max(self.batch_size, 1)
+
+
+class Explanation(tuple):
+    """The rows of :func:`explain` (a ``tuple`` of :class:`Discrepancy`), readable as a table.
+
+    ``str()`` and ``repr()`` give the one-line summary and the table of ``lightning-flops explain`` (repeated blocks
+    collapsed, MACs per sample); Jupyter shows it as Markdown. The rows themselves stay whole-call integers that sum
+    to the difference of the totals.
+
+    Args:
+        rows: the discrepancies, largest first.
+        report: the explained report.
+        counter: the counter explained.
+        reference: the counter it is held against.
+
+    Example::
+
+        rows = report.explain("thop")
+        print(rows)                # summary line and table, per sample
+        rows.summary()             # "thop - torch = -4.24 MMACs per sample: 100% explained: einsum uncounted ..."
+        rows[0].macs_per_sample    # the largest row, per sample
+    """
+
+    report: FlopsReport
+    counter: str
+    reference: str
+
+    def __new__(
+        cls, rows: Iterable[Discrepancy], report: FlopsReport, counter: str, reference: str = "torch"
+    ) -> Explanation:
+        self = super().__new__(cls, rows)
+        self.report, self.counter, self.reference = report, counter, reference
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle rebuild through __new__
+        return (tuple(self), self.report, self.counter, self.reference)
+
+    def summary(self) -> str:
+        """One line: the difference per sample, the share explained and its largest causes."""
+        from lightning_flops.render import explain_summary
+
+        return explain_summary(self.report, self.counter, self.reference)
+
+    def table(self, fmt: str = "table") -> str:
+        """The summary and the rows as ``"table"`` (plain text), ``"markdown"``, ``"csv"`` or ``"json"``, as the
+        ``lightning-flops explain`` command prints them."""
+        from lightning_flops.render import explain_text
+
+        return explain_text(self.report, self.counter, self.reference, fmt, rows=self)
+
+    def __str__(self) -> str:
+        return self.table("table")
+
+    def __repr__(self) -> str:
+        return self.table("table")
+
+    def _repr_markdown_(self) -> str:
+        return self.table("markdown")
 
 
 @dataclass(frozen=True)
@@ -243,7 +309,7 @@ def _note(counter: str, operator: str, module_type: str, delta: int, result: Cou
     return ""
 
 
-def explain(report: FlopsReport, counter: str, reference: str = "torch") -> tuple[Discrepancy, ...]:
+def explain(report: FlopsReport, counter: str, reference: str = "torch") -> Explanation:
     """Reconcile ``counter`` with ``reference``: every (module, operator) where they disagree, with a cause.
 
     Args:
@@ -252,7 +318,8 @@ def explain(report: FlopsReport, counter: str, reference: str = "torch") -> tupl
         reference: the counter it is held against (the exact torch counter by default).
 
     Returns:
-        Rows sorted by size (largest first); ``sum(row.macs) == counter total - reference total`` exactly.
+        An :class:`Explanation`: rows sorted by size (largest first), ``sum(row.macs) == counter total - reference
+        total`` exactly; printed, the summary and table of ``lightning-flops explain``.
 
     Raises:
         KeyError: a name is not in the report.
@@ -281,7 +348,9 @@ def explain(report: FlopsReport, counter: str, reference: str = "torch") -> tupl
     residual = (result.macs - ref.macs) - sum(row.macs for row in rows)
     if residual:
         rows.append(Discrepancy("", "other", residual, "unexplained", "totals differ from the per-module counts"))
-    return tuple(sorted(rows, key=lambda row: (-abs(row.macs), row.module, row.operator)))
+    batch = max(report.batch_size, 1)
+    ordered = sorted(rows, key=lambda row: (-abs(row.macs), row.module, row.operator))
+    return Explanation((replace(row, batch_size=batch) for row in ordered), report, counter, reference)
 
 
 def _in_reference_vocabulary(

@@ -67,7 +67,7 @@ def _within(name: str, root: str) -> bool:
 
 
 def count_parts(
-    model: nn.Module, parts: Mapping[str, tuple[str, ...]], counters: Sequence[CounterResult]
+    model: nn.Module, parts: Mapping[str, tuple[str, ...]], counters: Sequence[CounterResult], batch_size: int = 1
 ) -> dict[str, PartCount]:
     """MACs (whole call, per counter) and parameters of each part.
 
@@ -75,6 +75,7 @@ def count_parts(
         model: the profiled model.
         parts: the output of :func:`resolve_parts`.
         counters: the counter results of the profile.
+        batch_size: samples in the profiled call (for the parts' per-sample accessors).
     """
     modules = dict(model.named_modules())
     out: dict[str, PartCount] = {}
@@ -96,5 +97,6 @@ def count_parts(
                 total=sum(p.numel() for p in params.values()),
                 trainable=sum(p.numel() for p in params.values() if p.requires_grad),
             ),
+            batch_size=batch_size,
         )
     return out

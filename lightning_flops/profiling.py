@@ -29,6 +29,7 @@ from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.placement import CountSession, placement_order
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec
 from lightning_flops.rules import Rule, expand_custom_ops
+from lightning_flops.vocabulary import type_label
 
 __all__ = ["profile_model"]
 
@@ -216,10 +217,12 @@ def profile_model(
             InputSpec(name=path, shape=tuple(t.shape), dtype=str(t.dtype).removeprefix("torch."))
             for path, t in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, ""))
         ),
-        rules=tuple(f"{t.__name__}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()),
+        rules=tuple(
+            f"{type_label(t)}: {getattr(r, '__name__', type(r).__name__)}" for t, r in (custom_ops or {}).items()
+        ),
         versions=_versions(),
         fingerprint=model_fingerprint(model),
-        module_types={name: type(module).__name__ for name, module in model.named_modules()},
+        module_types={name: type_label(type(module)) for name, module in model.named_modules()},
         module_params=own_parameters(model),
-        parts=count_parts(model, part_names, ordered),
+        parts=count_parts(model, part_names, ordered, batch),
     )

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "diff_header",
     "diff_rows",
+    "explain_data_rows",
     "explain_rows",
     "explain_summary",
+    "explain_text",
     "gap_message",
     "latex_table",
     "param_diff_rows",
@@ -202,11 +204,10 @@ def _parts_markdown(report: FlopsReport) -> list[str]:
     if not report.parts:
         return []
     names = list(report.counters)
-    per = max(report.batch_size, 1)
     lines = ["", "| part (per sample) | params | " + " | ".join(f"{n} MACs" for n in names) + " |"]
     lines.append("|---|---|" + "---|" * len(names))
     for label, part in report.parts.items():
-        cells = [human_count(part.macs[n] / per, "MACs") if part.macs.get(n) is not None else "-" for n in names]
+        cells = [human_count(part.macs_per_sample(n), "MACs") for n in names]
         lines.append(f"| {escape_markdown(label)} | {human_count(part.params.total, '')} | " + " | ".join(cells) + " |")
     return lines
 
@@ -302,6 +303,55 @@ def explain_rows(report: FlopsReport, rows: Sequence[Discrepancy]) -> list[dict[
             }
         )
     return sorted(out, key=lambda row: -abs(row["macs_per_sample"]))
+
+
+#: Columns of an explanation: displayed tables (per sample, collapsed) and data (csv/json: one row per module).
+EXPLAIN_TABLE_COLUMNS = ("module", "operator", "macs_per_sample", "cause", "note")
+EXPLAIN_DATA_COLUMNS = ("counter", "module", "operator", "macs", "macs_per_sample", "cause", "note")
+
+
+def explain_data_rows(counter: str, rows: Sequence[Discrepancy]) -> list[dict[str, Any]]:
+    """One dict per row, whole-call ``macs`` beside ``macs_per_sample``, for csv and json."""
+    return [
+        {
+            "counter": counter,
+            "module": row.module,
+            "operator": row.operator,
+            "macs": row.macs,
+            "macs_per_sample": row.macs_per_sample,
+            "cause": row.cause,
+            "note": row.note,
+        }
+        for row in rows
+    ]
+
+
+def explain_text(
+    report: FlopsReport,
+    counter: str,
+    reference: str = "torch",
+    fmt: str = "table",
+    rows: Sequence[Discrepancy] | None = None,
+) -> str:
+    """What ``lightning-flops explain`` prints for one counter, as an ``Explanation`` prints too: the summary line and
+    the collapsed per-sample rows (``table``, ``markdown``), or every row with exact integers (``csv``, ``json``).
+
+    Args:
+        report: the profile.
+        counter: the counter explained.
+        reference: the counter it is held against.
+        fmt: ``"table"``, ``"markdown"``, ``"csv"`` or ``"json"``.
+        rows: the rows of ``explain(report, counter, reference)`` when already computed.
+    """
+    from lightning_flops.explain import explain
+
+    rows = explain(report, counter, reference) if rows is None else rows
+    if fmt in ("csv", "json"):
+        return render_rows(explain_data_rows(counter, rows), EXPLAIN_DATA_COLUMNS, fmt)
+    text = explain_summary(report, counter, reference)
+    if rows:
+        text += "\n\n" + render_rows(explain_rows(report, rows), EXPLAIN_TABLE_COLUMNS, fmt)
+    return text
 
 
 def _matches(module: str, pattern: str) -> bool:
@@ -529,12 +579,11 @@ def _parts_sentences(report: FlopsReport, counter: str) -> list[str]:
     """One sentence naming each part with its MACs per sample (custom rules included) and parameters."""
     if not report.parts:
         return []
-    per = max(report.batch_size, 1)
     ruled = " including custom rules" if report.rules else ""
     described = []
     for label, part in report.parts.items():
-        macs = part.macs.get(counter)
-        cost = "no count" if macs is None else f"{human_count(macs / per, 'MACs')} ({_exact(macs / per)} MACs)"
+        macs = part.macs_per_sample(counter)
+        cost = "no count" if macs is None else f"{human_count(macs, 'MACs')} ({_exact(macs)} MACs)"
         described.append(f"{label} ({', '.join(part.modules)}): {cost}, {part.params.total:,} parameters")
     return [f"Parts, per sample{ruled}: {'; '.join(described)}."]
 

@@ -70,18 +70,31 @@ class PartCount:
 
     Args:
         modules: the qualified module names in the part.
-        macs: MACs of the whole call per counter (``None`` where that counter failed).
+        macs: MACs of the whole call (``batch_size`` samples) per counter (``None`` where that counter failed).
         params: parameters of the part's modules (shared weights once).
+        batch_size: samples in the profiled call: :meth:`macs_per_sample` divides by it.
 
     Example::
 
         part = report.parts["visual"]
-        part.macs["torch"], part.params.total
+        part.macs_per_sample("torch"), part.flops_per_sample("torch"), part.params.total
     """
 
     modules: tuple[str, ...]
     macs: dict[str, int | None]
     params: ParamCount
+    batch_size: int = 1
+
+    def macs_per_sample(self, counter: str = "torch") -> float | None:
+        """MACs of one sample in this part for ``counter`` (custom rules included), as every display shows them;
+        ``None`` when that counter failed or was not run."""
+        macs = self.macs.get(counter)
+        return None if macs is None else macs / max(self.batch_size, 1)
+
+    def flops_per_sample(self, counter: str = "torch") -> float | None:
+        """FLOPs (= 2 x MACs) of one sample in this part for ``counter``."""
+        macs = self.macs.get(counter)
+        return None if macs is None else flops_from_macs(macs) / max(self.batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -251,11 +264,12 @@ class FlopsReport:
         return any(gap.flagged for gap in self.gaps)
 
     def macs_per_sample(self, counter: str) -> float | None:
-        """MACs of one sample for ``counter``; ``None`` when it failed or was not run."""
+        """MACs of one sample for ``counter``, always a float (also for batch 1 and a report read back from JSON);
+        ``None`` when it failed or was not run."""
         result = self.counters.get(counter)
         if result is None or result.macs is None:
             return None
-        return result.macs / max(self.batch_size, 1)
+        return float(result.macs) / max(self.batch_size, 1)
 
     def flops_per_sample(self, counter: str) -> float | None:
         """FLOPs (= 2 x MACs) of one sample for ``counter``."""
@@ -356,6 +370,7 @@ class FlopsReport:
                         modules=tuple(p["modules"]),
                         macs={str(c): (None if v is None else int(v)) for c, v in p["macs"].items()},
                         params=ParamCount(**p["params"]),
+                        batch_size=int(p.get("batch_size", data["batch_size"])),
                     )
                     for label, p in data.get("parts", {}).items()
                 },

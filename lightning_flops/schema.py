@@ -219,6 +219,7 @@ _TOP_LEVEL: dict[str, Check] = {
                 "modules": _array(_text),
                 "macs": _object(values=_count_or_none),
                 "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
+                "batch_size": _count,
             }
         )
     ),

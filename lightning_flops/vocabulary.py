@@ -30,6 +30,7 @@ __all__ = [
     "operator_of_aten",
     "operator_of_fvcore",
     "operator_of_module",
+    "type_label",
     "zero_mac_reason",
 ]
 
@@ -414,6 +415,19 @@ def operator_of_fvcore(name: str) -> str:
     if name in ("relu", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardswish", "prelu"):
         return "activation"
     return "other"
+
+
+def type_label(cls: type) -> str:
+    """How reports name a module class: torch's own by its name (``LayerNorm``), any other by module and name
+    (``mypkg.blocks.LayerNorm``), so that a user's class named like a torch one never reads as torch's.
+
+    Args:
+        cls: the class (``type(module)``).
+    """
+    module = getattr(cls, "__module__", None) or ""
+    if module == "torch" or module.startswith("torch."):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
 
 
 # ------------------------------------------------------------------------------------- torch modules, functions

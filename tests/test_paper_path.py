@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +116,59 @@ def test_statement_of_thop_with_rules_separates_its_count_from_the_rules(story: 
     assert f"einsum contractions ({thop_core:,} MACs per sample)" not in text  # thop books no einsum at all
     assert f"linear layers ({thop_core:,} MACs per sample)" in text
     assert f"({LAYERNORM + GELU + BATCHNORM:,} MACs per sample; a rule replaces" in text
+
+
+def test_explain_prints_as_the_cli_summary_and_table_not_as_dataclass_reprs(story: lf.FlopsReport) -> None:
+    rows = story.explain("thop")
+    text = str(rows)
+    assert "Discrepancy(" not in text and "Discrepancy(" not in repr(rows)
+    first = text.splitlines()[0]
+    assert first == rows.summary() and first.startswith("thop - torch = -4.24 MMACs per sample: 100% explained")
+    assert f"{-ATTENTION / 1e6:.2f} MMACs" in text  # the neck's two einsums, per sample, in the table
+    assert rows._repr_markdown_().count("| neck | einsum |") == 1
+    assert isinstance(rows, tuple) and sum(row.macs for row in rows) == 2 * -(ATTENTION + MASKS)  # whole call
+
+
+def test_explain_cli_prints_what_the_python_object_prints(
+    story: lf.FlopsReport, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_flops.cli import main
+
+    path = tmp_path / "flops_report.json"
+    path.write_text(story.to_json())
+    assert main(["explain", str(path), "--counter", "thop"]) == 0
+    assert capsys.readouterr().out.strip() == str(lf.FlopsReport.from_json(story.to_json()).explain("thop"))
+
+
+def test_explain_rows_and_parts_have_per_sample_accessors(story: lf.FlopsReport) -> None:
+    neck = next(row for row in story.explain("thop") if row.module == "neck")
+    assert neck.macs == 2 * -ATTENTION and neck.macs_per_sample == -ATTENTION
+    visual = story.parts["visual"]
+    assert visual.macs_per_sample("torch") == VISUAL and visual.flops_per_sample("torch") == 2 * VISUAL
+    again = lf.FlopsReport.from_json(story.to_json()).parts["visual"]
+    assert again.macs_per_sample("torch") == VISUAL and again == visual
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_per_sample_values_are_floats_fresh_and_read_back(batch: int) -> None:
+    report = lf.profile_model(nn.Linear(4, 3), torch.randn(batch, 4), counters=("torch",), parts={"all": ""})
+    for one in (report, lf.FlopsReport.from_json(report.to_json())):
+        assert type(one.macs_per_sample("torch")) is float and one.macs_per_sample("torch") == 4 * 3
+        assert type(one.parts["all"].macs_per_sample("torch")) is float
+
+
+class LayerNorm(nn.Module):
+    """A user's own norm, named like torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(-1, keepdim=True)
+
+
+def test_a_user_class_named_like_a_torch_one_is_shown_with_its_module() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), LayerNorm(), nn.LayerNorm(4))
+    report = lf.profile_model(model, torch.randn(2, 4), counters=("torch",), custom_ops={LayerNorm: 1, nn.LayerNorm: 4})
+    assert report.module_types["1"] == f"{__name__}.LayerNorm" and report.module_types["2"] == "LayerNorm"
+    assert report.rules == (f"{__name__}.LayerNorm: 1 MACs per output element", "LayerNorm: 4 MACs per output element")
+    text = report.statement()
+    assert f"{__name__}.LayerNorm: 1 MACs per output element (4 MACs)" in text  # 1 x 4 outputs per sample
+    assert "; LayerNorm: 4 MACs per output element (16 MACs)" in text

@@ -10,12 +10,10 @@ import argparse
 
 from lightning_flops.cli._common import REPORT_GLOB, CliError, load_one
 from lightning_flops.explain import explain
-from lightning_flops.render import explain_rows, explain_summary, render_rows
+from lightning_flops.render import EXPLAIN_DATA_COLUMNS, explain_data_rows, explain_text, render_rows
 
 NAME = "explain"
 FORMATS = ("table", "markdown", "csv", "json")
-_TABLE_COLUMNS = ("module", "operator", "macs_per_sample", "cause", "note")
-_DATA_COLUMNS = ("counter", "module", "operator", "macs", "macs_per_sample", "cause", "note")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,30 +34,11 @@ def run(args: argparse.Namespace) -> int:
         names = [args.counter]
     else:
         names = [n for n, r in report.counters.items() if r.ok and n != reference]
-    per = max(report.batch_size, 1)
     if args.format in ("csv", "json"):
-        rows = [
-            {
-                "counter": name,
-                "module": row.module,
-                "operator": row.operator,
-                "macs": row.macs,
-                "macs_per_sample": row.macs / per,
-                "cause": row.cause,
-                "note": row.note,
-            }
-            for name in names
-            for row in explain(report, name, reference)
-        ]
-        print(render_rows(rows, _DATA_COLUMNS, args.format), flush=True)
+        rows = [row for name in names for row in explain_data_rows(name, explain(report, name, reference))]
+        print(render_rows(rows, EXPLAIN_DATA_COLUMNS, args.format), flush=True)
         return 0
-    blocks = []
-    for name in names:
-        rows = explain(report, name, reference)
-        text = explain_summary(report, name, reference)
-        if rows:
-            text += "\n\n" + render_rows(explain_rows(report, rows), _TABLE_COLUMNS, args.format)
-        blocks.append(text)
+    blocks = [explain_text(report, name, reference, args.format) for name in names]
     print("\n\n".join(blocks) or f"no counter besides {reference} has a count in this run", flush=True)
     return 0
 

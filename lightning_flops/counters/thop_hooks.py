@@ -24,6 +24,7 @@ from lightning_flops.counters.tracing import (
     user_module_name,
 )
 from lightning_flops.types import Uncounted
+from lightning_flops.vocabulary import type_label
 
 __all__ = ["ThopCounter", "make_counter", "thop_variant"]
 
@@ -153,7 +154,7 @@ def _modules_without_rule(wrapper: nn.Module, calls: dict[str, int], rules: dict
         if (leaf and weighted) or packed:
             found.append(
                 Uncounted(
-                    operator=type(module).__name__, module=stripped, calls=calls[stripped], reason=_NO_RULE_REASON
+                    operator=type_label(type(module)), module=stripped, calls=calls[stripped], reason=_NO_RULE_REASON
                 )
             )
     return found
