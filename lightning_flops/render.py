@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ __all__ = [
     "param_diff_rows",
     "render_rows",
     "report_markdown",
+    "rule_sets",
     "statement",
     "tex_escape",
     "uncounted_lines",
@@ -616,12 +618,48 @@ def _scale(values: Sequence[float | None]) -> tuple[str, float]:
     return "", 1.0
 
 
-def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]) -> str:
+def rule_sets(reports: Sequence[FlopsReport]) -> tuple[list[str], list[str]]:
+    """Name each distinct set of ``custom_ops`` rules, so a table can say which runs were counted under which.
+
+    Args:
+        reports: the reports in row order.
+
+    Returns:
+        ``(key per report, legend)``: keys ``"none"`` (no rules), ``"R1"``, ``"R2"``, ... in first-seen order, and
+        one legend line per key other than ``"none"`` (``"R1: LayerNorm: 4 MACs per output element; ..."``). When
+        every run has the same rules the keys are all equal.
+    """
+    keys: dict[tuple[str, ...], str] = {}
+    for report in reports:
+        rules = tuple(sorted(report.rules))
+        if rules not in keys:
+            keys[rules] = "none" if not rules else f"R{sum(1 for k in keys if k) + 1}"
+    legend = [f"{key}: custom rules {'; '.join(rules)}" for rules, key in keys.items() if rules]
+    return [keys[tuple(sorted(report.rules))] for report in reports], legend
+
+
+def _decimals(values: Sequence[float], scale: float) -> int:
+    """Decimals that give the smallest non-zero value three significant digits (two at least) and keep distinct
+    values distinct, up to eight."""
+    scaled = [v / scale for v in values]
+    smallest = min((abs(v) for v in scaled if v), default=1.0)
+    decimals = min(max(2, 2 - math.floor(math.log10(smallest))), 8)
+    while decimals < 8 and len({f"{v:.{decimals}f}" for v in scaled}) < len(set(scaled)):
+        decimals += 1
+    return decimals
+
+
+def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str], parts: Sequence[str] = ()) -> str:
     """A booktabs table for a paper: one row per run, per-sample params, MACs and FLOPs, units in the header.
+
+    Each column has one unit (``[MMACs]``) and as many decimals as its smallest value needs for three significant
+    digits and distinct values to stay distinct. A ``Flagged`` column says where two counters disagree beyond the
+    run's limit; runs counted under different ``custom_ops`` rules get a ``Rules`` column and a legend below.
 
     Args:
         runs: ``(name, report)`` per run, in row order.
         counters: counters to show (MACs per counter; FLOPs for torch, or the first when torch is not among them).
+        parts: part labels (``parts=``): a column of torch MACs per sample for each.
     """
     counters = sorted(counters, key=lambda name: name != "torch")  # the reference first: its FLOPs are shown
     columns: list[tuple[str, str, list[float | None]]] = [("Params", "", [float(r.params.total) for _, r in runs])]
@@ -629,13 +667,33 @@ def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]
         columns.append((name, "MACs", [r.macs_per_sample(name) for _, r in runs]))
         if i == 0:
             columns.append((name, "FLOPs", [r.flops_per_sample(name) for _, r in runs]))
+    for label in parts:
+        values = []
+        for _, report in runs:
+            part = report.parts.get(label)
+            macs = part.macs.get("torch") if part is not None else None
+            values.append(None if macs is None else macs / max(report.batch_size, 1))
+        columns.append((f"{label} torch", "MACs", values))
     headers, cells = ["Run"], [[tex_escape(name)] for name, _ in runs]
     for title, unit, values in columns:
         prefix, scale = _scale(values)
+        present = [float(v) for v in values if v is not None]
+        decimals = _decimals(present, scale) if present else 2
         headers.append(tex_escape(f"{title} [{prefix}{unit}]") if prefix or unit else tex_escape(title))
         for row, value in zip(cells, values, strict=True):
             exact = value is not None and scale == 1 and float(value).is_integer()
-            row.append("--" if value is None else f"{value:.0f}" if exact else f"{value / scale:.2f}")
+            row.append("--" if value is None else f"{value:.0f}" if exact else f"{value / scale:.{decimals}f}")
+    headers.append("Flagged")
+    for row, (_, report) in zip(cells, runs, strict=True):
+        row.append("yes" if report.flagged else "no")
+    keys, legend = rule_sets([report for _, report in runs])
+    if len(set(keys)) > 1:
+        headers.append("Rules")
+        for row, key in zip(cells, keys, strict=True):
+            row.append("--" if key == "none" else key)
+    elif legend:
+        legend = [f"custom rules (all runs): {legend[0].split('custom rules ', 1)[1]}"]
+    notes = [rf"\multicolumn{{{len(headers)}}}{{l}}{{\footnotesize {tex_escape(line)}}} \\" for line in legend]
     lines = [
         r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
         r"\toprule",
@@ -643,6 +701,7 @@ def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]
         r"\midrule",
         *(" & ".join(row) + r" \\" for row in cells),
         r"\bottomrule",
+        *notes,
         r"\end{tabular}",
     ]
     return "\n".join(lines)

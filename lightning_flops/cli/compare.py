@@ -30,7 +30,7 @@ from lightning_flops.cli._common import (
 )
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.markup import escape_markdown
-from lightning_flops.render import latex_table
+from lightning_flops.render import latex_table, rule_sets
 from lightning_flops.report import FlopsReport, human_count
 
 NAME = "compare"
@@ -134,6 +134,7 @@ def _row(run: _Run, counters: Sequence[str], parts: Sequence[str] = ()) -> dict[
         row["largest_gap_relative"] = relative if math.isfinite(relative) else None  # NaN: no gap to show
     row["flag_on"] = report.flag_on
     row["flagged"] = report.flagged
+    row["rules"] = list(report.rules)  # custom_ops rules applied: runs with other rules count other things
     # per sample, hence the name; the JSON report keeps `train_step_flops` per batch
     row["train_step_flops_per_sample"] = per_sample(
         report.train_step_flops, report.train_step_batch_size or report.batch_size
@@ -219,6 +220,7 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str], parts: Se
         "largest_gap_relative",
         "flag_on",
         "flagged",
+        "rules",
         "train_step_flops_per_sample",
         *_moe_and_token_columns(counters),
         *(f"part_{label}_{unit}" for label in parts for unit in ("macs", "params")),
@@ -228,10 +230,16 @@ def _columns(counters: Sequence[str], baseline_columns: Sequence[str], parts: Se
 
 
 def _human_cells(
-    rows: Sequence[dict[str, Any]], counters: Sequence[str], baseline: str | None, parts: Sequence[str] = ()
+    rows: Sequence[dict[str, Any]],
+    counters: Sequence[str],
+    baseline: str | None,
+    parts: Sequence[str] = (),
+    rule_keys: Sequence[str] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the human-readable table (table and markdown formats)."""
+    """Headers and cells of the human-readable table (table and markdown formats); ``rule_keys`` (one per row) adds
+    a ``rules`` column saying which runs were counted under which ``custom_ops`` rules."""
     headers = ["run", "model", "params", "trainable", *(f"{c} MACs" for c in counters), "largest gap", "flagged"]
+    headers += ["rules"] if rule_keys is not None else []
     headers += ["active params", f"{counters[-1]} MACs/token"]
     headers += [f"{label} torch MACs" for label in parts]
     relative = ["params_total", *(f"{c}_macs" for c in counters)]
@@ -253,6 +261,7 @@ def _human_cells(
         else:
             line.append(f"{row['largest_gap']} {row['largest_gap_relative']:.2%} ({row['flag_on']})")
         line.append("yes" if row["flagged"] else "no")
+        line += [rule_keys[len(cells)]] if rule_keys is not None else []
         line += _moe_and_token_human(row, counters)
         for label in parts:
             value = row[f"part_{label}_macs"]
@@ -284,8 +293,15 @@ def _render_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
     return buffer.getvalue().rstrip("\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: empty for a missing value, ``"; "``-joined for a list (the rules)."""
+    if value is None:
+        return ""
+    return "; ".join(value) if isinstance(value, list) else value
 
 
 def _render_json(rows: Sequence[dict[str, Any]], columns: Sequence[str], baseline: str | None) -> str:
@@ -372,14 +388,24 @@ def run(args: argparse.Namespace) -> int:
         text = _render_json(rows, columns, args.baseline)
     elif args.format == "latex":  # booktabs, one row per run (in the sorted order), units in the header
         reports = {run.name: run.report for run in runs}
-        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters)
+        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters, parts)
     else:
-        headers, cells = _human_cells(rows, counters, args.baseline, parts)
+        reports = {run.name: run.report for run in runs}
+        keys, legend = rule_sets([reports[row["run"]] for row in rows])
+        differ = len(set(keys)) > 1
+        headers, cells = _human_cells(rows, counters, args.baseline, parts, keys if differ else None)
         render = _render_table if args.format == "table" else _render_markdown
         caption = "Compute per sample (MACs = multiply-accumulates; FLOPs = 2 x MACs)"
         if args.baseline is not None:
             caption += f"; 'vs base' = ratio (x) and change (%) against run {args.baseline!r}"
         text = f"{caption}\n\n{render(headers, cells)}"
+        one_line = escape_markdown if args.format == "markdown" else lambda text: " ".join(str(text).split())
+        if differ:
+            legend = (["none: no custom rules"] if "none" in keys else []) + legend
+            text += "\n\nRuns counted under different custom rules (compare like with like):\n"
+            text += "\n".join(f"- {one_line(line)}" for line in legend)
+        elif legend:
+            text += f"\n\nEvery run counted with {one_line(legend[0].split(': ', 1)[1])}"
 
     if plot_path is not None:
         _plot(rows, counters, plot_path, args.log_scale, args.force)
