@@ -54,6 +54,7 @@ __all__ = [
     "WriteWatch",
     "meta_copy",
     "own_global_hooks",
+    "preserved_generators",
     "preserved_rng",
     "shared_copy",
     "unwrap_compiled",
@@ -146,6 +147,27 @@ def preserved_rng() -> Iterator[None]:
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextlib.contextmanager
+def preserved_generators(model: nn.Module) -> Iterator[None]:
+    """Restore the state of every ``torch.Generator`` that the model's modules hold as attributes on exit.
+
+    A structural copy shares them with the model (they are not tensors), so a forward counted or timed in place
+    draws from the model's own generator.
+    """
+    generators = {
+        id(value): value
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Generator)
+    }
+    states = [(generator, generator.get_state()) for generator in generators.values()]
+    try:
+        yield
+    finally:
+        for generator, state in states:
+            generator.set_state(state)
 
 
 # ----------------------------------------------------------------------------------------------- process-wide hooks

@@ -22,13 +22,14 @@ from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError, error_text, internal_error
 from lightning_flops.inputs import count_tokens, detect_batch_size, iter_tensors, split_input
-from lightning_flops.isolation import preserved_rng, unwrap_compiled
+from lightning_flops.isolation import preserved_generators, preserved_rng, unwrap_compiled
 from lightning_flops.options import validate_options
 from lightning_flops.parameters import active_parameters, model_fingerprint, own_parameters, param_count
 from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.placement import CountSession, placement_order
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec
 from lightning_flops.rules import Rule, expand_custom_ops
+from lightning_flops.timing import check_timing, measure_timing
 from lightning_flops.vocabulary import type_label
 
 __all__ = ["profile_model"]
@@ -154,6 +155,7 @@ def profile_model(
     strict: bool = False,
     tokens_fn: Callable[[Any], int] | None = None,
     parts: Mapping[str, str | Sequence[str]] | None = None,
+    timing: int = 0,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -176,6 +178,9 @@ def profile_model(
         tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
             numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
         parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
+        timing: ``N`` >= 1 times ``N`` plain forwards on the model's own device and weights and splits up to 3 more
+            by module and operator under ``torch.profiler``, beside the torch counter's MACs (``report.timing``);
+            0 (the default) measures nothing. See :mod:`lightning_flops.timing`.
 
     Example::
 
@@ -185,6 +190,7 @@ def profile_model(
     counters = validate_options(counters, limit, flag_on, mode, custom_ops, device, batch_size, strict)
     if not isinstance(model, nn.Module):
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    timing = check_timing(timing)
     if tokens_fn is not None and not callable(tokens_fn):
         raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
@@ -194,8 +200,9 @@ def profile_model(
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = CountSession(model, args, kwargs, mode, custom_ops, batch)
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
-    with preserved_rng():
+    with preserved_rng(), preserved_generators(model):
         results = {name: _run_counter(name, session, device, strict) for name in order}
+        timed = measure_timing(session, timing, results.get("torch"), strict) if timing else None
     ordered = [results[name] for name in counters]
     tokens = count_tokens(tokens_fn, example_input, args, kwargs, batch)
     called = next((session.called[n] for n in order if results[n].ok and n in session.called), None)
@@ -225,4 +232,5 @@ def profile_model(
         module_types={name: type_label(type(module)) for name, module in model.named_modules()},
         module_params=own_parameters(model),
         parts=count_parts(model, part_names, ordered, batch),
+        timing=timed,
     )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.schema import check_report_dict
-from lightning_flops.types import Uncounted
+from lightning_flops.types import OpTime, Uncounted
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 if TYPE_CHECKING:
@@ -25,8 +25,10 @@ __all__ = [
     "FlopsReport",
     "Gap",
     "InputSpec",
+    "OpTime",
     "ParamCount",
     "PartCount",
+    "TimingReport",
     "Uncounted",
     "human_count",
 ]
@@ -197,6 +199,103 @@ class Gap:
         return f"{self.a}_vs_{self.b}"
 
 
+def _in_module(name: str, module: str) -> bool:
+    return module == "" or name == module or name.startswith(module + ".")
+
+
+@dataclass(frozen=True)
+class TimingReport:
+    """Where the time of one forward goes: median wall time of plain forwards, and a split by (module, operator).
+
+    The split comes from up to 3 more forwards under ``torch.profiler`` (each row the median over them); shares are
+    of the operators' summed time.
+
+    Args:
+        forward_seconds: median wall time of one plain forward (the whole call, ``batch_size`` samples).
+        forward_runs: wall time of each timed forward, in the order they ran.
+        operators: one :class:`OpTime` per (module, operator), the largest time first.
+        macs: the torch counter's MACs of the whole call (``None`` when it did not run or failed).
+        unjoined_macs: MACs the torch counter booked under a (module, label) that no profiled call matched (a
+            ``custom_ops`` rule, or a function the profiler sees as other kernels); 0 when the join is complete.
+        device: the model's device (``"cpu"``, ``"cuda:0"``).
+        dtype: the dtype of the model's floating-point parameters (for the peak).
+        peak_flops_per_second: the device's peak for ``dtype`` (Lightning's ``get_available_flops``), else ``None``.
+        time_source: ``"cpu"`` (operator CPU time) or ``"device"`` (CUDA kernel time).
+        note: why the operator split is missing or partial, else ``None``.
+
+    Example::
+
+        report = lf.profile_model(model, x, timing=5)
+        report.timing.forward_seconds, report.timing.share(operator="sort"), report.timing.zero_mac_share
+    """
+
+    forward_seconds: float
+    forward_runs: tuple[float, ...] = ()
+    operators: tuple[OpTime, ...] = ()
+    macs: int | None = None
+    unjoined_macs: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    peak_flops_per_second: float | None = None
+    time_source: str = "cpu"
+    note: str | None = None
+
+    @property
+    def operator_seconds(self) -> float:
+        """Summed time of every profiled operator call."""
+        return sum(op.seconds for op in self.operators)
+
+    def share(self, operator: str | None = None, module: str | None = None) -> float:
+        """Fraction of the operators' summed time spent in ``operator`` within ``module``'s subtree.
+
+        Args:
+            operator: a label or aten name as in :attr:`OpTime.operator` (``"matmul"``, ``"sort"``); ``None``: all.
+            module: a qualified module name: its own calls and its submodules' (``""`` or ``None``: the whole model).
+        """
+        total = self.operator_seconds
+        if total <= 0:
+            return 0.0
+        matching = sum(
+            op.seconds
+            for op in self.operators
+            if (operator is None or op.operator == operator) and (module is None or _in_module(op.module, module))
+        )
+        return matching / total
+
+    @property
+    def zero_mac_share(self) -> float:
+        """Fraction of the operators' summed time spent in operators that count no MACs (sort, topk, norms, ...)."""
+        total = self.operator_seconds
+        return sum(op.seconds for op in self.operators if op.zero_mac) / total if total > 0 else 0.0
+
+    @property
+    def achieved_flops_per_second(self) -> float | None:
+        """``2 * macs / forward_seconds``: the FLOP rate of the whole forward; ``None`` without MACs or time."""
+        if self.macs is None or not self.forward_seconds > 0:
+            return None
+        return flops_from_macs(self.macs) / self.forward_seconds
+
+    @property
+    def mfu(self) -> float | None:
+        """Achieved FLOP/s over the device's peak for the model's dtype; ``None`` where the peak is unknown."""
+        achieved = self.achieved_flops_per_second
+        if achieved is None or not self.peak_flops_per_second:
+            return None
+        return achieved / self.peak_flops_per_second
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingReport:
+        """Build from :func:`dataclasses.asdict` output (the ``timing`` field of a report's JSON)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["forward_runs"] = tuple(float(v) for v in data.get("forward_runs", ()))
+        op_fields = {f.name for f in fields(OpTime)}
+        kwargs["operators"] = tuple(
+            OpTime(**{k: v for k, v in op.items() if k in op_fields}) for op in data.get("operators", ())
+        )
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
 class FlopsReport:
     """The profile of one model on one example input, with every counter side by side.
@@ -227,6 +326,7 @@ class FlopsReport:
         module_params: parameter elements each module holds itself (``recurse=False``; shared weights at their first
             name), for modules that hold any.
         parts: MACs and params of named groups of modules (``parts=`` of ``profile_model``).
+        timing: measured time beside the MACs (``profile_model(..., timing=N)``), else ``None``.
         schema_version: JSON layout version.
 
     Example::
@@ -256,6 +356,7 @@ class FlopsReport:
     module_types: dict[str, str] = field(default_factory=dict)
     module_params: dict[str, int] = field(default_factory=dict)
     parts: dict[str, PartCount] = field(default_factory=dict)
+    timing: TimingReport | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -326,6 +427,12 @@ class FlopsReport:
             entry["macs_per_token"] = self.macs_per_token(name)
             entry["flops_per_token"] = self.flops_per_token(name)
             entry["core_macs"] = result.core_macs
+        if self.timing is not None:  # derived values too, for readers without us
+            data["timing"].update(
+                achieved_flops_per_second=self.timing.achieved_flops_per_second,
+                mfu=self.timing.mfu,
+                zero_mac_share=self.timing.zero_mac_share,
+            )
         data["gaps"] = [dict(asdict(gap), key=gap.key) for gap in self.gaps]
         data["flagged"] = self.flagged
         data["units"] = "counts are per whole call (batch_size samples); macs = multiply-accumulates; flops = 2 * macs"
@@ -374,6 +481,7 @@ class FlopsReport:
                     )
                     for label, p in data.get("parts", {}).items()
                 },
+                timing=TimingReport.from_dict(data["timing"]) if data.get("timing") is not None else None,
             )
             return cls(**kwargs)
         except (KeyError, TypeError, AttributeError) as err:

@@ -192,6 +192,43 @@ _GAP = _object(
     }
 )
 _INPUT = _object({"name": _text, "shape": _array(_count), "dtype": _text})
+
+
+def _seconds(path: str, value: Any) -> None:
+    _number(path, value)
+    if not value >= 0:
+        _fail(path, value, "a number of seconds >= 0")
+
+
+def _number_or_none(path: str, value: Any) -> None:
+    if value is not None:
+        _number(path, value)
+
+
+_OP_TIME = _object(
+    {
+        "module": _text,
+        "operator": _text,
+        "seconds": _seconds,
+        "calls": _count,
+        "macs": _count,
+        "uncounted": _flag,
+    }
+)
+_TIMING = _object_or_none(
+    {
+        "forward_seconds": _seconds,
+        "forward_runs": _array(_seconds),
+        "operators": _array(_OP_TIME),
+        "macs": _count_or_none,
+        "unjoined_macs": _count,
+        "device": _text,
+        "dtype": _text,
+        "peak_flops_per_second": _number_or_none,
+        "time_source": _text,
+        "note": _text_or_none,
+    }
+)
 _TOP_LEVEL: dict[str, Check] = {
     "model": _text,
     "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
@@ -223,4 +260,5 @@ _TOP_LEVEL: dict[str, Check] = {
             }
         )
     ),
+    "timing": _TIMING,
 }

@@ -1,4 +1,5 @@
-"""What a counter returns, as plain data: :class:`Uncounted` and :class:`RawCount`. No torch import.
+"""What a counter returns, as plain data: :class:`Uncounted`, :class:`RawCount`, and a timed operator,
+:class:`OpTime`. No torch import.
 
 The counters build these and the report stores them; neither side imports the other for them (the counters never
 import :mod:`lightning_flops.report`, which imports :mod:`lightning_flops.explain` and :mod:`lightning_flops.render`).
@@ -11,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_flops.vocabulary import OPERATORS
+from lightning_flops.vocabulary import CORE_OPERATORS, OPERATORS
 
-__all__ = ["RawCount", "Uncounted"]
+__all__ = ["OpTime", "RawCount", "Uncounted"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,36 @@ class RawCount:
             raise ValueError(
                 f"lightning-flops bug: operator labels {sorted(unknown)} are not in the vocabulary {sorted(OPERATORS)}"
             )
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """Measured time of one operator called by one module's own code, beside the torch counter's MACs for it.
+
+    Args:
+        module: qualified ``named_modules()`` name of the innermost module whose code called it (``""`` the root).
+        operator: the vocabulary label for an operator that multiplies (``linear``, ``matmul``, ``einsum``,
+            ``conv``, ``attention``, ``rnn``), else the aten operator's own name (``sort``, ``topk``,
+            ``linalg_vector_norm``, ``softmax``, ``layer_norm``, ``add``; other namespaces as ``ns::name``).
+        seconds: time of its calls in the profiled forward, the kernels each call ran inside included (CPU time;
+            on CUDA the device time of its kernels).
+        calls: how many times the module's code called it.
+        macs: the torch counter's MACs for this (module, operator), whole call; 0 for an operator that counts none.
+        uncounted: the torch counter lists it in ``uncounted`` (it may multiply, with no formula): not a zero-MAC op.
+
+    Example::
+
+        OpTime(module="blocks.0.attn", operator="einsum", seconds=0.0021, calls=2, macs=2 * 8 * 64 * 64 * 32)
+    """
+
+    module: str
+    operator: str
+    seconds: float
+    calls: int
+    macs: int
+    uncounted: bool = False
+
+    @property
+    def zero_mac(self) -> bool:
+        """Whether the operator counts no MACs (not a multiplying operator, none booked, not ``uncounted``)."""
+        return self.macs == 0 and self.operator not in CORE_OPERATORS and not self.uncounted

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "ATEN_LABELS",
+    "CALL_LABELS",
     "CONVENTION_OPERATORS",
     "CONVENTION_UNCOUNTED",
     "CORE_OPERATORS",
@@ -28,6 +29,7 @@ __all__ = [
     "function_labels",
     "module_operators",
     "operator_of_aten",
+    "operator_of_call",
     "operator_of_fvcore",
     "operator_of_module",
     "type_label",
@@ -534,3 +536,51 @@ def function_labels() -> dict[Any, str]:
             if function is not None:
                 labels[function] = label
     return labels
+
+
+# ------------------------------------------------------------------------------------------ profiled aten calls
+#: Label of an aten operator that a model's code calls directly, as torch.profiler records it (``aten::einsum``):
+#: the aten names of the public functions in :func:`function_labels`, so that a call is booked under the label the
+#: torch counter books its MACs under (``torch.addmm`` is ``matmul`` there, as ``torch.mm``; ``F.linear`` is
+#: ``linear``).
+CALL_LABELS: dict[str, str] = {
+    "einsum": "einsum",
+    "matmul": "matmul",
+    "bmm": "matmul",
+    "mm": "matmul",
+    "baddbmm": "matmul",
+    "addmm": "matmul",
+    "grouped_mm": "matmul",
+    "_grouped_mm": "matmul",
+    "linear": "linear",
+    "bilinear": "linear",
+    "conv1d": "conv",
+    "conv2d": "conv",
+    "conv3d": "conv",
+    "conv_transpose1d": "conv",
+    "conv_transpose2d": "conv",
+    "conv_transpose3d": "conv",
+    "scaled_dot_product_attention": "attention",
+    "_native_multi_head_attention": "attention",
+}
+
+
+def operator_of_call(name: str, kernels: tuple[str, ...] = ()) -> str | None:
+    """The label of an operator call the profiler recorded, or ``None`` when it does no multiply-accumulate.
+
+    The call's own name decides first (:data:`CALL_LABELS`, then :data:`ATEN_LABELS`), else the first kernel it ran
+    that has a label (``aten::lstm`` runs ``mkldnn_rnn_layer``: ``rnn``).
+
+    Args:
+        name: the call's packet name, ``aten::`` dropped (``einsum``), other namespaces kept (``quantized::linear``).
+        kernels: packet names of the operators it ran inside, in the order they ran.
+
+    Example::
+
+        assert operator_of_call("linear", ("t", "addmm")) == "linear"
+        assert operator_of_call("topk") is None
+    """
+    label = CALL_LABELS.get(name) or ATEN_LABELS.get(name)
+    if label is not None:
+        return label
+    return next((ATEN_LABELS[kernel] for kernel in kernels if kernel in ATEN_LABELS), None)

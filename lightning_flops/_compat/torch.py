@@ -244,6 +244,16 @@ def storage_address(tensor: torch.Tensor) -> int:
     return int(tensor.untyped_storage()._cdata)
 
 
+def profiler_enabled() -> bool:
+    """Whether a ``torch.profiler`` / autograd profiler is running in this process (``torch.autograd.
+    _profiler_enabled``, torch 2.13): a second one started inside it would take its events. Outside the checked
+    versions: ``True`` when the name is gone (the split by operator is then skipped rather than risked)."""
+    check = getattr(torch.autograd, "_profiler_enabled", None)
+    if check is None:
+        return True
+    return bool(check())
+
+
 def set_module_tracker(counter: Any, tracker: Any) -> None:
     """Replace ``FlopCounterMode.mod_tracker`` (torch 2.13; the ModuleTracker that hooks every module) with
     ``tracker``, an object with ``parents`` and ``__enter__``/``__exit__``."""
@@ -449,4 +459,5 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
     ("torch", "torch._C", "_dispatch_has_kernel_for_dispatch_key", "torch 2.13"),
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),
+    ("torch", "torch.autograd", "_profiler_enabled", "torch 2.13"),
 )

@@ -1,0 +1,246 @@
+"""profile_model(..., timing=N): measured time beside the MACs, per module and operator.
+
+The machine running these tests is shared and noisy: every check on time is a ratio with a wide margin (shares of
+one forward, one time against another), never an absolute time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_flops as lf
+from lightning_flops.errors import FlopsConfigError, ReportFormatError
+from lightning_flops.report import OpTime, TimingReport
+from lightning_flops.timing import own_macs
+
+SORT_ROWS, SORT_COLS = 64, 16384  # 1M elements to sort: far more time than the tiny projection beside it
+DIM = 16
+
+
+class Ranker(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sort(x, dim=-1).values
+
+
+class SortBound(nn.Module):
+    """A tiny projection, then a sort of a large tensor inside the module named ``ranker``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.ranker = Ranker()
+
+    def forward(self, x: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).sum() + self.ranker(big)[:, :1].sum()
+
+
+BATCH, ROWS, INNER = 8, 64, 4096  # [8, 64, 4096] @ [8, 4096, 64]: long products, a small output
+
+
+class Products(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a, b).relu()
+
+
+class MatmulBound(nn.Module):
+    """One large batched product (a child module) and a cheap elementwise op of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.products = Products()
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.products(a, a.transpose(1, 2)) + 1.0
+
+
+@functools.cache
+def sort_report() -> lf.FlopsReport:
+    torch.manual_seed(0)
+    x, big = torch.randn(4, DIM), torch.randn(SORT_ROWS, SORT_COLS)
+    return lf.profile_model(SortBound(), (x, big), counters=("torch",), timing=3)
+
+
+@functools.cache
+def matmul_report() -> lf.FlopsReport:
+    torch.manual_seed(0)
+    return lf.profile_model(MatmulBound(), torch.randn(BATCH, ROWS, INNER), counters=("torch",), timing=5)
+
+
+def _row(timing: TimingReport, module: str, operator: str) -> OpTime:
+    return next(op for op in timing.operators if (op.module, op.operator) == (module, operator))
+
+
+def test_a_dominant_sort_holds_most_of_the_time_and_counts_no_macs() -> None:
+    timing = sort_report().timing
+    assert timing is not None and timing.note is None
+    assert timing.share(operator="sort") >= 0.5
+    assert timing.share(module="ranker") >= 0.5
+    assert timing.zero_mac_share >= 0.5
+    sort = _row(timing, "ranker", "sort")
+    assert (sort.macs, sort.calls, sort.zero_mac) == (0, 1, True)
+    assert _row(timing, "proj", "linear").macs == 4 * DIM * DIM  # batch * in * out
+
+
+def test_a_matmul_bound_model_spends_most_of_its_time_in_matmul() -> None:
+    timing = matmul_report().timing
+    assert timing.share(operator="matmul") >= 0.5
+    assert timing.share(module="products") >= 0.5
+    assert _row(timing, "products", "matmul").macs == BATCH * ROWS * INNER * ROWS  # batch * n * k * m
+    assert timing.zero_mac_share <= 0.5
+
+
+def test_achieved_flops_per_second_is_two_macs_over_the_forward() -> None:
+    report = matmul_report()
+    timing = report.timing
+    macs = BATCH * ROWS * INNER * ROWS  # batch * n * k * m
+    assert report.counters["torch"].macs == timing.macs == macs
+    assert timing.achieved_flops_per_second == 2 * macs / timing.forward_seconds
+    assert timing.mfu is None  # no CPU in Lightning's peak table
+    assert len(timing.forward_runs) == 5
+    assert min(timing.forward_runs) <= timing.forward_seconds <= max(timing.forward_runs)
+
+
+@pytest.mark.parametrize("report", [sort_report, matmul_report], ids=["sort", "matmul"])
+def test_operator_seconds_sum_within_a_factor_of_3_of_the_forward(report) -> None:
+    timing = report().timing
+    assert timing.forward_seconds / 3 <= timing.operator_seconds <= 3 * timing.forward_seconds
+
+
+def test_every_mac_of_the_reference_sits_beside_a_time() -> None:
+    for report in (sort_report(), matmul_report()):
+        timing = report.timing
+        assert timing.unjoined_macs == 0
+        assert sum(op.macs for op in timing.operators) == report.counters["torch"].macs
+
+
+class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.mix = nn.Parameter(torch.randn(8, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,ij->bj", self.fc(x), self.mix)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Inner()
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.inner(x)).topk(1, dim=-1).values
+
+
+def test_macs_join_each_module_own_calls_not_its_submodules() -> None:
+    report = lf.profile_model(Outer(), torch.randn(3, 8), counters=("torch",), timing=1)
+    rows = {(op.module, op.operator): op.macs for op in report.timing.operators}
+    assert rows[("inner.fc", "linear")] == 3 * 8 * 8  # batch * in * out
+    assert rows[("inner", "einsum")] == 3 * 8 * 64  # batch * i * j
+    assert rows[("head", "linear")] == 3 * 64 * 2
+    assert rows[("", "topk")] == 0
+    assert report.timing.share(module="inner") >= report.timing.share(module="inner.fc")
+    assert report.timing.share() == pytest.approx(1.0)
+
+
+def test_own_macs_subtracts_submodules_from_inclusive_counts() -> None:
+    inclusive = {"": {"linear": 10, "einsum": 4}, "a": {"linear": 10, "einsum": 4}, "a.b.c": {"linear": 6}}
+    assert own_macs(inclusive) == {"": {}, "a": {"linear": 4, "einsum": 4}, "a.b.c": {"linear": 6}}
+
+
+class Stateful(nn.Module):
+    """Dropout, BatchNorm in training mode, a buffer its forward writes, a generator of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.5)
+        self.register_buffer("calls", torch.zeros(()))
+        self.generator = torch.Generator().manual_seed(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        noise = torch.rand(x.shape, generator=self.generator)
+        return self.drop(self.bn(self.fc(x + noise)))
+
+
+@pytest.mark.parametrize("timing", [0, 2])
+def test_profiling_leaves_the_model_and_the_process_unchanged(timing: int) -> None:
+    model = Stateful().train()
+    model.fc.weight.requires_grad_(False)
+    x = torch.randn(4, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    x_before = x.clone()
+    generator_state = model.generator.get_state()
+    torch.manual_seed(3)
+    random.seed(3)
+    rng, py_rng = torch.get_rng_state(), random.getstate()
+    report = lf.profile_model(model, x, counters=("torch",), timing=timing)
+    assert report.timing is None if timing == 0 else report.timing.forward_seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == flags
+    assert not model.fc.weight.requires_grad and model.fc.bias.requires_grad
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.equal(model.generator.get_state(), generator_state)
+    assert torch.equal(torch.get_rng_state(), rng) and random.getstate() == py_rng
+    assert torch.equal(x, x_before)
+    assert not torch.autograd._profiler_enabled()
+
+
+def test_timing_zero_measures_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_flops.profiling as profiling
+
+    def fail(*args, **kwargs):
+        raise AssertionError("timing=0 must not time anything")
+
+    monkeypatch.setattr(profiling, "measure_timing", fail)
+    report = lf.profile_model(nn.Linear(4, 4), torch.randn(2, 4), counters=("torch",))
+    assert report.timing is None
+    assert json.loads(report.to_json())["timing"] is None
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "5"])
+def test_a_bad_timing_value_names_the_argument(bad) -> None:
+    with pytest.raises(FlopsConfigError, match="`timing` must be an int >= 0"):
+        lf.profile_model(nn.Linear(4, 4), torch.randn(2, 4), timing=bad)
+
+
+def test_a_running_profiler_is_left_alone() -> None:
+    model = nn.Linear(4, 4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as outer:
+        report = lf.profile_model(model, torch.randn(2, 4), counters=("torch",), timing=1)
+        model(torch.randn(2, 4))
+    assert report.timing.operators == () and "another torch.profiler" in report.timing.note
+    assert report.timing.forward_seconds > 0
+    assert any(event.name == "aten::linear" for event in outer.events())
+
+
+def test_timing_round_trips_through_json() -> None:
+    report = sort_report()
+    data = json.loads(report.to_json())
+    assert data["timing"]["achieved_flops_per_second"] == report.timing.achieved_flops_per_second
+    assert data["timing"]["zero_mac_share"] == report.timing.zero_mac_share
+    again = lf.FlopsReport.from_json(report.to_json())
+    assert again.timing == report.timing and again == report
+
+
+def test_a_malformed_timing_field_is_refused_by_name() -> None:
+    data = json.loads(sort_report().to_json())
+    data["timing"]["operators"][0]["seconds"] = "fast"
+    with pytest.raises(ReportFormatError, match=r"`timing\.operators\[0\]\.seconds` must be"):
+        lf.FlopsReport.from_dict(data)
+
+
+def test_mfu_is_achieved_over_the_peak() -> None:
+    timing = TimingReport(forward_seconds=0.5, macs=10**9, peak_flops_per_second=1e12)
+    assert timing.achieved_flops_per_second == 2 * 10**9 / 0.5
+    assert timing.mfu == (2 * 10**9 / 0.5) / 1e12
