@@ -23,6 +23,7 @@ from lightning_flops.isolation import (
     own_global_hooks,
     shared_copy,
 )
+from lightning_flops.parameters import ParameterReads
 from lightning_flops.rules import rule_hooks
 
 __all__ = ["CountSession", "placement_order"]
@@ -96,6 +97,7 @@ class CountSession:
         self.batch = batch
         self.torch_meta_macs: int | None = None
         self.called: dict[str, set[str]] = {}  # counter name -> modules that ran in its successful count
+        self.reads: dict[str, ParameterReads] = {}  # counter name -> parameters its operators read (torch only)
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
@@ -202,15 +204,24 @@ class CountSession:
         except Exception:
             return self.model
 
-    def count(self, counter: Any, placement: str, args: tuple, kwargs: dict) -> tuple[RawCount, dict[str, float], str]:
+    def count(
+        self, counter: Any, placement: str, args: tuple, kwargs: dict, record: bool = True
+    ) -> tuple[RawCount, dict[str, float], str]:
+        """Count ``counter`` at ``placement`` on a copy; with ``record``, keep the modules that ran and (for the torch
+        counter) the parameters its operators read, for ``params.active``."""
         rule_macs: dict[str, float] = {}
 
         def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
             called: set[str] = set()
             rules = rule_hooks(target, self.custom_ops, rule_macs)
-            with torch.no_grad(), own_global_hooks(), rules, _called_modules(target, called):
+            reads = ParameterReads(target) if record and counter.name == "torch" else None
+            watch = reads if reads is not None else contextlib.nullcontext()
+            with torch.no_grad(), own_global_hooks(), rules, _called_modules(target, called), watch:
                 raw = counter.count(target, run_args, run_kwargs)
-            self.called[counter.name] = called
+            if record:
+                self.called[counter.name] = called
+                if reads is not None:
+                    self.reads[counter.name] = reads
             return raw
 
         if placement == "meta":
@@ -257,8 +268,8 @@ class CountSession:
         torch_counter = get_counter("torch")
         try:
             if self.torch_meta_macs is None:
-                self.torch_meta_macs = self.count(torch_counter, "meta", self.args, self.kwargs)[0].macs
-            one = self.count(torch_counter, "meta", one_args, one_kwargs)[0].macs
+                self.torch_meta_macs = self.count(torch_counter, "meta", self.args, self.kwargs, record=False)[0].macs
+            one = self.count(torch_counter, "meta", one_args, one_kwargs, record=False)[0].macs
         except Exception:
             return None
         return (one_args, one_kwargs) if one > 0 and one * self.batch == self.torch_meta_macs else None

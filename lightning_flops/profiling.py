@@ -24,7 +24,13 @@ from lightning_flops.errors import CounterError, FlopsConfigError, error_text, i
 from lightning_flops.inputs import count_tokens, detect_batch_size, iter_tensors, split_input
 from lightning_flops.isolation import preserved_generators, preserved_rng, unwrap_compiled
 from lightning_flops.options import validate_options
-from lightning_flops.parameters import active_parameters, model_fingerprint, own_parameters, param_count
+from lightning_flops.parameters import (
+    active_parameters,
+    model_fingerprint,
+    own_parameters,
+    param_count,
+    read_parameters,
+)
 from lightning_flops.parts import count_parts, resolve_parts
 from lightning_flops.placement import CountSession, placement_order
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec
@@ -208,8 +214,9 @@ def profile_model(
     called = next((session.called[n] for n in order if results[n].ok and n in session.called), None)
     parameter_model = session.parameter_model()
     params = param_count(parameter_model)
-    if called is not None:
-        params = dataclasses.replace(params, active=active_parameters(parameter_model, called))
+    if called is not None:  # active: the parameters the torch counter's operators read, else those of called modules
+        reads = read_parameters({n: session.reads[n] for n in order if results[n].ok and n in session.reads})
+        params = dataclasses.replace(params, active=active_parameters(parameter_model, called, reads))
     return FlopsReport(
         model=type(model).__qualname__,
         params=params,
