@@ -8,8 +8,8 @@ against torch's own kernel in ``tests/test_meta_kernels.py``) without that arith
 Each entry of :data:`SHAPE_ONLY_KERNELS` maps an operator overload name to a factory: given torch's own meta kernel,
 it returns ours, which takes its short path only for plain inputs (meta tensors, contiguous, non-empty, concrete
 sizes, one floating dtype, real Python scalars) and hands anything else to torch's kernel, errors included. This
-module uses public torch names only; :func:`lightning_flops._compat.fast_meta_kernels` registers the kernels while a
-count runs and restores torch's afterwards.
+module uses public torch names only; :func:`lightning_flops._compat.fast_meta_kernels` answers with the kernels
+through a dispatch mode on the counting thread while a count runs (nothing is registered with the dispatcher).
 """
 
 from __future__ import annotations

@@ -158,4 +158,33 @@ def test_the_shim_is_removed_on_exit() -> None:
         warnings.simplefilter("ignore")
         FlopCountAnalysis(conv, x).total()  # fvcore alone, as before: torch's own meta kernel is back
     assert conv(x).shape == (1, 4, 6, 6)  # and meta convolutions still run
-    assert "aten/convolution/Meta" in torch.library._impls  # torch's own override is still on record
+
+
+def test_the_shim_reaches_no_other_thread() -> None:
+    """A function mode of the thread that enters it: a JIT trace of a meta convolution on another thread meanwhile
+    still meets torch's own meta kernel (and fails as fvcore alone fails there)."""
+    import threading
+
+    from fvcore.nn import FlopCountAnalysis
+
+    conv, x = nn.Conv2d(3, 4, 3).to("meta"), torch.empty(1, 3, 8, 8, device="meta")
+    outcome: list[str] = []
+
+    def other() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                FlopCountAnalysis(conv, x).total()
+            outcome.append("traced")
+        except TypeError as err:
+            outcome.append(str(err).split(".")[0])
+
+    with traceable_meta_convolution():
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            here = FlopCountAnalysis(conv, x).total()
+    assert outcome == ["cond must be a bool, but got a Tensor"]
+    assert here == 4 * 6 * 6 * 3 * 3 * 3  # out channels*H*W*in channels*k*k, batch 1

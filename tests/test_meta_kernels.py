@@ -5,13 +5,14 @@ kernel, errors included. Counts on meta do not change with them (``tests/test_co
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from lightning_flops._compat import META_CONV_TRACING, fast_meta_kernels, torch_meta_kernel
+from lightning_flops._compat import META_CONV_TRACING, fast_meta_kernels, fast_meta_kernels_active, torch_meta_kernel
 from lightning_flops._meta_kernels import SHAPE_ONLY_KERNELS
 
 pytestmark = pytest.mark.skipif(not META_CONV_TRACING, reason="the meta-kernel shims are checked on torch >= 2.13")
@@ -275,33 +276,39 @@ def test_a_model_on_meta_gives_the_same_outputs_and_counts_with_the_kernels() ->
 
 
 class Probe(torch.nn.Module):
-    """Records, on every call, whether the shape-only kernels are registered and which hooks this module holds."""
+    """Records, on every call, whether the shape-only kernels are active on its thread and which hooks it holds."""
 
     seen: list[tuple[bool, int]] = []
+    threads: list[str] = []
 
     def __init__(self) -> None:
         super().__init__()
         self.norm = torch.nn.BatchNorm1d(4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ours = "lightning_flops/_compat/torch.py" in torch._C._dispatch_dump("aten::native_batch_norm")
+        ours = fast_meta_kernels_active()
         hooks = len(self._forward_pre_hooks) + len(self._forward_hooks) + len(self.norm._forward_pre_hooks)
         Probe.seen.append((x.device.type == "meta" and ours, hooks))
+        Probe.threads.append(threading.current_thread().name)
         return self.norm(x)
 
 
 def test_every_meta_count_runs_with_the_shape_only_kernels_and_no_tracking_hook_per_module() -> None:
-    """profile_model's three counters and train_step_flops count on meta under the kernels; module tracking uses
+    """profile_model's torch and thop counters and train_step_flops count on meta under the kernels (fvcore's JIT
+    trace runs on a thread of its own without them: a dispatch mode active while torch.jit.trace runs cuts the trace
+    off from its inputs, and the kernels are a dispatch mode of the counting thread); module tracking uses
     process-wide hooks, so the modules themselves hold only the counters' own (thop's counting hooks, fvcore's scope
     hooks) and never the two tracking hooks per module that the torch counter would add."""
     import lightning_flops as lf
     from lightning_flops.train_step import train_step_flops
 
     Probe.seen.clear()
+    Probe.threads.clear()
     report = lf.profile_model(Probe(), torch.randn(3, 4), strict=True)
     assert {r.device for r in report.counters.values()} == {"meta"}
     assert report.counters["torch"].macs == 0 and report.params.total == 8  # a norm only: no MACs; weight + bias
-    assert [ours for ours, _ in Probe.seen] == [True] * len(Probe.seen) and len(Probe.seen) >= 3
+    traced = [name == "lightning-flops-trace" for name in Probe.threads]
+    assert [ours for ours, _ in Probe.seen] == [not t for t in traced] and len(Probe.seen) >= 3 and any(traced)
     torch_call = Probe.seen[0]  # the torch counter runs first
     assert torch_call[1] == 0
     Probe.seen.clear()

@@ -7,9 +7,12 @@ dispatch internals, FlopCounterMode's formula table, meta kernels.
 * torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
   :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`,
   :func:`decomposes_implicitly`, :func:`shape_formula`.
-* torch meta kernels: :func:`traceable_meta_convolution` (lets ``torch.jit.trace``, fvcore, record convolutions on
-  the meta device), :func:`fast_meta_kernels` (shape-only kernels of :mod:`lightning_flops._meta_kernels`),
+* thread-local counting modes (nothing registered with the dispatcher, nothing another thread sees):
+  :func:`traceable_meta_convolution` (a function mode that lets ``torch.jit.trace``, fvcore, record convolutions on
+  the meta device), :func:`fast_meta_kernels` (a dispatch mode answering with the shape-only kernels of
+  :mod:`lightning_flops._meta_kernels`), :func:`on_this_thread` / :func:`carried_modes` (into fvcore's trace thread),
   :func:`torch_meta_kernel`.
+* version gate: :func:`torch_checked` (``torch>=2.13,<2.14``); outside it every shim with a public fallback takes it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-import warnings
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode  # noqa: F401  (torch 2.13: not in torch.overrides.__all__)
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: F401  (torch 2.13: base of our dispatch modes)
+from torch.overrides import TorchFunctionMode  # torch 2.13: not in torch.overrides.__all__
+from torch.utils._python_dispatch import TorchDispatchMode  # torch 2.13: base of our dispatch modes
 
 # FlopCounterMode's formula table and attention formulas: not in torch.utils.flop_counter.__all__ (torch 2.13)
 from torch.utils.flop_counter import (  # noqa: F401
@@ -288,31 +291,146 @@ def mark_raw_formula(formula: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ meta kernels
-# Checked against torch 2.13: `aten::convolution` is in the JIT tracer's "do not record" list (it records the
-# `aten::_convolution` that the CompositeExplicitAutograd kernel of `convolution` calls). On the meta device a Python
-# meta kernel for `convolution` (torch/_meta_registrations.py `meta_conv`) takes precedence over that composite
-# kernel, so the trace records no convolution at all and `meta_conv` runs while the tracer is still on, where
-# `tensor.shape[i]` is a traced tensor: `torch._check(... == ...)` raises "cond must be a bool, but got a Tensor".
-# Older torch is left alone (fvcore then counts convolutional models on their own device).
 META_CONV_TRACING = torch_checked()  # at import; the shims read torch_checked() at each call
 
 _aten = torch.ops.aten
 
 
-def _convolution_through_composite(*args: Any, **kwargs: Any) -> Any:
-    # the path a CPU or CUDA tensor takes: convolution -> _convolution, which the tracer records (and switches itself
-    # off for, so that the meta kernel of `_convolution` sees plain integer shapes)
-    return _aten.convolution.default._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
+# ------------------------------------------------------------------------------- thread-local counting modes
+# What a count installs lives on the counting thread only: dispatch and function modes are per thread in torch
+# (torch 2.13: the mode stacks are thread-local state, carried by the autograd engine into its own backward work).
+# Nothing is registered with the dispatcher, so another thread's meta or FakeTensor work runs torch's own kernels.
+_LOCAL = threading.local()
+
+
+def _active_factories() -> list[tuple[Callable[[], contextlib.AbstractContextManager[Any]], bool]]:
+    factories = getattr(_LOCAL, "factories", None)
+    if factories is None:
+        factories = _LOCAL.factories = []
+    return factories
+
+
+@contextlib.contextmanager
+def on_this_thread(
+    factory: Callable[[], contextlib.AbstractContextManager[Any]], carried: bool = True
+) -> Iterator[None]:
+    """Enter ``factory()`` (a mode) on this thread; with ``carried``, record it so that :func:`carried_modes` enters
+    the same in a worker thread this thread waits for (fvcore's trace runs on a fresh stack)."""
+    entry = (factory, carried)
+    factories = _active_factories()
+    factories.append(entry)
+    try:
+        with factory():
+            yield
+    finally:
+        factories.remove(entry)
+
+
+def carried_modes() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """A context manager factory that enters, on another thread, the carried counting modes active on this one
+    (outermost first, as here; function modes only: a dispatch mode active while ``torch.jit.trace`` runs cuts the
+    trace off from its inputs); nothing when none is active."""
+    factories = tuple(factory for factory, carried in _active_factories() if carried)
+
+    @contextlib.contextmanager
+    def enter() -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for factory in factories:
+                stack.enter_context(on_this_thread(factory))
+            yield
+
+    return enter
+
+
+class _KernelMode(TorchDispatchMode):
+    """Answers the operators of ``kernels`` with its kernel (each takes torch's operator as its fallback) and runs
+    every other operator as it is. A dispatch mode: it sees the operators of this thread only."""
+
+    def __init__(self, kernels: Mapping[Any, Callable[..., Any]]) -> None:
+        super().__init__()
+        self.kernels = kernels
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kernel = self.kernels.get(func)
+        if kernel is None or types:  # a tensor subclass (FakeTensor, DTensor) keeps its own rules
+            return func(*args, **(kwargs or {}))
+        return kernel(*args, **(kwargs or {}))
+
+
+_CONV_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_TRANSPOSE_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
+
+
+def _per_dim(value: Any, dims: int) -> list[int]:
+    return [value] * dims if isinstance(value, int) else list(value)
+
+
+def _convolution_as_on_cpu(transposed: bool, args: tuple, kwargs: dict) -> Any:
+    """``F.conv{N}d`` / ``F.conv_transpose{N}d`` as torch 2.13 runs them on a CPU tensor: ``aten::_convolution``
+    (which the tracer records, switching itself off for its meta kernel), the unbatched input given a batch of one.
+    ``None`` for what that route does not cover (string padding): the caller then runs the function itself."""
+    call = dict(_CONV_DEFAULTS)
+    call.update(zip(_CONV_TRANSPOSE_ARGUMENTS if transposed else _CONV_ARGUMENTS, args, strict=False))
+    call.update(kwargs)
+    if isinstance(call["padding"], str):
+        return None
+    dims = call["weight"].dim() - 2
+    unbatched = call["input"].dim() == dims + 1
+    batched = call["input"].unsqueeze(0) if unbatched else call["input"]
+    out = torch._convolution(
+        batched,
+        call["weight"],
+        call["bias"],
+        _per_dim(call["stride"], dims),
+        _per_dim(call["padding"], dims),
+        _per_dim(call["dilation"], dims),
+        transposed,
+        _per_dim(call["output_padding"], dims),
+        call["groups"],
+        False,  # benchmark, deterministic, cudnn_enabled, allow_tf32: as the CPU route passes them by default
+        False,
+        True,
+        True,
+    )
+    return out.squeeze(0) if unbatched else out
+
+
+class _TraceableConvolution(TorchFunctionMode):
+    """Runs the convolution functions on meta tensors through ``aten::_convolution``, as on a CPU tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        functional = torch.nn.functional
+        self.transposed = {f: False for f in (functional.conv1d, functional.conv2d, functional.conv3d)}
+        self.transposed.update(
+            {f: True for f in (functional.conv_transpose1d, functional.conv_transpose2d, functional.conv_transpose3d)}
+        )
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        transposed = self.transposed.get(func)
+        if transposed is not None and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            out = _convolution_as_on_cpu(transposed, args, kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def traceable_meta_convolution() -> Iterator[None]:
-    """While active, ``aten::convolution`` on meta tensors runs as on real ones, so a JIT trace records it.
+    """While active on this thread, convolutions on meta tensors run as on real ones, so a JIT trace records them.
 
-    The meta kernel of ``aten::convolution`` is overridden by one that calls its ``CompositeExplicitAutograd``
-    kernel, exactly the route of a CPU tensor; the trace then holds the same ``aten::_convolution`` node with the same
-    shapes, and fvcore counts the same MACs as on CPU (``tests/test_fvcore_meta_tracing.py``). The override is
-    removed on exit, restoring torch's own meta kernel. Does nothing on torch older than 2.13 (not checked).
+    Checked against torch 2.13: ``aten::convolution`` is in the JIT tracer's "do not record" list (it records the
+    ``aten::_convolution`` that the CompositeExplicitAutograd kernel of ``convolution`` calls). On the meta device a
+    Python meta kernel for ``convolution`` takes precedence over that composite kernel, so the trace records no
+    convolution and ``meta_conv`` runs while the tracer is still on, where ``tensor.shape[i]`` is a traced tensor:
+    "cond must be a bool, but got a Tensor". A function mode on this thread sends ``F.conv{N}d`` and
+    ``F.conv_transpose{N}d`` of meta tensors to ``torch._convolution``, exactly the route of a CPU tensor: the trace
+    holds the same ``aten::_convolution`` node with the same shapes, and fvcore counts the same MACs as on CPU
+    (``tests/test_fvcore_meta_tracing.py``). A function mode, not a dispatch mode (one of those active while
+    ``torch.jit.trace`` runs cuts the trace off from its inputs); nothing is registered with the dispatcher. Does
+    nothing outside :data:`TORCH_CHECKED`.
 
     Example::
 
@@ -322,38 +440,8 @@ def traceable_meta_convolution() -> Iterator[None]:
     if not torch_checked():
         yield
         return
-    with _meta_kernel_override("convolution", _convolution_through_composite):
+    with on_this_thread(_TraceableConvolution):
         yield
-
-
-@contextlib.contextmanager
-def _meta_kernel_override(op_name: str, kernel: Callable[..., Any]) -> Iterator[None]:
-    """While active, ``kernel`` is the Meta kernel of ``aten::{op_name}``; torch's own is back on exit."""
-    with _meta_kernels_override({op_name: kernel}):
-        yield
-
-
-@contextlib.contextmanager
-def _meta_kernels_override(kernels: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
-    """While active, ``kernels[name]`` is the Meta kernel of ``aten::{name}`` (an overload name such as
-    ``"add.Tensor"``); torch's own kernels are back on exit."""
-    import torch.library
-
-    keys = {f"aten/{name}/Meta" for name in kernels}
-    had_keys = keys & torch.library._impls  # torch 2.13: the set of "namespace/op/key" overridden from Python
-    library = torch.library.Library("aten", "IMPL")  # a temporary override, destroyed below
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": on purpose, undone below
-            for name, kernel in kernels.items():
-                library.impl(name, kernel, "Meta")
-        yield
-    finally:
-        library._destroy()  # the dispatcher falls back to torch's own meta kernels
-        # _destroy() (and the finalizer that runs again when `library` dies) drops the keys from torch's record of
-        # Python overrides, although torch's own meta library still holds them: forget ours, keep torch's on record
-        library._op_impls.clear()
-        torch.library._impls.update(had_keys)
 
 
 def torch_meta_kernel(op: Any) -> Callable[..., Any] | None:
@@ -372,12 +460,13 @@ def torch_meta_kernel(op: Any) -> Callable[..., Any] | None:
     return None
 
 
-_FAST_KERNELS: dict[str, Callable[..., Any]] | None = None
+_FAST_KERNELS: dict[Any, Callable[..., Any]] | None = None
 
 
-def _fast_kernels() -> dict[str, Callable[..., Any]]:
-    """Our shape-only meta kernel per overload name (:data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS`),
-    each falling back to torch's Python meta kernel; operators that torch leaves to C++ are not overridden."""
+def _fast_kernels() -> dict[Any, Callable[..., Any]]:
+    """Our shape-only meta kernel per operator overload (:data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS`),
+    each falling back to the operator itself (torch's own kernel); operators whose meta kernel torch leaves to C++
+    (fast already) are not answered."""
     global _FAST_KERNELS
     if _FAST_KERNELS is None:
         from lightning_flops._meta_kernels import SHAPE_ONLY_KERNELS
@@ -386,28 +475,37 @@ def _fast_kernels() -> dict[str, Callable[..., Any]]:
         for name, factory in SHAPE_ONLY_KERNELS.items():
             packet, _, overload = name.partition(".")
             op = getattr(getattr(_aten, packet, None), overload, None)
-            fallback = torch_meta_kernel(op) if op is not None else None
-            if fallback is not None:  # the dispatcher names a default overload by its packet alone
-                kernels[packet if overload == "default" else name] = factory(fallback)
+            if op is not None and torch_meta_kernel(op) is not None:
+                kernels[op] = factory(op)
         _FAST_KERNELS = kernels
     return _FAST_KERNELS
 
 
+def _fast_kernel_mode() -> _KernelMode:
+    return _KernelMode(_fast_kernels())
+
+
 @contextlib.contextmanager
 def fast_meta_kernels() -> Iterator[None]:
-    """While active, the operators of :data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS` (``addmm``,
-    elementwise operators, norms, ``cat``, ...) compute their output on meta tensors from shapes and dtypes directly
-    (the same shape, dtype and strides as torch's kernel, ``tests/test_meta_kernels.py``) instead of running torch's
-    Python decompositions, 0.2-4 ms a call; anything unusual goes to torch's own kernel.
+    """While active on this thread, the operators of :data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS`
+    (``addmm``, elementwise operators, norms, ``cat``, ...) compute their output on meta tensors from shapes and
+    dtypes directly (the same shape, dtype and strides as torch's kernel, ``tests/test_meta_kernels.py``) instead of
+    running torch's Python decompositions, 0.2-4 ms a call; anything unusual goes to torch's own kernel.
 
-    Counts do not change: every counter reads shapes, and FlopCounterMode sees each operator above its meta kernel.
-    A process-wide override while active, restored on exit. Does nothing on torch older than 2.13 (not checked).
+    A dispatch mode on this thread (below the counting modes entered after it, which see every operator first):
+    nothing is registered with the dispatcher, so other threads' meta and FakeTensor work runs torch's kernels.
+    Counts do not change: every counter reads shapes. Does nothing outside :data:`TORCH_CHECKED`.
     """
     if not torch_checked():
         yield
         return
-    with _meta_kernels_override(_fast_kernels()):
+    with on_this_thread(_fast_kernel_mode, carried=False):  # a dispatch mode cuts a JIT trace off: not into fvcore's
         yield
+
+
+def fast_meta_kernels_active() -> bool:
+    """Whether :func:`fast_meta_kernels` is active on this thread."""
+    return any(factory is _fast_kernel_mode for factory, _ in _active_factories())
 
 
 # (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
@@ -453,9 +551,6 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "_get_raw", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "def shape_wrapper(f):\n    @wraps(f)\n    def nf(", "torch 2.13"),
-    ("torch", "torch.library", "_impls", "torch 2.13"),
-    ("torch", "torch.library:Library", "_destroy", "torch 2.13"),
-    ("torch", "instance:torch.library.Library", "_op_impls", "torch 2.13"),
     ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),
     ("torch", "torch._C", "_dispatch_has_kernel_for_dispatch_key", "torch 2.13"),
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),

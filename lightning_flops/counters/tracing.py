@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES, TorchFunctionMode
+from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES, TorchFunctionMode, carried_modes
 from lightning_flops.inputs import iter_tensors
 from lightning_flops.vocabulary import function_labels, operator_of_module
 
@@ -232,8 +232,10 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     ``FlopsMonitor`` runs its whole profile this way too: the thread's allocations come from another glibc arena and
     leave the training thread's heap alone.
 
-    Torch's per-thread state that a count depends on is carried into the thread: grad mode, inference mode and, when
-    CUDA is initialized, the current CUDA device and stream (a DDP rank's ``torch.cuda.set_device``). Not carried:
+    Torch's per-thread state that a count depends on is carried into the thread: grad mode, inference mode, the
+    counting modes active here (:func:`lightning_flops._compat.carried_modes`: shape-only meta kernels, the traceable
+    meta convolution) and, when CUDA is initialized, the current CUDA device and stream (a DDP rank's
+    ``torch.cuda.set_device``). Not carried:
     a ``with torch.device(...)`` default-device context (tensors the forward makes without a device go to the CPU)
     and autocast (it changes dtypes, not MACs).
     """
@@ -241,6 +243,7 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     device = torch.cuda.current_device() if cuda else None
     stream = torch.cuda.current_stream(device) if device is not None else None
+    modes = carried_modes()
     outcome: list[Any] = []
 
     def run() -> None:
@@ -251,6 +254,7 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
                     state.enter_context(torch.cuda.stream(stream))
                 state.enter_context(torch.inference_mode(inference))
                 state.enter_context(torch.set_grad_enabled(grad))
+                state.enter_context(modes())
                 outcome.append((True, fn()))
         except BaseException as err:  # handed to the caller, traceback included
             outcome.append((False, err))
