@@ -286,8 +286,9 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-# Python's own public ``_names`` (namedtuple's API)
-_PUBLIC_UNDERSCORED = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}
+# Python's own public ``_names`` (namedtuple's API), and private names of other libraries than the four (the scan
+# cannot tell whose a ``getattr(x, "_name")`` is): transformers' ``config._attn_implementation``
+_PUBLIC_UNDERSCORED = {"_fields", "_asdict", "_replace", "_make", "_field_defaults", "_attn_implementation"}
 
 
 def _own_private_names(package: Path) -> set[str]:
