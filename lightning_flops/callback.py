@@ -38,6 +38,7 @@ from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import profile_model
 from lightning_flops.report import FlopsReport, Uncounted
 from lightning_flops.reuse import reuse_key
+from lightning_flops.timing import check_timing
 from lightning_flops.train_step import StepObserver
 
 __all__ = ["FlopsMonitor"]
@@ -86,6 +87,11 @@ class FlopsMonitor(Callback):
         parts: ``{label: module name or list of names}`` (``pl_module.named_modules()`` names): MACs and params per
             part, logged as ``{prefix}/part/{label}/{macs,flops,params}``. A name that is not a module raises
             :class:`FlopsConfigError` at the first batch, before any profiling, strict or not.
+        timing: ``N`` >= 1 also times ``N`` plain forwards of the model on its device and splits the time by module
+            and operator (``torch.profiler``) beside the MACs: logs ``{prefix}/time/forward_seconds``,
+            ``{prefix}/time/zero_mac_share``, ``{prefix}/time/achieved_flops_per_second`` and
+            ``{prefix}/time/mfu`` (when the device's peak is known), adds "where the time goes" to the text report
+            and, with matplotlib, an image of time share vs MAC share per module; 0 (default): no timing.
 
     Example::
 
@@ -111,6 +117,7 @@ class FlopsMonitor(Callback):
         strict: bool = False,
         tokens_fn: Callable[[Any], int] | None = None,
         parts: Mapping[str, str | Sequence[str]] | None = None,
+        timing: int = 0,
     ) -> None:
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
@@ -138,6 +145,7 @@ class FlopsMonitor(Callback):
         self.strict = strict
         validate_parts(parts)
         self.parts = parts
+        self.timing = check_timing(timing)
         self.report: FlopsReport | None = None
         # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
         self._report_key: str | None = None
@@ -165,7 +173,13 @@ class FlopsMonitor(Callback):
         if not trainer.is_global_zero:
             return
         params, hp_metric = run_hparams(trainer)
-        keys = sinks.metric_keys(self.counters, self.prefix, train_step=stage == "fit", parts=tuple(self.parts or {}))
+        keys = sinks.metric_keys(
+            self.counters,
+            self.prefix,
+            train_step=stage == "fit",
+            parts=tuple(self.parts or {}),
+            timing=self.timing > 0,
+        )
         for logger in trainer.loggers:
             # TensorBoard keeps a run's first hparams summary only: declare once per log dir (validate, then fit)
             if sinks.is_tensorboard(logger) and logger.log_dir not in self._declared_dirs:
@@ -422,6 +436,7 @@ class FlopsMonitor(Callback):
                 strict=self.strict,
                 tokens_fn=prepared.tokens_fn,
                 parts=self.parts,
+                timing=self.timing,
             )
         )
 

@@ -16,7 +16,7 @@ from lightning_flops.vocabulary import CONVENTION_UNCOUNTED
 
 if TYPE_CHECKING:
     from lightning_flops.explain import Discrepancy, ReportDiff
-    from lightning_flops.report import FlopsReport
+    from lightning_flops.report import FlopsReport, TimingReport
     from lightning_flops.types import Uncounted
 
 __all__ = [
@@ -34,6 +34,10 @@ __all__ = [
     "rule_sets",
     "statement",
     "tex_escape",
+    "timing_figure_rgb",
+    "timing_markdown",
+    "timing_rows",
+    "timing_sentence",
     "uncounted_lines",
     "verdict_markdown",
 ]
@@ -184,6 +188,7 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
             f"- {n}: {escape_markdown(line)}" for n, line in uncounted
         ]
     lines += _parts_markdown(report)
+    lines += timing_markdown(report.timing, top_modules)
     lines += _explain_markdown(report)
     if report.gaps:
         lines += ["", f"| gap (limit {report.limit:.2%}, flags on {report.flag_on}) | total | core | flagged | where |"]
@@ -251,6 +256,148 @@ def _top_modules_markdown(report: FlopsReport, top: int) -> list[str]:
             cells.append(human_count(value / per, "MACs") if value is not None else "-")
         lines.append(f"| {markdown_code(module)} | " + " | ".join(cells) + " |")
     return lines
+
+
+# ------------------------------------------------------------------------------------------ where the time goes
+def _seconds_text(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} us"
+
+
+def timing_rows(timing: TimingReport, by: str, top: int = 8) -> list[dict[str, Any]]:
+    """The largest rows of ``timing`` grouped by ``"operator"`` (over all modules) or ``"module"`` (each module's own
+    calls), largest time first: ``{by, time_share, mac_share, flops_per_second}``.
+
+    A row's achieved FLOP/s is ``2 * its MACs / (its time share * forward_seconds)``: its share of the measured plain
+    forward (profiler overhead left out), ``None`` when it counts no MACs.
+
+    Args:
+        timing: a report's timing.
+        by: ``"operator"`` or ``"module"``.
+        top: rows to keep (the rest are left out, not summed).
+    """
+    total_seconds = timing.operator_seconds
+    total_macs = sum(op.macs for op in timing.operators)
+    groups: dict[str, list[float]] = {}
+    for op in timing.operators:
+        key = op.operator if by == "operator" else op.module
+        entry = groups.setdefault(key, [0.0, 0])
+        entry[0] += op.seconds
+        entry[1] += op.macs
+    rows = []
+    for key, (seconds, macs) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+        share = seconds / total_seconds if total_seconds > 0 else 0.0
+        rate = (
+            2 * macs / (share * timing.forward_seconds) if macs and share > 0 and timing.forward_seconds > 0 else None
+        )
+        rows.append(
+            {
+                by: key,
+                "time_share": share,
+                "mac_share": macs / total_macs if total_macs else 0.0,
+                "flops_per_second": rate,
+            }
+        )
+    return rows
+
+
+def _zero_mac_operators(timing: TimingReport) -> list[tuple[str, float]]:
+    """The operators that count no MACs with their share of the operators' time (over all modules), largest first."""
+    total = timing.operator_seconds
+    seconds: dict[str, float] = {}
+    for op in timing.operators:
+        if op.zero_mac:
+            seconds[op.operator] = seconds.get(op.operator, 0.0) + op.seconds
+    return sorted(((name, value / total) for name, value in seconds.items() if total > 0), key=lambda kv: -kv[1])
+
+
+def _rate(value: float | None) -> str:
+    return human_count(value, "FLOP/s") if value is not None else "-"
+
+
+def timing_markdown(timing: TimingReport | None, top: int = 8) -> list[str]:
+    """The "where the time goes" section: the forward's time and FLOP rate, the zero-MAC share, then the top
+    operators and the top modules by time share beside their MAC share and achieved FLOP/s; ``[]`` without timing."""
+    if timing is None:
+        return []
+    runs = len(timing.forward_runs)
+    mfu = f", MFU {timing.mfu:.1%}" if timing.mfu is not None else ""
+    lines = [
+        "",
+        f"Where the time goes: one forward takes {_seconds_text(timing.forward_seconds)} (median of {runs} on "
+        f"{timing.device}, {timing.dtype}), {_rate(timing.achieved_flops_per_second)} achieved{mfu}.",
+    ]
+    if timing.note:
+        lines.append(f"Note: {escape_markdown(timing.note)}.")
+    if not timing.operators:
+        return lines
+    largest = ", ".join(f"{name} {share:.1%}" for name, share in _zero_mac_operators(timing)[:5])
+    lines.append(
+        f"Operators that count no MACs take {timing.zero_mac_share:.1%} of the operators' time"
+        + (f" (largest: {escape_markdown(largest)})." if largest else ".")
+    )
+    if timing.unjoined_macs:
+        lines.append(
+            f"{human_count(timing.unjoined_macs, 'MACs')} of the torch counter matched no profiled call (a custom "
+            "rule, or a function the profiler sees as other kernels): not in the MAC shares below."
+        )
+    for by, title in (("operator", "top operators"), ("module", "top modules (own calls)")):
+        lines += ["", f"| {title} | time share | MAC share | achieved FLOP/s |", "|---|---|---|---|"]
+        for row in timing_rows(timing, by, top):
+            name = escape_markdown(row[by]) if by == "operator" else markdown_code(row[by] or "<root>")
+            lines.append(
+                f"| {name} | {row['time_share']:.1%} | {row['mac_share']:.1%} | {_rate(row['flops_per_second'])} |"
+            )
+    return lines
+
+
+def timing_sentence(timing: TimingReport | None) -> str | None:
+    """One sentence for the statement: the share of the measured forward spent in operators that count no MACs,
+    with the largest of them and how it was measured; ``None`` without an operator split."""
+    if timing is None or not timing.operators:
+        return None
+    largest = [f"{name} {share:.0%}" for name, share in _zero_mac_operators(timing)[:3]]
+    source = "operator CPU time" if timing.time_source == "cpu" else "kernel time"
+    rate = timing.achieved_flops_per_second
+    return (
+        f"Measured with torch.profiler on {timing.device} ({timing.dtype}; {source}), "
+        f"{timing.zero_mac_share:.0%} of the forward's operator time went to operators that count no MACs"
+        + (f" ({', '.join(largest)})" if largest else "")
+        + f"; one forward took {_seconds_text(timing.forward_seconds)} (median of {len(timing.forward_runs)})"
+        + (f", {human_count(rate, 'FLOP/s')} achieved" if rate is not None else "")
+        + "."
+    )
+
+
+def timing_figure_rgb(timing: TimingReport | None, top: int = 8) -> Any:
+    """A bar chart of the top modules (own calls): time share beside MAC share, as an ``[H, W, 3]`` uint8 array
+    (TensorBoard's Images tab); ``None`` without an operator split or without matplotlib.
+
+    Drawn on a ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, no global figure state.
+    """
+    if timing is None or not timing.operators:
+        return None
+    try:
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    rows = list(reversed(timing_rows(timing, "module", top)))
+    figure = Figure(figsize=(7, 1.2 + 0.45 * len(rows)), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    axes.barh(positions + 0.2, [100 * r["time_share"] for r in rows], height=0.4, label="time share (%)")
+    axes.barh(positions - 0.2, [100 * r["mac_share"] for r in rows], height=0.4, label="MAC share (%)")
+    axes.set_yticks(positions, [r["module"] or "<root>" for r in rows])
+    axes.set_xlabel("% of the forward (own calls of each module)")
+    axes.set_title("Where the time goes: time share vs MAC share")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 # ---------------------------------------------------------------------------------------------- explain
@@ -502,6 +649,9 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
             "One training step (forward and backward, torch counter) costs "
             f"{human_count(report.train_step_flops, 'FLOPs')} ({report.train_step_flops:,} FLOPs) per batch of {batch}."
         )
+    timed = timing_sentence(report.timing)
+    if timed is not None:
+        parts.append(timed)
     parts.append(f"Counted with {_TOOLS.get(counter, counter)} {version} through lightning-flops {lf_version}.")
     others = [
         name for name, other in report.counters.items() if name != counter and other.ok and other.macs is not None

@@ -2,7 +2,8 @@
 text, the JSON report file and the console.
 
 Every function here takes a finished report (or metric names) and writes it somewhere; nothing is counted here.
-Logged values are per sample (``report.macs_per_sample``), except ``{prefix}/train_step/flops_per_batch``.
+Logged values are per sample (``report.macs_per_sample``), except ``{prefix}/train_step/flops_per_batch`` and the
+``{prefix}/time/*`` values (the whole call's forward).
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_flops._compat import tensorboard_hparams
 from lightning_flops._files import create_temporary
 from lightning_flops.counters.base import flops_from_macs
-from lightning_flops.render import verdict_markdown
+from lightning_flops.render import timing_figure_rgb, verdict_markdown
 from lightning_flops.report import FlopsReport
 
 __all__ = [
     "REPORT_NAME",
+    "TIME_METRICS",
     "Publications",
     "ReportFile",
     "attach_to_trackers",
     "declare_hparams_metrics",
     "is_tensorboard",
+    "log_image",
     "log_metrics",
     "log_text",
     "logger_directory",
@@ -57,7 +60,11 @@ _MAX_SUFFIX = 10_000
 
 
 def metric_keys(
-    counters: Sequence[str], prefix: str = "compute", train_step: bool = False, parts: Sequence[str] = ()
+    counters: Sequence[str],
+    prefix: str = "compute",
+    train_step: bool = False,
+    parts: Sequence[str] = (),
+    timing: bool = False,
 ) -> list[str]:
     """Every metric key a report of ``counters`` can produce, in a stable order (the hparams columns).
 
@@ -69,6 +76,7 @@ def metric_keys(
         prefix: first component of every key.
         train_step: include ``{prefix}/train_step/flops_per_batch``.
         parts: part labels: ``{prefix}/part/{label}/{macs,flops,params}`` each.
+        timing: include the ``{prefix}/time/*`` keys (``FlopsMonitor(timing=N)``).
     """
     # TensorBoard's HPARAMS view shows the first columns and hides the rest: what most users need comes first
     reference = [name for name in counters if name == "torch"] or list(counters[-1:])
@@ -83,6 +91,8 @@ def metric_keys(
     keys.append(f"{prefix}/params/active")
     keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
     keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
+    if timing:
+        keys += [f"{prefix}/time/{name}" for name in TIME_METRICS]
     return keys
 
 
@@ -121,7 +131,34 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
             metrics[f"{prefix}/part/{label}/macs"] = macs / per
             metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
         metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
+    metrics.update(_time_metrics(report, prefix))
     return metrics
+
+
+#: The ``{prefix}/time/*`` metrics of a report with timing: forward seconds (whole call, the median), the share of
+#: the operators' time in operators that count no MACs, the achieved FLOP/s and the MFU (when the peak is known).
+TIME_METRICS = ("forward_seconds", "zero_mac_share", "achieved_flops_per_second", "mfu")
+
+
+def _time_metrics(report: FlopsReport, prefix: str) -> dict[str, float]:
+    timing = report.timing
+    if timing is None:
+        return {}
+    values = {
+        "forward_seconds": timing.forward_seconds,
+        "zero_mac_share": timing.zero_mac_share if timing.operators else None,
+        "achieved_flops_per_second": timing.achieved_flops_per_second,
+        "mfu": timing.mfu,
+    }
+    return {f"{prefix}/time/{name}": float(value) for name, value in values.items() if value is not None}
+
+
+def log_image(loggers: Iterable[Logger], tag: str, image: Any, step: int) -> None:
+    """Add ``image`` (``[H, W, 3]`` uint8) to TensorBoard's Images tab of every TensorBoard logger."""
+    for logger in loggers:
+        if is_tensorboard(logger):
+            logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+            logger.experiment.flush()
 
 
 def is_tensorboard(logger: Any) -> bool:
@@ -400,6 +437,10 @@ def publish(
     """
     log_metrics(loggers, metrics_from_report(report, prefix), step)
     log_text(loggers, f"{prefix}/report", tensorboard_text(report), step)
+    if report.timing is not None and any(is_tensorboard(logger) for logger in loggers):
+        image = timing_figure_rgb(report.timing)
+        if image is not None:
+            log_image(loggers, f"{prefix}/time/where_the_time_goes", image, step)
     path = write_report(report, directory)
     owner = next((type(lg).__name__ for lg in loggers if logger_directory(lg) == str(directory)), "default_root_dir")
     attached = attach_to_trackers(report, loggers, path)

@@ -29,7 +29,7 @@ import contextlib
 import statistics
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,10 +39,19 @@ from torch.profiler import ProfilerActivity, profile
 
 from lightning_flops._compat import profiler_enabled
 from lightning_flops.errors import CounterError, FlopsConfigError, error_text
+from lightning_flops.explain import own_counts
 from lightning_flops.report import CounterResult, OpTime, TimingReport
 from lightning_flops.vocabulary import CORE_OPERATORS, operator_of_call
 
-__all__ = ["FORWARD_SCOPE", "MODULE_SCOPE", "check_timing", "measure_timing", "own_macs", "peak_flops"]
+__all__ = [
+    "FORWARD_SCOPE",
+    "MODULE_SCOPE",
+    "PROFILED_PASSES",
+    "check_timing",
+    "measure_timing",
+    "peak_flops",
+    "time_forward",
+]
 
 #: Name of the profiler scope around the profiled forward.
 FORWARD_SCOPE = "lightning_flops.forward"
@@ -79,25 +88,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     except Exception:  # a device Lightning cannot name: no peak, no MFU
         return None
     return float(value) if value else None
-
-
-def own_macs(module_operators: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """Each module's own MACs per operator, from inclusive counts (``"a"`` minus ``"a.b"``, ``"a.c"``, ...).
-
-    Args:
-        module_operators: inclusive MACs per qualified module name and label (a counter result's layout).
-    """
-    own = {name: dict(ops) for name, ops in module_operators.items()}
-    for name, ops in module_operators.items():
-        if name == "":
-            continue
-        parent = name.rpartition(".")[0]
-        while parent not in module_operators and parent != "":
-            parent = parent.rpartition(".")[0]
-        bucket = own.setdefault(parent, {})
-        for op, value in ops.items():
-            bucket[op] = bucket.get(op, 0) - value
-    return {name: {op: v for op, v in ops.items() if v} for name, ops in own.items()}
 
 
 def _packet(name: str) -> str:
@@ -226,7 +216,7 @@ def _profiled_calls(
 def _join(calls: _Calls, torch_result: CounterResult | None) -> tuple[tuple[OpTime, ...], int]:
     """Rows with the torch counter's own MACs per (module, label) beside them, and the MACs no row matched."""
     ok = torch_result is not None and torch_result.ok
-    own = own_macs(torch_result.module_operators) if ok else {}
+    own = own_counts(torch_result.module_operators) if ok else {}
     uncounted = {(u.module, u.operator) for u in torch_result.uncounted} if ok else set()
     rows = []
     for (module, operator), (seconds, count, names) in calls.items():

@@ -17,7 +17,6 @@ from torch import nn
 import lightning_flops as lf
 from lightning_flops.errors import FlopsConfigError, ReportFormatError
 from lightning_flops.report import OpTime, TimingReport
-from lightning_flops.timing import own_macs
 
 SORT_ROWS, SORT_COLS = 64, 16384  # 1M elements to sort: far more time than the tiny projection beside it
 DIM = 16
@@ -150,11 +149,6 @@ def test_macs_join_each_module_own_calls_not_its_submodules() -> None:
     assert report.timing.share() == pytest.approx(1.0)
 
 
-def test_own_macs_subtracts_submodules_from_inclusive_counts() -> None:
-    inclusive = {"": {"linear": 10, "einsum": 4}, "a": {"linear": 10, "einsum": 4}, "a.b.c": {"linear": 6}}
-    assert own_macs(inclusive) == {"": {}, "a": {"linear": 4, "einsum": 4}, "a.b.c": {"linear": 6}}
-
-
 class Stateful(nn.Module):
     """Dropout, BatchNorm in training mode, a buffer its forward writes, a generator of its own."""
 
@@ -244,3 +238,68 @@ def test_mfu_is_achieved_over_the_peak() -> None:
     timing = TimingReport(forward_seconds=0.5, macs=10**9, peak_flops_per_second=1e12)
     assert timing.achieved_flops_per_second == 2 * 10**9 / 0.5
     assert timing.mfu == (2 * 10**9 / 0.5) / 1e12
+
+
+# ------------------------------------------------------------------------------------------ text, statement, CLI
+def test_markdown_shows_where_the_time_goes() -> None:
+    report = sort_report()
+    text = report.to_markdown()
+    assert "Where the time goes: one forward takes" in text
+    assert "| top operators | time share | MAC share | achieved FLOP/s |" in text
+    sort_share = report.timing.share(operator="sort")
+    assert f"| sort | {sort_share:.1%} | 0.0% | - |" in text
+    assert f"| `ranker` | {report.timing.share(module='ranker'):.1%} | 0.0% | - |" in text
+
+
+def test_statement_gives_the_zero_mac_share_with_its_evidence() -> None:
+    report = sort_report()
+    timing = report.timing
+    text = report.statement()
+    assert f"{timing.zero_mac_share:.0%} of the forward's operator time went to operators that count no MACs" in text
+    assert f"(sort {timing.share(operator='sort'):.0%}" in text
+    assert "Measured with torch.profiler on cpu (float32; operator CPU time)" in text
+    assert "count no MACs" not in matmul_report_without_timing().statement()
+
+
+@functools.cache
+def matmul_report_without_timing() -> lf.FlopsReport:
+    return lf.profile_model(MatmulBound(), torch.randn(2, 8, 16), counters=("torch",))
+
+
+def test_cli_profile_timing_prints_the_table(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from lightning_flops.cli import main
+
+    out_json = tmp_path / "report.json"
+    status = main(
+        [
+            "profile",
+            "tests/test_timing.py:SortBound",
+            "--input",
+            f"4,{DIM}",
+            f"{SORT_ROWS},{SORT_COLS}",
+            "--counters",
+            "torch",
+            "--timing",
+            "2",
+            "--json",
+            str(out_json),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "Where the time goes" in out and "| top modules (own calls) | time share | MAC share |" in out
+    data = json.loads(out_json.read_text())
+    rows = {(op["module"], op["operator"]): op for op in data["timing"]["operators"]}
+    assert rows[("ranker", "sort")]["macs"] == 0 and rows[("proj", "linear")]["macs"] == 4 * DIM * DIM
+    assert len(data["timing"]["forward_runs"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--timing", "-1"], "`--timing` must be an int >= 0"), (["--timing", "2", "--device", "meta"], "real weights")],
+)
+def test_cli_refuses_a_bad_timing(capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+    from lightning_flops.cli import main
+
+    status = main(["profile", "examples.models:SmallCNN", "--input", "1,3,32,32", *extra])
+    assert status == 2 and message in capsys.readouterr().err

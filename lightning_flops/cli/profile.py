@@ -321,6 +321,7 @@ def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[
             device="meta" if args.device == "meta" else None,
             custom_ops=custom_ops,
             parts=parse_parts(args.parts) or None,
+            timing=args.timing,
         )
     except FlopsConfigError as err:
         raise CliError(str(err)) from err
@@ -332,6 +333,10 @@ def run(args: argparse.Namespace) -> int:
     check_input_size(shapes, args.device)
     kwargs = parse_kwargs(args.kwargs)
     parse_parts(args.parts)  # bad items fail before the model is built
+    if args.timing < 0:
+        raise CliError(f"`--timing` must be an int >= 0 (plain forwards to time; 0: no timing), got {args.timing}")
+    if args.timing and args.device == "meta":
+        raise CliError("`--timing` needs real weights to time: use --device cpu (meta tensors have no data)")
     json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
     with contextlib.redirect_stdout(sys.stderr):  # what the target prints goes to stderr: stdout is the report only
         report = _profile(args, kwargs, shapes)
@@ -410,6 +415,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="count every module of TYPE as MACS multiply-accumulates per element of its output, in every counter "
         "(repeatable), as profile_model(custom_ops={TYPE: MACS}); TYPE is nn.NAME, package.module:NAME or the "
         "class name of one of the model's modules, e.g. nn.LayerNorm=4",
+    )
+    parser.add_argument(
+        "--timing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N plain forwards and split the time by module and operator (torch.profiler) beside the "
+        "MACs: the report gains a 'where the time goes' table, as profile_model(timing=N) (default: 0, no timing)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (atomically)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")

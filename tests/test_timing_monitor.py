@@ -1,0 +1,71 @@
+"""FlopsMonitor(timing=N) in a real fit: the time scalars, the "where the time goes" text and the image land in the
+event file; the fit itself is bit-identical to one without the callback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+
+from lightning_flops import FlopsMonitor
+from lightning_flops.errors import FlopsConfigError
+from tests.lit_helpers import LinearStack, RandomDataModule, _accumulator, linear_stack_macs, make_trainer
+
+BATCH = 4  # RandomDataModule's default batch size
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("timed")
+    trainer = make_trainer(tmp_path, [FlopsMonitor(counters=("torch",), timing=2)])
+    trainer.fit(LinearStack(), RandomDataModule())
+    return Path(trainer.log_dir)
+
+
+def test_fit_logs_the_time_scalars(timed_run: Path) -> None:
+    accumulator = _accumulator(timed_run)
+    scalars = {tag: accumulator.Scalars(tag)[-1].value for tag in accumulator.Tags()["scalars"]}
+    data = json.loads((timed_run / "flops_report.json").read_text())
+    timing = data["timing"]
+    assert timing["macs"] == linear_stack_macs(BATCH)
+    assert scalars["compute/time/forward_seconds"] == pytest.approx(timing["forward_seconds"], rel=1e-6)
+    assert scalars["compute/time/zero_mac_share"] == pytest.approx(timing["zero_mac_share"], rel=1e-6)
+    achieved = 2 * linear_stack_macs(BATCH) / timing["forward_seconds"]  # 2 * MACs / seconds
+    assert scalars["compute/time/achieved_flops_per_second"] == pytest.approx(achieved, rel=1e-6)
+    assert "compute/time/mfu" not in scalars  # no CPU in Lightning's peak table
+
+
+def test_fit_writes_where_the_time_goes_as_text_and_image(timed_run: Path) -> None:
+    accumulator = _accumulator(timed_run)
+    text = accumulator.Tensors("compute/report/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "Where the time goes" in text and "| top operators | time share | MAC share | achieved FLOP/s |" in text
+    assert "| linear |" in text
+    images = accumulator.Tags()["images"]
+    assert images == ["compute/time/where_the_time_goes"]
+    image = accumulator.Images(images[0])[0]
+    assert image.width > 100 and image.height > 100
+
+
+def test_time_keys_are_hparams_columns(timed_run: Path) -> None:
+    from tests.lit_helpers import hparams_session
+
+    columns, _ = hparams_session(timed_run)
+    assert {"compute/time/forward_seconds", "compute/time/zero_mac_share"} <= set(columns)
+
+
+def test_timed_fit_is_bit_identical_to_a_fit_without_the_callback(tmp_path: Path) -> None:
+    states = []
+    for callbacks in ([FlopsMonitor(counters=("torch",), timing=2)], []):
+        seed_everything(7, workers=True)
+        module = LinearStack()
+        make_trainer(tmp_path, callbacks, max_steps=3, logger=False).fit(module, RandomDataModule())
+        states.append(module.state_dict())
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[1])
+
+
+def test_a_bad_timing_value_is_refused_at_construction() -> None:
+    with pytest.raises(FlopsConfigError, match="`timing` must be an int >= 0"):
+        FlopsMonitor(timing=-2)
