@@ -311,7 +311,9 @@ def measure_timing(session: Any, repeats: int, torch_result: CounterResult | Non
         The :class:`TimingReport`, or ``None`` when the forward could not be timed (a warning says why).
     """
     try:
-        report, _, _ = session.count(_TimingPass(repeats, torch_result), "model", session.args, session.kwargs)
+        report, _, _ = session.count(
+            _TimingPass(repeats, torch_result), "model", session.args, session.kwargs, record=False
+        )
     except Exception as err:
         message = f"timing failed: {error_text(err)}"
         if strict:
