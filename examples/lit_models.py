@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
+from torch.nn.functional import conv2d
 from torch.utils.data import DataLoader, TensorDataset
 
 from examples.models import SmallCNN, TinyAttention
@@ -37,7 +38,13 @@ class _Classifier(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         inputs, labels = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(inputs), labels))
+        logits = self(inputs)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        self.log("val_loss", nn.functional.cross_entropy(logits, labels))
+        self.log("val_acc", accuracy)
+        # TensorBoard's HPARAMS view lists the metrics declared with the run's hyperparameters: Lightning's own
+        # `hp_metric` is one (FlopsMonitor declares it beside compute/*), so compute and quality share a row there
+        self.log("hp_metric", accuracy)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
@@ -84,17 +91,21 @@ class LitTinyAttention(_Classifier):
 
 
 class _Synthetic(LightningDataModule):
+    """A seeded training set and a held-out validation set of the same size, drawn from the same rule."""
+
     dataset: TensorDataset
+    val_dataset: TensorDataset
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.hparams.batch_size)
+        return DataLoader(self.val_dataset, batch_size=self.hparams.batch_size)
 
 
 class SyntheticImages(_Synthetic):
-    """Seeded random images ``[3, size, size]`` with random labels.
+    """Seeded images ``[3, size, size]``: noise filtered by a 3x3 filter bank of their class (a texture; one fixed
+    random bank per class) plus noise, so a model can learn the labels and a validation accuracy means something.
 
     Args:
         batch_size: images per batch.
@@ -108,13 +119,19 @@ class SyntheticImages(_Synthetic):
         super().__init__()
         self.save_hyperparameters()
         generator = torch.Generator().manual_seed(seed)
-        images = torch.randn(samples, 3, size, size, generator=generator)
-        labels = torch.randint(0, num_classes, (samples,), generator=generator)
-        self.dataset = TensorDataset(images, labels)
+        textures = torch.randn(num_classes, 3, 3, 3, 3, generator=generator) / 3  # one 3x3 filter bank per class
+        sets = []
+        for _ in range(2):  # training set, then validation set
+            labels = torch.randint(0, num_classes, (samples,), generator=generator)
+            noise = torch.randn(samples, 3, size + 2, size + 2, generator=generator)
+            images = torch.stack([conv2d(n[None], textures[c])[0] for n, c in zip(noise, labels.tolist(), strict=True)])
+            sets.append(TensorDataset(images + 0.5 * torch.randn(images.shape, generator=generator), labels))
+        self.dataset, self.val_dataset = sets
 
 
 class SyntheticTokens(_Synthetic):
-    """Seeded random token ids ``[seq]`` with random labels.
+    """Seeded token ids ``[seq]``: random, with a quarter of the positions holding a marker token of their class (the
+    last ``num_classes`` ids), so a model can learn the labels.
 
     Args:
         batch_size: sequences per batch.
@@ -137,6 +154,11 @@ class SyntheticTokens(_Synthetic):
         super().__init__()
         self.save_hyperparameters()
         generator = torch.Generator().manual_seed(seed)
-        tokens = torch.randint(0, vocab, (samples, seq), generator=generator)
-        labels = torch.randint(0, num_classes, (samples,), generator=generator)
-        self.dataset = TensorDataset(tokens, labels)
+        sets = []
+        for _ in range(2):  # training set, then validation set
+            labels = torch.randint(0, num_classes, (samples,), generator=generator)
+            tokens = torch.randint(0, vocab - num_classes, (samples, seq), generator=generator)
+            marked = torch.rand(samples, seq, generator=generator) < 0.25
+            tokens = torch.where(marked, (vocab - num_classes + labels)[:, None].expand(-1, seq), tokens)
+            sets.append(TensorDataset(tokens, labels))
+        self.dataset, self.val_dataset = sets

@@ -10,7 +10,9 @@ Usage::
     python examples/train.py --model cnn --width 32 --name cnn_w32
 
 ``--model cnn`` trains :class:`~examples.models.SmallCNN` on synthetic images; ``--model attention`` trains
-:class:`~examples.models.TinyAttention` (einsum attention: thop misses it, so FlopsMonitor flags the gap).
+:class:`~examples.models.TinyAttention` (einsum attention: thop misses it, so FlopsMonitor flags the gap). Each run is
+validated once after its last step (``val_acc``, also as ``hp_metric`` in TensorBoard's HPARAMS view beside the
+``compute/*`` columns).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator="cpu",
         devices=1,
         max_steps=args.steps,
-        limit_val_batches=0,
+        check_val_every_n_epoch=None,  # validate once, after the last step: val_acc beside the compute
+        val_check_interval=args.steps,
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,

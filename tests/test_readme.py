@@ -71,9 +71,9 @@ def run_lightning_flops(line: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh 'checkout': the README's ``examples/`` and ``configs/`` in an empty directory."""
+    """A fresh 'checkout': the README's ``examples/``, ``configs/`` and ``docs/`` in an empty directory."""
     root = tmp_path_factory.mktemp("checkout")
-    for folder in ("examples", "configs"):
+    for folder in ("examples", "configs", "docs"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
@@ -105,26 +105,67 @@ def ablation(checkout: Path) -> Path:
     return checkout
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_readme_compare_commands_run(ablation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ablation)
     lines = commands("lightning-flops compare runs/ablation")
-    assert len(lines) == 4
+    assert len(lines) == 7  # 4 on compute, 2 on compute against quality, the LaTeX table
+    (ablation / "docs" / "quality.png").unlink()  # written by the README's own command, not copied
     for line in lines:
         assert run_lightning_flops(line)[0] == 0, line
     assert (ablation / "runs" / "compute.png").read_bytes()[:4] == b"\x89PNG"
     assert (ablation / "runs" / "compute.csv").read_text().startswith("run,model,")
+    # the README shows docs/quality.png as its command makes it (the committed file: same figure, same size)
+    made = png_size((ablation / "docs" / "quality.png").read_bytes())
+    assert made == png_size((ROOT / "docs" / "quality.png").read_bytes())
+    assert "](docs/quality.png)" in README
 
 
 def test_readme_compare_outputs_are_reproduced_line_for_line(ablation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ablation)
     shown = shown_outputs("lightning-flops compare")
-    assert len(shown) == 3
+    assert len(shown) == 5  # table, markdown with a baseline, csv, with val_acc, LaTeX
     for command, expected in shown:
         status, out = run_lightning_flops(command)
         lines = out.rstrip("\n").split("\n")
         if expected[0].startswith("|"):
             lines = [line for line in lines if line.startswith("|")]
         assert status == 0 and lines == expected, command
+
+
+def test_readme_runs_show_quality_in_the_hparams_view(ablation: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    accumulator = EventAccumulator(str(ablation / "runs/ablation/cnn_w8/version_0"))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/experiment"]
+    declared = [m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos]
+    assert "compute/torch/macs" in declared and "hp_metric" in declared  # compute and quality: one HPARAMS row
+    assert accumulator.Scalars("hp_metric")[-1].value == accumulator.Scalars("val_acc")[-1].value
+
+
+def test_readme_paper_commands_run_on_the_readmes_runs(ablation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ablation)
+    lines = [line for word in ("statement", "explain", "diff") for line in commands(f"lightning-flops {word} ")]
+    assert len(lines) == 3
+    outputs = {}
+    for line in lines:
+        status, out = run_lightning_flops(line)
+        assert status == 0, line
+        outputs[line.split()[1]] = out
+    report = lightning_flops.FlopsReport.from_json(
+        (ablation / "runs/ablation/cnn_w16/version_0/flops_report.json").read_text()
+    )
+    assert f"({report.counters['torch'].macs // report.batch_size:,} MACs) per sample" in outputs["statement"]
+    assert "einsum" in outputs["explain"] and "uncounted" in outputs["explain"]
+    ((command, expected),) = shown_outputs("lightning-flops diff")
+    assert run_lightning_flops(command) == (0, "\n".join(expected) + "\n")
 
 
 def test_readme_profile_command_counts_what_it_says(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:

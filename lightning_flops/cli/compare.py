@@ -1,12 +1,14 @@
 """``lightning-flops compare RUN_DIR...``: one row per run from the ``flops_report*.json`` files, per sample.
 
-Reads JSON only: imports neither torch, Lightning, thop nor fvcore (nor matplotlib unless ``--plot`` is given).
+Reads JSON only: imports neither torch, Lightning, thop nor fvcore (nor matplotlib unless ``--plot`` is given, nor
+tensorboard unless ``--metric`` reads event files).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import io
 import json
 import math
@@ -351,9 +353,77 @@ def _listed(errors: Sequence[str]) -> str:
     return f" {errors[0]}" if len(errors) == 1 else "\n  " + "\n  ".join(errors)
 
 
+def _add_metric(rows: list[dict[str, Any]], runs: Sequence[_Run], name: str, mode: str) -> None:
+    """Add column ``name``: the metric of each run, read from the logger files beside its report (``None`` where a
+    run did not log it); :class:`CliError` naming the metrics found when no run did."""
+    from lightning_flops.cli import _metrics
+
+    per_run = {run.name: _metrics.read_metrics(run.path.resolve().parent) for run in runs}
+    if not any(name in series for series in per_run.values()):
+        found = _metrics.found_metrics(per_run)
+        if not found:
+            raise CliError(
+                f"`--metric`: no run logged {name!r}: none of the run directories holds TensorBoard event files or "
+                "a metrics.csv with metrics"
+            )
+        close = difflib.get_close_matches(name, found, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise CliError(f"`--metric`: no run logged {name!r}; metrics found: {', '.join(found)}{hint}")
+    for row in rows:
+        series = per_run[row["run"]].get(name)
+        row[name] = _metrics.metric_value(series, mode) if series else None
+
+
+def _plot_quality(
+    rows: Sequence[dict[str, Any]], counters: Sequence[str], metric: str, mode: str, path: Path, overwrite: bool
+) -> None:
+    """The metric against the reference counter's MACs per sample (log x), one labelled point per run and the
+    Pareto front; written atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    from lightning_flops.cli._metrics import lower_is_better, pareto_front
+
+    counter = "torch" if "torch" in counters else counters[-1]
+    shown = [r for r in rows if r.get(metric) is not None and r.get(f"{counter}_macs")]
+    points = [(float(r[f"{counter}_macs"]), float(r[metric])) for r in shown]
+    lower = lower_is_better(metric, mode)
+    front = pareto_front(points, lower)
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    ax = fig.add_subplot()
+    others = [i for i in range(len(points)) if i not in front]
+    if others:
+        ax.scatter([points[i][0] for i in others], [points[i][1] for i in others], color="0.55", zorder=3,
+                   label="beaten by a run on the front")  # fmt: skip
+    ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], color="C0", zorder=4)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--o", color="C0", zorder=2,
+            label=f"Pareto front ({'lower' if lower else 'higher'} {metric} is better)")  # fmt: skip
+    offset = (7, 5) if lower else (7, -12)  # the side of each point away from the front's line
+    for (x, y), row in zip(points, shown, strict=True):
+        ax.annotate(row["run"], (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+    ax.set_xscale("log")
+    xs = [x for x, _ in points]
+    narrow = len(xs) > 0 and max(xs) / min(xs) < 20  # within about a decade: label 1-2-5, else decades only
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    ax.xaxis.set_major_formatter(EngFormatter(unit="MACs", sep=" "))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"{counter} MACs per sample (log scale; FLOPs = 2 x MACs)")
+    ax.set_ylabel(f"{metric} ({mode} over the run)")
+    ax.set_title(f"{metric} against compute, one point per run")
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.3, y=0.12)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()), overwrite=overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``; returns the exit status (0, or 1 when ``--keep-going`` skipped files)."""
-    allowed = _sort_keys()
+    allowed = _sort_keys() + ((args.metric,) if args.metric else ())
+    if args.metric_mode is not None and args.metric is None:
+        raise CliError("`--metric-mode` needs `--metric NAME` (the metric to reduce)")
+    if args.metric is not None and args.metric in _columns(COUNTER_NAMES, []):
+        raise CliError(f"`--metric` {args.metric!r} is the name of a column of compare; rename the metric")
     if args.sort not in allowed:
         raise CliError(f"`--sort` must be one of {', '.join(allowed)}, got {args.sort!r}")
     plot_path = None
@@ -373,6 +443,9 @@ def run(args: argparse.Namespace) -> int:
     counters = _counters_of(runs)
     parts = _parts_of(runs)
     rows = [_row(run, counters, parts) for run in runs]
+    mode = args.metric_mode or "last"
+    if args.metric is not None:
+        _add_metric(rows, runs, args.metric, mode)
     baseline_columns: list[str] = []
     if args.baseline is not None:
         if args.baseline not in {row["run"] for row in rows}:
@@ -382,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
     rows = _sorted(rows, args.sort, args.descending)
 
     columns = _columns(counters, baseline_columns, parts)
+    if args.metric is not None:
+        columns.insert(columns.index("path"), args.metric)
     if args.format == "csv":
         text = _render_csv(rows, columns)
     elif args.format == "json":
@@ -394,6 +469,11 @@ def run(args: argparse.Namespace) -> int:
         keys, legend = rule_sets([reports[row["run"]] for row in rows])
         differ = len(set(keys)) > 1
         headers, cells = _human_cells(rows, counters, args.baseline, parts, keys if differ else None)
+        if args.metric is not None:  # after the MACs, so the two halves of the comparison sit side by side
+            at = headers.index("largest gap")
+            headers.insert(at, f"{args.metric} ({mode})")
+            for line, row in zip(cells, rows, strict=True):
+                line.insert(at, "-" if row[args.metric] is None else f"{row[args.metric]:.4g}")
         render = _render_table if args.format == "table" else _render_markdown
         caption = "Compute per sample (MACs = multiply-accumulates; FLOPs = 2 x MACs)"
         if args.baseline is not None:
@@ -407,7 +487,9 @@ def run(args: argparse.Namespace) -> int:
         elif legend:
             text += f"\n\nEvery run counted with {one_line(legend[0].split(': ', 1)[1])}"
 
-    if plot_path is not None:
+    if plot_path is not None and args.metric is not None:
+        _plot_quality(rows, counters, args.metric, mode, plot_path, args.force)
+    elif plot_path is not None:
         _plot(rows, counters, plot_path, args.log_scale, args.force)
     print(text, flush=True)
     if plot_path is not None:
@@ -444,7 +526,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--baseline", metavar="RUN", help="a run's displayed name: add ratio (x) and change (%%) columns against it"
     )
     parser.add_argument(
-        "--plot", metavar="FILE.png", help="write a grouped bar chart (runs x counters); needs matplotlib"
+        "--metric",
+        metavar="NAME",
+        help="add a column with a quality metric (e.g. val_acc) read from each run's own logger files (TensorBoard "
+        "event files or metrics.csv beside the report); with --plot, plot it against torch MACs per sample",
+    )
+    parser.add_argument(
+        "--metric-mode",
+        choices=("last", "max", "min"),
+        help="how a run's series becomes one value: last (default), max or min (also the Pareto front's direction; "
+        "with last, a name with loss/err/ppl/... is better lower)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write a grouped bar chart (runs x counters), or with --metric the metric against torch MACs per "
+        "sample (log x) with the Pareto front; needs matplotlib",
     )
     parser.add_argument("--log-scale", action="store_true", help="log scale for the --plot y axis")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
