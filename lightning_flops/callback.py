@@ -20,6 +20,7 @@ from lightning_flops.errors import (
     FlopsConfigError,
     FlopsGapError,
     ReportFormatError,
+    did_you_mean,
     error_text,
     internal_error,
 )
@@ -122,7 +123,7 @@ class FlopsMonitor(Callback):
         super().__init__()
         self.counters = validate_options(counters, limit, flag_on, mode, custom_ops, strict=strict)
         if on_gap not in ON_GAP:
-            raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}")
+            raise FlopsConfigError(f"`on_gap` must be one of {ON_GAP}, got {on_gap!r}" + did_you_mean(on_gap, ON_GAP))
         for name, fn in (("input_fn", input_fn), ("batch_size_fn", batch_size_fn), ("tokens_fn", tokens_fn)):
             if fn is not None and not callable(fn):
                 raise FlopsConfigError(f"`{name}` must be None or a callable taking the batch, got {fn!r}")

@@ -7,8 +7,11 @@ by :func:`internal_error`.
 
 from __future__ import annotations
 
+import difflib
 import traceback
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "CounterError",
@@ -18,6 +21,8 @@ __all__ = [
     "ReportFormatError",
     "RuleValueError",
     "ShardedModelError",
+    "all_failed_message",
+    "did_you_mean",
     "error_text",
     "internal_error",
 ]
@@ -51,6 +56,20 @@ class ShardedModelError(FlopsError, RuntimeError):
     """A sharded (DTensor) parameter cannot be counted in place: only a meta copy has its global shape."""
 
 
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """``"; did you mean 'torch'?"`` naming the valid choice closest to ``value`` (difflib), or ``""`` when none is
+    close or ``value`` is not a string.
+
+    Args:
+        value: what was given.
+        choices: the valid values (non-strings are ignored).
+    """
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def error_text(err: BaseException) -> str:
     """``"<Type>: <first line of the message>"``, at most 400 characters of message."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -82,3 +101,38 @@ def internal_error(err: BaseException, context: str, strict: bool) -> str:
         stacklevel=2,
     )
     return text
+
+
+_SPREAD_AS_KEYWORDS = ("got an unexpected keyword argument", "got multiple values for argument")
+_SPREAD_AS_POSITIONAL = ("positional argument", "positional arguments but")
+_WRAP = "profile_model(model, (batch,)) or FlopsMonitor(input_fn=lambda batch: (batch,))"
+
+
+def all_failed_message(model: str, errors: dict[str, str], input_kind: str) -> str:
+    """One line for the warning when every counter failed: the first reason, and how to fix the usual cause.
+
+    Args:
+        model: class name of the model.
+        errors: ``"<Type>: <message>"`` per counter.
+        input_kind: how the input was passed to the model: ``"dict"`` (``model(**x)``), ``"sequence"``
+            (``model(*x)``) or ``"tensor"`` (``model(x)``).
+
+    Example::
+
+        all_failed_message("Net", {"torch": "TypeError: forward() got an unexpected keyword argument 'x'"}, "dict")
+    """
+    first = next(iter(errors.values()), "no counter ran")
+    where = f"every counter failed on {model} ({', '.join(errors)}): {first}"
+    if input_kind == "dict" and any(part in first for part in _SPREAD_AS_KEYWORDS):
+        fix = (
+            "the input dict was spread as keyword arguments (model(**batch)); for a forward that takes the dict "
+            f"itself, wrap it in a tuple: {_WRAP}"
+        )
+    elif input_kind == "sequence" and any(part in first for part in _SPREAD_AS_POSITIONAL):
+        fix = (
+            "the input tuple was spread as positional arguments (model(*batch)); for a forward that takes it as "
+            f"one argument, wrap it in a tuple: {_WRAP}"
+        )
+    else:
+        fix = "pass strict=True to raise the first failure with its traceback"
+    return f"lightning-flops: {where}. Fix: {fix}. The report holds no MACs."

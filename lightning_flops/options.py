@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from lightning_flops.counters.base import COUNTER_NAMES
-from lightning_flops.errors import FlopsConfigError
+from lightning_flops.errors import FlopsConfigError, did_you_mean
 from lightning_flops.rules import Rule, is_rate
 from lightning_flops.schema import FLAG_ON, MODES  # the values a report may hold
 
@@ -40,7 +40,10 @@ def validate_options(
         raise FlopsConfigError(f"`counters` must name at least one counter from {COUNTER_NAMES}, got an empty sequence")
     unknown = [c for c in counters if c not in COUNTER_NAMES]
     if unknown:
-        raise FlopsConfigError(f"`counters` must be names from {COUNTER_NAMES}, got unknown {unknown!r}")
+        raise FlopsConfigError(
+            f"`counters` must be names from {COUNTER_NAMES}, got unknown {unknown!r}"
+            + did_you_mean(unknown[0], COUNTER_NAMES)
+        )
     if len(set(counters)) != len(counters):
         raise FlopsConfigError(f"`counters` must not repeat a name, got {counters!r}")
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(limit) or limit < 0:
@@ -53,11 +56,11 @@ def validate_options(
             stacklevel=3,
         )
     if flag_on not in FLAG_ON:
-        raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}")
+        raise FlopsConfigError(f"`flag_on` must be one of {FLAG_ON}, got {flag_on!r}" + did_you_mean(flag_on, FLAG_ON))
     if mode not in MODES:
-        raise FlopsConfigError(f"`mode` must be one of {MODES}, got {mode!r}")
+        raise FlopsConfigError(f"`mode` must be one of {MODES}, got {mode!r}" + did_you_mean(mode, MODES))
     if device not in DEVICES:
-        raise FlopsConfigError(f"`device` must be one of {DEVICES}, got {device!r}")
+        raise FlopsConfigError(f"`device` must be one of {DEVICES}, got {device!r}" + did_you_mean(device, DEVICES))
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise FlopsConfigError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}")
     if not isinstance(strict, bool):

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_flops.errors import FlopsConfigError
+from lightning_flops.errors import FlopsConfigError, did_you_mean
 from lightning_flops.report import CounterResult, ParamCount, PartCount
 
 __all__ = ["count_parts", "resolve_parts", "validate_parts"]
@@ -54,8 +54,9 @@ def resolve_parts(model: nn.Module, parts: Parts | None) -> dict[str, tuple[str,
         if missing:
             children = [name for name, _ in model.named_children()]
             raise FlopsConfigError(
-                f"`parts[{label!r}]` names {missing[0]!r}, which is not a module of {type(model).__name__}; "
-                f"its top-level children are {children} (qualified names such as 'backbone.layer1' work too)"
+                f"`parts[{label!r}]` names {missing[0]!r}, which is not a module of {type(model).__name__}"
+                f"{did_you_mean(missing[0], modules) or ''}; its top-level children are {children} "
+                "(qualified names such as 'backbone.layer1' work too)"
             )
         unique = tuple(dict.fromkeys(listed))
         resolved[label] = tuple(n for n in unique if not any(_within(n, other) for other in unique if other != n))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
-from lightning_flops.errors import CounterError, FlopsConfigError, error_text, internal_error
+from lightning_flops.errors import CounterError, FlopsConfigError, all_failed_message, error_text, internal_error
 from lightning_flops.inputs import count_tokens, detect_batch_size, iter_tensors, split_input
 from lightning_flops.isolation import preserved_generators, preserved_rng, unwrap_compiled
 from lightning_flops.options import validate_options
@@ -210,6 +211,10 @@ def profile_model(
         results = {name: _run_counter(name, session, device, strict) for name in order}
         timed = measure_timing(session, timing, results.get("torch"), strict) if timing else None
     ordered = [results[name] for name in counters]
+    if not any(result.ok for result in ordered):  # not strict (strict raised): a report of failures, said out loud
+        kind = "dict" if kwargs and not args else "sequence" if isinstance(example_input, (tuple, list)) else "tensor"
+        errors = {result.name: result.error or "failed" for result in ordered}
+        warnings.warn(all_failed_message(type(model).__qualname__, errors, kind), UserWarning, stacklevel=2)
     tokens = count_tokens(tokens_fn, example_input, args, kwargs, batch)
     called = next((session.called[n] for n in order if results[n].ok and n in session.called), None)
     parameter_model = session.parameter_model()
