@@ -94,8 +94,8 @@ def _number(path: str, value: Any) -> None:
 def _finite(path: str, value: Any) -> None:
     """A JSON number that is neither NaN nor infinite (a count a reader adds up and prints as JSON)."""
     _number(path, value)
-    if isinstance(value, float) and not math.isfinite(value):
-        _fail(path, value, "a finite number")
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_COUNT):
+        _fail(path, value, f"a finite number of magnitude at most 1e{round(math.log10(MAX_COUNT))}")
 
 
 def _uncounted_entry(path: str, value: Any) -> None:

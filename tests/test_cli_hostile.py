@@ -74,11 +74,19 @@ def _nan_operators() -> str:
     return json.dumps(data)  # Python writes NaN / Infinity, as a hand-edited file may hold
 
 
+def _huge_operators() -> str:
+    data = report_dict()
+    data["counters"]["thop"]["module_operators"][""]["linear"] = 1e308  # two of them sum to inf
+    data["counters"]["thop"]["module_operators"]["fc"] = {"linear": 1e308}
+    return json.dumps(data)
+
+
 HOSTILE = {
     "nested 100,000 deep": (_deep, "nested too deeply"),
     "calls not a number": (_bad_calls, "`counters.torch.uncounted[0].calls` must be an integer >= 0, got 'x'"),
     "ok without macs": (_ok_without_macs, "`counters.thop.macs` must be an integer >= 0 when `ok` is true"),
-    "NaN operator count": (_nan_operators, "must be a finite number, got nan"),
+    "NaN operator count": (_nan_operators, "must be a finite number of magnitude at most 1e300, got nan"),
+    "operator count near float's end": (_huge_operators, "must be a finite number of magnitude at most 1e300"),
 }
 
 
