@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
@@ -195,7 +196,10 @@ def _profiled_calls(
             with record_function(FORWARD_SCOPE):
                 target(*args, **kwargs)
             sync()
-    roots = [e for e in prof.events() if e.name == FORWARD_SCOPE and e.cpu_parent is None]
+    # CPU events only: on CUDA each scope also has a device-side twin of the same name (a GPU user annotation)
+    roots = [
+        e for e in prof.events() if e.name == FORWARD_SCOPE and e.cpu_parent is None and e.device_type == DeviceType.CPU
+    ]
     if not roots:
         return {}, source, "torch.profiler recorded no operator of the forward"
     per_pass: list[_Calls] = []

@@ -149,6 +149,59 @@ def test_macs_join_each_module_own_calls_not_its_submodules() -> None:
     assert report.timing.share() == pytest.approx(1.0)
 
 
+class EinsumAttention(nn.Module):
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * (d // self.heads) ** -0.5
+        out = torch.einsum("bhnm,bhmd->bhnd", scores.softmax(-1), v)
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class TopkSelect(nn.Module):
+    """Keep the ``k`` tokens of largest norm (the seed report's "light" topk)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = x.norm(dim=-1).topk(self.k, dim=-1).indices
+        return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class Story(nn.Module):
+    """The seed-like story: einsum attention, a topk selection of tokens, a head, ``F.normalize``."""
+
+    def __init__(self, dim: int = 32, k: int = 4) -> None:
+        super().__init__()
+        self.attn = EinsumAttention(dim)
+        self.select = TopkSelect(k)
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.head(self.select(self.attn(x))), dim=-1)
+
+
+def test_the_story_books_topk_and_normalize_as_zero_mac_time_beside_the_einsum_macs() -> None:
+    b, n, d, k = 2, 16, 32, 4
+    report = lf.profile_model(Story(d, k), torch.randn(b, n, d), counters=("torch",), timing=1)
+    rows = {(op.module, op.operator): op for op in report.timing.operators}
+    assert rows[("attn", "einsum")].macs == 2 * b * n * n * d  # q k^T and p v: b * heads * n * n * d/heads each
+    assert rows[("attn.qkv", "linear")].macs == b * n * d * 3 * d
+    assert rows[("head", "linear")].macs == b * k * d * d
+    zero = {op.operator for op in report.timing.operators if op.zero_mac}
+    assert {"topk", "gather", "linalg_vector_norm", "softmax", "div"} <= zero
+    assert report.timing.unjoined_macs == 0
+    assert 0 < report.timing.zero_mac_share < 1
+
+
 class Stateful(nn.Module):
     """Dropout, BatchNorm in training mode, a buffer its forward writes, a generator of its own."""
 
