@@ -799,7 +799,12 @@ def _decimals(values: Sequence[float], scale: float) -> int:
     return decimals
 
 
-def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str], parts: Sequence[str] = ()) -> str:
+def latex_table(
+    runs: Sequence[tuple[str, FlopsReport]],
+    counters: Sequence[str],
+    parts: Sequence[str] = (),
+    metric: tuple[str, Sequence[float | None]] | None = None,
+) -> str:
     """A booktabs table for a paper: one row per run, per-sample params, MACs and FLOPs, units in the header.
 
     Each column has one unit (``[MMACs]``) and as many decimals as its smallest value needs for three significant
@@ -810,6 +815,8 @@ def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]
         runs: ``(name, report)`` per run, in row order.
         counters: counters to show (MACs per counter; FLOPs for torch, or the first when torch is not among them).
         parts: part labels (``parts=``): a column of torch MACs per sample for each.
+        metric: ``(name, value per run)``: a quality column after the MACs (``compare --metric``), 4 significant
+            digits.
     """
     counters = sorted(counters, key=lambda name: name != "torch")  # the reference first: its FLOPs are shown
     columns: list[tuple[str, str, list[float | None]]] = [("Params", "", [float(r.params.total) for _, r in runs])]
@@ -833,6 +840,10 @@ def latex_table(runs: Sequence[tuple[str, FlopsReport]], counters: Sequence[str]
         for row, value in zip(cells, values, strict=True):
             exact = value is not None and scale == 1 and float(value).is_integer()
             row.append("--" if value is None else f"{value:.0f}" if exact else f"{value / scale:.{decimals}f}")
+    if metric is not None:
+        headers.append(tex_escape(metric[0]))
+        for row, value in zip(cells, metric[1], strict=True):
+            row.append("--" if value is None else f"{value:.4g}")
     headers.append("Flagged")
     for row, (_, report) in zip(cells, runs, strict=True):
         row.append("yes" if report.flagged else "no")

@@ -87,6 +87,16 @@ def test_metric_column_in_the_table_sits_beside_the_macs(runs: Path, capsys: pyt
     ]  # by the metric (0.6, 0.75, 0.9), none last
 
 
+def test_latex_table_has_the_metric_column(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = compare(capsys, str(runs), "--metric", "val_acc", "--metric-mode", "max", "--format", "latex")
+    lines = out.splitlines()
+    assert status == 0
+    header = lines[2].split(" & ")
+    assert header[-2:] == ["val\\_acc", r"Flagged \\"]
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in lines[4:8]}
+    assert {name: row[-2] for name, row in rows.items()} == {"big": "0.9", "mid": "0.75", "none": "--", "small": "0.6"}
+
+
 def test_unknown_metric_exits_2_naming_the_metrics_found(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = compare(capsys, str(runs), "--metric", "val_accuracy", "--plot", str(runs / "q.png"))
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1

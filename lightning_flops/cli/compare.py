@@ -463,7 +463,8 @@ def run(args: argparse.Namespace) -> int:
         text = _render_json(rows, columns, args.baseline)
     elif args.format == "latex":  # booktabs, one row per run (in the sorted order), units in the header
         reports = {run.name: run.report for run in runs}
-        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters, parts)
+        metric = (args.metric, [row[args.metric] for row in rows]) if args.metric is not None else None
+        text = latex_table([(row["run"], reports[row["run"]]) for row in rows], counters, parts, metric)
     else:
         reports = {run.name: run.report for run in runs}
         keys, legend = rule_sets([reports[row["run"]] for row in rows])
