@@ -57,16 +57,19 @@ class LitSmallCNN(_Classifier):
         width: channels of the first conv (the second has ``2 * width``).
         num_classes: classes of the linear head.
         lr: SGD learning rate.
+        size: image side, for ``example_input_array`` (one sample): Lightning's model summary counts its FLOPs
+            there, FlopsMonitor on the batch; per sample they agree (docs/counting.md).
 
     Example::
 
         Trainer(max_steps=5, callbacks=[FlopsMonitor()]).fit(LitSmallCNN(), SyntheticImages())
     """
 
-    def __init__(self, width: int = 16, num_classes: int = 10, lr: float = 0.05) -> None:
+    def __init__(self, width: int = 16, num_classes: int = 10, lr: float = 0.05, size: int = 32) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = SmallCNN(width=width, num_classes=num_classes)
+        self.example_input_array = torch.zeros(1, 3, size, size)
 
 
 class LitTinyAttention(_Classifier):
@@ -78,16 +81,20 @@ class LitTinyAttention(_Classifier):
         heads: attention heads.
         num_classes: classes of the linear head.
         lr: SGD learning rate.
+        seq: tokens per sequence, for ``example_input_array`` (one sample), as in :class:`LitSmallCNN`.
 
     Example::
 
         Trainer(max_steps=5, callbacks=[FlopsMonitor()]).fit(LitTinyAttention(), SyntheticTokens())
     """
 
-    def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, num_classes: int = 4, lr: float = 0.05) -> None:
+    def __init__(
+        self, vocab: int = 100, dim: int = 32, heads: int = 4, num_classes: int = 4, lr: float = 0.05, seq: int = 16
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = TinyAttention(vocab=vocab, dim=dim, heads=heads, num_classes=num_classes)
+        self.example_input_array = torch.zeros(1, seq, dtype=torch.long)
 
 
 class _Synthetic(LightningDataModule):

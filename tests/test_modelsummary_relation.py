@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch import nn
@@ -53,3 +54,17 @@ def test_modelsummary_misses_the_multihead_attention_fast_path_that_we_count() -
     analytic = 4 * b * n * e * e + 2 * b * n * n * e  # q, k, v, out projections + the two attention products
     assert report.counters["torch"].macs == analytic
     assert summary.total_flops < report.counters["torch"].flops
+
+
+@pytest.mark.parametrize("name", ["cnn", "attention"])
+def test_the_examples_model_summary_and_flops_monitor_agree_per_sample(name: str) -> None:
+    from examples.lit_models import LitSmallCNN, LitTinyAttention
+    from examples.models import small_cnn_macs, tiny_attention_macs
+
+    module, batch, macs = {
+        "cnn": (LitSmallCNN(), torch.randn(8, 3, 32, 32), small_cnn_macs(1)),  # one sample, default sizes
+        "attention": (LitTinyAttention(), torch.randint(0, 100, (8, 16)), tiny_attention_macs(1, 16)),
+    }[name]
+    summary = ModelSummary(module, max_depth=1)  # counts example_input_array: one sample
+    report = lf.profile_model(module, batch, counters=("torch",))  # what FlopsMonitor counts: the batch of 8
+    assert summary.total_flops == 2 * macs == report.flops_per_sample("torch")  # not "Total FLOPs: 0"
