@@ -67,7 +67,7 @@ class LitSmallCNN(_Classifier):
 
     def __init__(self, width: int = 16, num_classes: int = 10, lr: float = 0.05, size: int = 32) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["size"])  # the data module's `size` is the hyperparameter
         self.model = SmallCNN(width=width, num_classes=num_classes)
         self.example_input_array = torch.zeros(1, 3, size, size)
 
@@ -92,7 +92,7 @@ class LitTinyAttention(_Classifier):
         self, vocab: int = 100, dim: int = 32, heads: int = 4, num_classes: int = 4, lr: float = 0.05, seq: int = 16
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["seq"])  # the data module's `seq` is the hyperparameter
         self.model = TinyAttention(vocab=vocab, dim=dim, heads=heads, num_classes=num_classes)
         self.example_input_array = torch.zeros(1, seq, dtype=torch.long)
 
