@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from lightning_flops.profiling import profile_model
 from lightning_flops.report import FlopsReport, Uncounted
 from lightning_flops.reuse import reuse_key
 from lightning_flops.timing import check_timing
-from lightning_flops.train_step import StepObserver
+from lightning_flops.train_step import StepObserver, observation_refused
 
 __all__ = ["FlopsMonitor"]
 
@@ -61,8 +62,9 @@ class FlopsMonitor(Callback):
     except that ``pl_module.flops_per_batch`` (forward + backward FLOPs of one training batch) is set when the
     module does not define it, for Lightning's ``ThroughputMonitor``. That training-step count observes the real
     first training step (a dispatch mode that only counts, from the end of ``on_train_batch_start`` to
-    ``on_after_backward``), so data-dependent models count what ran and nothing numerical changes. After the first
-    batch the hooks do nothing.
+    ``on_after_backward``), so data-dependent models count what ran and nothing numerical changes; it does so only
+    when the torch counter ran the same forward without error (else the report's ``train_step_error`` says why the
+    step was not counted). After the first batch the hooks do nothing.
 
     Input rules: ``input_fn(batch)`` when given; else ``example_input`` when given; else a Tensor batch is the
     input, a tuple/list batch gives as many leading elements as ``forward`` has required positional parameters, a
@@ -152,11 +154,14 @@ class FlopsMonitor(Callback):
         self._report_key: str | None = None
         self._pending = False
         self._publications = sinks.Publications()  # what this callback wrote where (rank zero only)
-        self._owns_flops_attr = False
+        # the module this monitor set `flops_per_batch` on, and the value it set (a later fit updates only its own)
+        self._flops_attr_owner: weakref.ReferenceType[LightningModule] | None = None
+        self._flops_attr_value: int | None = None
         self._declared_dirs: set[str] = set()
         self._observe_step = False  # count the next training step as it runs
         self._observer: StepObserver | None = None
         self._step_uncounted: tuple[Uncounted, ...] = ()  # kernels of the observed step without a formula
+        self._step_error: str | None = None  # why the observed step was not counted
         self._step_batch: Any = None
         self._step_backward = False
         self._directory: str | None = None
@@ -197,8 +202,13 @@ class FlopsMonitor(Callback):
         if self._observe_step:  # last, so that none of our own work is counted
             self._observe_step = False
             self._step_batch, self._step_backward = batch, False
-            self._observer = StepObserver()
-            self._observer.start()
+            observer = StepObserver()
+            try:
+                observer.start()
+            except Exception as err:  # the count must never stop training
+                self._step_not_counted(trainer, f"the counting mode could not be entered: {error_text(err)}")
+                return
+            self._observer = observer
 
     # ------------------------------------------------- training-step observation
     @override
@@ -230,33 +240,52 @@ class FlopsMonitor(Callback):
         self._observe_step = False
 
     def _stop_observer(self) -> int | None:
+        """Leave the counting mode: the FLOPs counted, or ``None`` (none running, or the mode failed: the reason is in
+        ``_step_error``). Never raises."""
         observer, self._observer = self._observer, None
         if observer is None:
             return None
-        flops = observer.stop()
+        try:
+            flops = observer.stop()
+        except Exception as err:  # the count must never stop training
+            self._step_error = f"leaving the counting mode failed: {error_text(err)}"
+            return None
         self._step_uncounted = observer.uncounted
         return flops
 
     def _finish_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Leave the counting mode and publish the training-step FLOPs (per batch) and that batch's size."""
         batch, self._step_batch = self._step_batch, None
+        flops = self._stop_observer()
+        if flops is None:
+            self._step_not_counted(trainer, self._step_error or "the counting mode counted nothing")
+            return
         try:
-            flops = self._stop_observer()
             samples = batch_size_of(batch, lambda b: batch_input(pl_module, b, self.input_fn), self.batch_size_fn)
         except Exception as err:  # the count must never stop training
-            rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {error_text(err)}")
-            return
-        if flops is None:
+            self._step_not_counted(trainer, f"the batch size could not be taken: {error_text(err)}")
             return
         self._set_flops_per_batch(pl_module, flops)
         if self.report is None:
             return
-        report = dataclasses.replace(
-            self.report,
-            train_step_flops=flops,
-            train_step_batch_size=samples,
-            train_step_uncounted=self._step_uncounted,
+        self._publish_step(
+            trainer,
+            dataclasses.replace(
+                self.report,
+                train_step_flops=flops,
+                train_step_batch_size=samples,
+                train_step_uncounted=self._step_uncounted,
+            ),
         )
+
+    def _step_not_counted(self, trainer: Trainer, reason: str) -> None:
+        """Warn that the training step is not counted, and say why in the published report."""
+        rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {reason}")
+        if self.report is not None:
+            self._publish_step(trainer, dataclasses.replace(self.report, train_step_error=reason))
+
+    def _publish_step(self, trainer: Trainer, report: FlopsReport) -> None:
+        """Keep ``report`` (the training step's outcome added) and update the published report with it."""
         self.report = report
         if trainer.is_global_zero and self._directory is not None:
             try:
@@ -265,10 +294,19 @@ class FlopsMonitor(Callback):
                 rank_zero_warn(f"FlopsMonitor: could not write the training-step FLOPs: {error_text(err)}")
 
     def _set_flops_per_batch(self, pl_module: LightningModule, flops: int) -> None:
-        """``pl_module.flops_per_batch`` for ThroughputMonitor, unless the module defines its own."""
-        if self._owns_flops_attr or not hasattr(pl_module, "flops_per_batch"):
-            pl_module.flops_per_batch = flops
-            self._owns_flops_attr = True
+        """``pl_module.flops_per_batch`` for ThroughputMonitor, unless the module defines its own.
+
+        Only a module that has no such attribute, or one that holds the value this monitor set on it, gets it:
+        another module's own attribute (a second fit with the same monitor) or a read-only property is left alone.
+        """
+        try:
+            owner = self._flops_attr_owner() if self._flops_attr_owner is not None else None
+            ours = owner is pl_module and getattr(pl_module, "flops_per_batch", None) is self._flops_attr_value
+            if ours or not hasattr(pl_module, "flops_per_batch"):
+                pl_module.flops_per_batch = flops
+                self._flops_attr_owner, self._flops_attr_value = weakref.ref(pl_module), flops
+        except Exception as err:  # a property that raises or refuses: the module's own business, never a dead fit
+            rank_zero_warn(f"FlopsMonitor: `flops_per_batch` not set on the module: {error_text(err)}")
 
     @override
     def on_validation_batch_start(
@@ -340,11 +378,15 @@ class FlopsMonitor(Callback):
             self._pending = True
             rank_zero_warn("FlopsMonitor: the batch has no samples (batch size 0); profiling the next batch instead.")
             return
-        if training:
-            if report is not None and report.train_step_flops is not None:
+        if training and report is not None:
+            if report.train_step_flops is not None:
                 self._set_flops_per_batch(pl_module, report.train_step_flops)
-            else:
-                self._observe_step = True  # the real step is counted as it runs (see on_train_batch_start)
+            else:  # the real step is counted as it runs (see on_train_batch_start), where that is known to be safe
+                refused = observation_refused(report)
+                self._observe_step = refused is None
+                if refused is not None:
+                    report = dataclasses.replace(report, train_step_error=refused)
+                    rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {refused}")
         if report is not None:
             self.report = report
             if trainer.is_global_zero:

@@ -174,6 +174,8 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
         if step_uncounted:
             lines += ["", "Training step uncounted (seen, counted as 0):", ""]
             lines += [f"- {escape_markdown(line)}" for line in step_uncounted]
+    elif report.train_step_error is not None:
+        lines.append(f"Training step (forward + backward): not counted: {escape_markdown(report.train_step_error)}")
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["", "Failed counters:"] + [f"- {r.name}: {escape_markdown(r.error)}" for r in failed]

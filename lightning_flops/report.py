@@ -319,6 +319,8 @@ class FlopsReport:
         train_step_uncounted: kernels of that training step (forward or backward) that ran without a formula and
             are not on the reviewed zero-MAC list, each with its module (``""`` when the step was observed without
             module hooks) and calls: the training-step count never counts zero in silence.
+        train_step_error: why the training step was not counted (``train_step_flops`` is then ``None``), e.g. the
+            torch counter failed on the forward, so the real step was not observed.
         tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
             ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
@@ -351,6 +353,7 @@ class FlopsReport:
     train_step_flops: int | None = None
     train_step_batch_size: int | None = None
     train_step_uncounted: tuple[Uncounted, ...] = ()
+    train_step_error: str | None = None
     logger: dict[str, str] | None = None
     tokens: int | None = None
     module_types: dict[str, str] = field(default_factory=dict)

@@ -245,6 +245,7 @@ _TOP_LEVEL: dict[str, Check] = {
     "train_step_flops": _count_or_none,
     "train_step_batch_size": _positive_or_none,
     "train_step_uncounted": _array(_uncounted_entry),
+    "train_step_error": _text_or_none,
     "tokens": _count_or_none,
     "logger": _object_or_none(values=_logger_value),
     "flagged": _flag,

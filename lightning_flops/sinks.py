@@ -478,8 +478,9 @@ class Publications:
         self._published: dict[str, tuple[ReportFile, FlopsReport] | None] = {}
 
     def publish(self, report: FlopsReport, loggers: Sequence[Logger], directory: str, prefix: str, step: int) -> None:
-        """Publish ``report`` into ``directory`` the first time; later, only add its training-step FLOPs to the file
-        written there (logged as ``{prefix}/train_step/flops_per_batch``) when the published one has none."""
+        """Publish ``report`` into ``directory`` the first time; later, only add its training-step outcome to the file
+        written there when the published one has none: the FLOPs (also logged as
+        ``{prefix}/train_step/flops_per_batch``) or why the step was not counted (``train_step_error``)."""
         if loggers:
             first = loggers[0]
             report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
@@ -487,13 +488,19 @@ class Publications:
             self._published[directory] = (publish(report, loggers, directory, prefix, step), report)
             return
         published = self._published[directory]
-        if published is None or report.train_step_flops is None or published[1].train_step_flops is not None:
+        if published is None or _step_outcome(published[1]) is not None or _step_outcome(report) is None:
             return
         path = published[0]
-        log_metrics(loggers, {f"{prefix}/train_step/flops_per_batch": float(report.train_step_flops)}, step)
+        if report.train_step_flops is not None:
+            log_metrics(loggers, {f"{prefix}/train_step/flops_per_batch": float(report.train_step_flops)}, step)
         rewrite_report(report, path, loggers)
         self._published[directory] = (path, report)
 
     def seen(self, directory: str) -> None:
         """Mark ``directory`` as met: when nothing was published there (another rank, a failure), nothing ever is."""
         self._published.setdefault(directory, None)
+
+
+def _step_outcome(report: FlopsReport) -> int | str | None:
+    """The training-step count of ``report``, or why it was not counted; ``None`` when neither is known yet."""
+    return report.train_step_flops if report.train_step_flops is not None else report.train_step_error

@@ -34,9 +34,10 @@ from lightning_flops.counters.engine import StepCounting
 from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.report import FlopsReport
 from lightning_flops.types import Uncounted
 
-__all__ = ["StepObserver", "train_step_count", "train_step_flops"]
+__all__ = ["StepObserver", "observation_refused", "train_step_count", "train_step_flops"]
 
 
 class StepObserver:
@@ -85,6 +86,28 @@ class StepObserver:
             self.flops = mode.flops
             self.uncounted = mode.uncounted()
         return self.flops
+
+
+def observation_refused(report: FlopsReport) -> str | None:
+    """Why the real training step must not be observed, or ``None`` when observing it is known to be safe.
+
+    :class:`StepObserver` runs the user's real step under a Python dispatch mode; a forward that fails under one
+    (a check for active modes, a tensor subclass or extension that refuses them) would then fail inside the real
+    training step. It is known to be safe only when the torch counter, which runs the forward under such a mode, ran
+    this forward without error in ``report``.
+
+    Args:
+        report: the profile of the first training batch.
+    """
+    torch_result = report.counters.get("torch")
+    if torch_result is None:
+        return "the torch counter did not run (it is not in `counters`), so the training step is not observed"
+    if not torch_result.ok:
+        return (
+            f"the torch counter failed on this forward ({torch_result.error}), so the real training step is not "
+            "observed under its counting mode"
+        )
+    return None
 
 
 def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
