@@ -356,11 +356,11 @@ def _listed(errors: Sequence[str]) -> str:
 def _add_metric(rows: list[dict[str, Any]], runs: Sequence[_Run], name: str, mode: str) -> None:
     """Add column ``name``: the metric of each run, read from the logger files beside its report (``None`` where a
     run did not log it); :class:`CliError` naming the metrics found when no run did."""
-    from lightning_flops.cli import _metrics
+    from lightning_flops.cli._metrics import found_metrics, metric_value, read_metrics
 
-    per_run = {run.name: _metrics.read_metrics(run.path.resolve().parent) for run in runs}
+    per_run = {run.name: read_metrics(run.path.resolve().parent) for run in runs}
     if not any(name in series for series in per_run.values()):
-        found = _metrics.found_metrics(per_run)
+        found = found_metrics(per_run)
         if not found:
             raise CliError(
                 f"`--metric`: no run logged {name!r}: none of the run directories holds TensorBoard event files or "
@@ -371,7 +371,7 @@ def _add_metric(rows: list[dict[str, Any]], runs: Sequence[_Run], name: str, mod
         raise CliError(f"`--metric`: no run logged {name!r}; metrics found: {', '.join(found)}{hint}")
     for row in rows:
         series = per_run[row["run"]].get(name)
-        row[name] = _metrics.metric_value(series, mode) if series else None
+        row[name] = metric_value(series, mode) if series else None
 
 
 def _plot_quality(
