@@ -433,6 +433,7 @@ class FlopsMonitor(Callback):
             "limit": self.limit,
             "flag_on": self.flag_on,
             "strict": self.strict,
+            "timing": self.timing,
         }
         # the training step counts the batch itself, which a fixed example_input does not describe
         fixed = self.example_input is not None

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_flops import FlopsMonitor
 from lightning_flops.errors import FlopsConfigError
@@ -64,6 +66,18 @@ def test_timed_fit_is_bit_identical_to_a_fit_without_the_callback(tmp_path: Path
         make_trainer(tmp_path, callbacks, max_steps=3, logger=False).fit(module, RandomDataModule())
         states.append(module.state_dict())
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[1])
+
+
+def test_a_resumed_fit_asking_for_timing_does_not_reuse_a_report_without_it(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = make_trainer(tmp_path, [FlopsMonitor(counters=("torch",)), checkpoint], enable_checkpointing=True)
+    first.fit(LinearStack(), RandomDataModule())
+    assert json.loads((Path(first.log_dir) / "flops_report.json").read_text())["timing"] is None
+    logger = TensorBoardLogger(str(tmp_path / "resumed"))
+    second = make_trainer(tmp_path, [FlopsMonitor(counters=("torch",), timing=1)], max_steps=4, logger=logger)
+    second.fit(LinearStack(), RandomDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    timing = json.loads((Path(second.log_dir) / "flops_report.json").read_text())["timing"]
+    assert timing is not None and timing["macs"] == linear_stack_macs(BATCH)
 
 
 def test_a_bad_timing_value_is_refused_at_construction() -> None:
