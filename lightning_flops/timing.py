@@ -6,12 +6,13 @@ structural copy sharing the model's tensors, eval, ``no_grad``, RNG restored by 
 
 1. one warm-up forward, then ``N`` timed plain forwards (no hook, no profiler; CUDA synchronised before and after
    each): :attr:`TimingReport.forward_seconds` is their median;
-2. ``min(N, 3)`` more forwards under one ``torch.profiler`` session, each module's call wrapped in a
-   ``record_function`` scope (hooks on the copy, never on the model); each row holds its median over them, so that
-   one forward preempted by another process does not decide the split. Each operator the profiler records
-   directly inside a module's scope is a call that module's own code made (``aten::einsum``, ``aten::topk``); its
-   time includes the kernels it ran inside (``aten::linear`` holds its ``addmm``), so a multiplying call is one row
-   and a layout copy inside it is not mistaken for a zero-MAC operator;
+2. ``min(N, 3)`` more forwards, each under a ``torch.profiler`` session of its own between the timed ones (a change
+   of load weighs on both alike), each module's call wrapped in a ``record_function`` scope (hooks on the copy,
+   never on the model); each row holds its median over them, so that one forward preempted by another process does
+   not decide the split. Each operator the profiler records directly inside a module's scope is a call that
+   module's own code made (``aten::einsum``, ``aten::topk``); its time includes the kernels it ran inside
+   (``aten::linear`` holds its ``addmm``), so a multiplying call is one row and a layout copy inside it is not
+   mistaken for a zero-MAC operator;
 3. the join: a call is booked under the label the torch counter uses for its MACs
    (:func:`~lightning_flops.vocabulary.operator_of_call`: ``einsum``, ``linear``, ``matmul``, ``conv``,
    ``attention``, ``rnn``), else under its own aten name (``sort``, ``topk``, ``linalg_vector_norm``); the torch
@@ -181,40 +182,42 @@ def _synchronizer(device: torch.device) -> Any:
     return lambda: None
 
 
-def _profiled_calls(
-    target: nn.Module, args: tuple, kwargs: dict, device: torch.device, passes: int
-) -> tuple[_Calls, str, str | None]:
-    """``passes`` forwards under one ``torch.profiler`` session: per (module, operator) the median seconds over the
-    passes (a pass preempted by another process does not decide a row), calls per forward; the time source, a note."""
-    source = "device" if device.type == "cuda" else "cpu"
-    if profiler_enabled():
-        return {}, source, "another torch.profiler was running: the split by operator was skipped, not to disturb it"
+def _profiled_pass(target: nn.Module, args: tuple, kwargs: dict, device: torch.device, source: str) -> _Calls | None:
+    """One forward under its own ``torch.profiler`` session: seconds and calls per (module, operator); ``None`` when
+    the profiler recorded nothing of it."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync = _synchronizer(device)
     with _module_scopes(target), profile(activities=activities) as prof:
-        for _ in range(passes):
-            with record_function(FORWARD_SCOPE):
-                target(*args, **kwargs)
-            sync()
+        with record_function(FORWARD_SCOPE):
+            target(*args, **kwargs)
+        sync()
     # CPU events only: on CUDA each scope also has a device-side twin of the same name (a GPU user annotation)
-    roots = [
-        e for e in prof.events() if e.name == FORWARD_SCOPE and e.cpu_parent is None and e.device_type == DeviceType.CPU
-    ]
-    if not roots:
-        return {}, source, "torch.profiler recorded no operator of the forward"
-    per_pass: list[_Calls] = []
-    for root in roots:
-        calls: _Calls = {}
-        _split(root, "", source, calls)
-        per_pass.append(calls)
+    root = next(
+        (
+            e
+            for e in prof.events()
+            if e.name == FORWARD_SCOPE and e.cpu_parent is None and e.device_type == DeviceType.CPU
+        ),
+        None,
+    )
+    if root is None:
+        return None
+    calls: _Calls = {}
+    _split(root, "", source, calls)
+    return calls
+
+
+def _median_calls(passes: list[_Calls]) -> _Calls:
+    """Per (module, operator) the median seconds over the profiled passes (a pass preempted by another process does
+    not decide a row; a row missing from a pass counts 0 there), the calls of one forward, every packet name seen."""
     merged: _Calls = {}
-    for key in dict.fromkeys(k for calls in per_pass for k in calls):
-        entries = [calls.get(key) for calls in per_pass]
+    for key in dict.fromkeys(k for calls in passes for k in calls):
+        entries = [calls.get(key) for calls in passes]
         seconds = statistics.median(entry[0] if entry else 0.0 for entry in entries)
         first = next(entry for entry in entries if entry)
         names = set().union(*(entry[2] for entry in entries if entry))
         merged[key] = [seconds, first[1], names]
-    return merged, source, None
+    return merged
 
 
 def _join(calls: _Calls, torch_result: CounterResult | None) -> tuple[tuple[OpTime, ...], int]:
@@ -264,15 +267,26 @@ def _time_forward(
     sync = _synchronizer(device)
     sync()
     target(*args, **kwargs)  # warm-up: first-call costs (allocator, oneDNN primitives, CUDA context) are not timed
-    runs = []
-    for _ in range(repeats):
+    source = "device" if device.type == "cuda" else "cpu"
+    note = None
+    profiled = min(repeats, PROFILED_PASSES)
+    if profiler_enabled():
+        profiled, note = 0, "another torch.profiler was running: the split by operator was skipped, not to disturb it"
+    runs: list[float] = []
+    passes: list[_Calls] = []
+    for index in range(repeats):  # profiled passes between the timed ones: a change of load weighs on both alike
         sync()
         start = time.perf_counter()
         target(*args, **kwargs)
         sync()
         runs.append(time.perf_counter() - start)
-    calls, source, note = _profiled_calls(target, args, kwargs, device, min(repeats, PROFILED_PASSES))
-    rows, unjoined = _join(calls, torch_result)
+        if index < profiled:
+            calls = _profiled_pass(target, args, kwargs, device, source)
+            if calls is not None:
+                passes.append(calls)
+    if profiled and not passes:
+        note = "torch.profiler recorded no operator of the forward"
+    rows, unjoined = _join(_median_calls(passes), torch_result)
     ok = torch_result is not None and torch_result.ok
     if not ok:
         note = "; ".join(filter(None, [note, "the torch counter did not run: no MACs beside the times"]))

@@ -39,7 +39,7 @@ class SortBound(nn.Module):
         return self.proj(x).sum() + self.ranker(big)[:, :1].sum()
 
 
-BATCH, ROWS, INNER = 8, 64, 4096  # [8, 64, 4096] @ [8, 4096, 64]: long products, a small output
+BATCH, ROWS, INNER = 8, 64, 16384  # [8, 64, 16384] @ [8, 16384, 64]: long products, a small output
 
 
 class Products(nn.Module):
