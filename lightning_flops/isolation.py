@@ -5,8 +5,11 @@ hook dicts holding only torch's functional hooks, own ``training`` flags) whose 
 (:func:`meta_copy`) or the model's own tensors, shared (:func:`shared_copy`, for counting in place). No tensor is
 ever copied except the few that the forward is seen to write in place (:class:`WriteWatch` on a meta forward, or
 in place with copy on write when no meta forward can run), so a copy costs next to no memory whatever it holds.
-ScriptModules, which cannot be copied structurally, fall back to a deepcopy (meta) or to :class:`ModelSnapshot`
-(in place).
+A ScriptModule, which cannot be copied structurally, is deep-copied with meta tensors in a meta copy, and shared
+in a shared copy (the caller restores it with :class:`ModelSnapshot`); the modules around it are copied as usual, so
+the user's hooks on them stay off our passes. Callables the copies hold (bound methods, closures such as
+torchmetrics' wrapped ``update``) are relinked to the copies, random generators are copied in their state, and a
+LightningModule's copy logs nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ __all__ = [
     "own_global_hooks",
     "preserved_generators",
     "preserved_rng",
+    "restored_scripts",
     "shared_copy",
     "unwrap_compiled",
 ]
@@ -128,6 +132,21 @@ class ModelSnapshot:
             wanted = self.requires_grad.get(id(param))
             if wanted is not None and param.requires_grad != wanted:
                 param.requires_grad_(wanted)
+
+
+@contextlib.contextmanager
+def restored_scripts(model: nn.Module) -> Iterator[None]:
+    """Restore each outermost ScriptModule of ``model`` on exit (:class:`ModelSnapshot`): a shared copy shares them."""
+    scripts: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.jit.ScriptModule) and not any(module in set(s.modules()) for s in scripts):
+            scripts.append(module)
+    snapshots = [ModelSnapshot(script) for script in scripts]
+    try:
+        yield
+    finally:
+        for snapshot in snapshots:
+            snapshot.restore()
 
 
 @contextlib.contextmanager
@@ -313,14 +332,61 @@ class WriteWatch(TorchDispatchMode):
 _SCALARS = frozenset({bool, int, float, complex, str, bytes})
 
 
-class _Copier:
-    """Builds a structural copy of a module tree; ``tensor_fn(real)`` gives each tensor's stand-in."""
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    """``log`` / ``log_dict`` of a LightningModule's copy: what our passes compute is never logged."""
 
-    def __init__(self, tensor_fn: Callable[[torch.Tensor], torch.Tensor], record: CopyRecord | None) -> None:
+
+def _is_lightning_module(module: nn.Module) -> bool:
+    """Whether ``module`` is a Lightning ``LightningModule`` (checked by name: no Lightning import here)."""
+    return any(
+        cls.__name__ == "LightningModule" and cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+        for cls in type(module).__mro__
+    )
+
+
+def _own_generator(value: Any) -> Any:
+    """A copy of a random generator (torch, ``random.Random``, NumPy) in its current state, else ``None``: the copy
+    draws from its own, so the model's generators are never advanced by our passes."""
+    if isinstance(value, torch.Generator):
+        twin = torch.Generator(device=value.device)
+        twin.set_state(value.get_state())
+        return twin
+    if isinstance(value, random.Random):
+        return copy.deepcopy(value)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(
+        value, (numpy.random.Generator, numpy.random.RandomState, numpy.random.BitGenerator)
+    ):
+        return copy.deepcopy(value)
+    return None
+
+
+class _Copier:
+    """Builds a structural copy of a module tree; ``tensor_fn(real)`` gives each tensor's stand-in.
+
+    Args:
+        tensor_fn: the stand-in of a real tensor.
+        record: filled with each real tensor and its stand-in.
+        meta: a meta copy (a ScriptModule is deep-copied onto meta); else a shared copy (a ScriptModule is the
+            model's own, shared: the caller restores it with :class:`ModelSnapshot`).
+    """
+
+    def __init__(
+        self, tensor_fn: Callable[[torch.Tensor], torch.Tensor], record: CopyRecord | None, meta: bool
+    ) -> None:
         self.tensor_fn = tensor_fn
         self.record = record
+        self.meta = meta
         self.tensors: dict[int, torch.Tensor] = {}
         self.modules: dict[int, nn.Module] = {}
+        self.relink: list[tuple[nn.Module, str]] = []  # (copy, attribute): callables that may refer to the model
+
+    def copy(self, model: nn.Module) -> nn.Module:
+        """The copy of ``model``; callables in the copies' ``__dict__`` refer to the copies, not to the model."""
+        twin = self.module(model)
+        for module, key in self.relink:
+            module.__dict__[key] = self.relinked(module.__dict__[key], 0)
+        return twin
 
     def tensor(self, real: torch.Tensor) -> torch.Tensor:
         twin = self.tensors.get(id(real))
@@ -332,20 +398,73 @@ class _Copier:
 
     def value(self, value: Any) -> Any:
         """A plain attribute: tensors mapped (also inside tuples, lists, dicts and dataclasses); a top-level list,
-        dict or set is a new container, so that the forward's appends stay on the copy (no tensor is copied)."""
+        dict or set is a new container, so that the forward's appends stay on the copy (no tensor is copied); a
+        random generator is copied in its state."""
         if isinstance(value, torch.Tensor):
             return self.tensor(value)
         if value is None or type(value) in _SCALARS:  # most of a module's attributes: nothing to walk
             return value
+        generator = _own_generator(value)
+        if generator is not None:
+            return generator
         mapped = map_tensors(self.tensor, value) if not isinstance(value, (set, frozenset)) else value
         if mapped is value and isinstance(value, (list, dict, set)):
             return copy.copy(value)
         return mapped
 
+    def relinked(self, value: Any, depth: int) -> Any:
+        """``value`` referring to the copies where it refers to modules of the model: a module, a bound method of
+        one, or a closure over them (torchmetrics wraps ``update`` in a closure over the metric), to any depth up
+        to 8; anything else as it is."""
+        if isinstance(value, nn.Module):
+            twin = self.modules.get(id(value))
+            return twin if twin is not None else value
+        if isinstance(value, types.MethodType):
+            owner = self.relinked(value.__self__, depth + 1) if isinstance(value.__self__, nn.Module) else None
+            return (
+                types.MethodType(value.__func__, owner) if owner is not None and owner is not value.__self__ else value
+            )
+        if not isinstance(value, types.FunctionType) or not value.__closure__ or depth > 8:
+            return value
+        contents = []
+        for cell in value.__closure__:
+            try:
+                contents.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                contents.append(_EMPTY)
+        linked = [c if c is _EMPTY else self.relinked(c, depth + 1) for c in contents]
+        if all(a is b for a, b in zip(contents, linked, strict=True)):
+            return value
+        cells = tuple(types.CellType() if c is _EMPTY else types.CellType(c) for c in linked)
+        twin = types.FunctionType(value.__code__, value.__globals__, value.__name__, value.__defaults__, cells)
+        twin.__kwdefaults__ = value.__kwdefaults__
+        twin.__qualname__, twin.__module__, twin.__doc__ = value.__qualname__, value.__module__, value.__doc__
+        twin.__dict__.update(value.__dict__)
+        if "__wrapped__" in value.__dict__:
+            twin.__wrapped__ = self.relinked(value.__dict__["__wrapped__"], depth + 1)
+        return twin
+
+    def script(self, real: torch.jit.ScriptModule) -> nn.Module:
+        """A ScriptModule, which has no structural copy: on meta a deep copy with meta tensors (the same stand-ins
+        as the rest of the copy), else the model's own."""
+        if not self.meta:
+            self.modules[id(real)] = real
+            return real
+        memo: dict[int, Any] = {}
+        for module in real.modules():
+            for tensor in (*module_parameters(module).values(), *module_buffers(module).values()):
+                if tensor is not None:
+                    memo[id(tensor)] = self.tensor(tensor)
+        twin = copy.deepcopy(real, memo)
+        self.modules[id(real)] = twin
+        return twin
+
     def module(self, real: nn.Module) -> nn.Module:
         twin = self.modules.get(id(real))
         if twin is not None:
             return twin
+        if isinstance(real, torch.jit.ScriptModule):
+            return self.script(real)
         twin = object.__new__(fsdp_original_class(type(real)))
         self.modules[id(real)] = twin
         source = real.__dict__
@@ -365,8 +484,12 @@ class _Copier:
                 state[key] = type(value)(kept) if isinstance(value, dict) else kept
             elif key == "forward" or isinstance(value, types.MethodType):
                 state[key] = _rebound(value, real, twin)
+                self.relink.append((twin, key))
             elif isinstance(value, RemovableHandle):
                 continue  # remapped below, once the copy's hook dicts exist
+            elif isinstance(value, types.FunctionType) and value.__closure__:
+                state[key] = value
+                self.relink.append((twin, key))  # once every module has its copy
             else:
                 state[key] = self.value(value)
         for key, hooks_key in HOOK_FLAG_DICTS.items():
@@ -375,8 +498,13 @@ class _Copier:
         for key, value in source.items():
             if isinstance(value, RemovableHandle):
                 state[key] = _remapped_handle(value, source, state)
+        if _is_lightning_module(real):
+            state["log"] = state["log_dict"] = _no_log  # the copy shares the trainer: it must log nothing into it
         twin.__dict__.update(state)
         return twin
+
+
+_EMPTY = object()
 
 
 def _remapped_handle(handle: RemovableHandle, source: dict[str, Any], state: dict[str, Any]) -> RemovableHandle:
@@ -389,10 +517,6 @@ def _remapped_handle(handle: RemovableHandle, source: dict[str, Any], state: dic
         return weakref.ref(twin) if twin is not None else ref
 
     return handle_with_refs(handle, mapped)
-
-
-def _has_script_module(model: nn.Module) -> bool:
-    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
 
 def _plain_contiguous(tensor: torch.Tensor) -> bool:
@@ -435,9 +559,7 @@ def meta_copy(model: nn.Module, record: CopyRecord | None = None) -> nn.Module:
         model: the module to copy.
         record: filled with each real tensor and its meta stand-in, to see afterwards what the forward wrote.
     """
-    if _has_script_module(model):
-        return _deepcopy_to_meta(model)
-    return _Copier(_meta_tensor, record).module(model)
+    return _Copier(_meta_tensor, record, meta=True).copy(model)
 
 
 def _shared_tensor(real: torch.Tensor, clone: frozenset[int] | set[int]) -> torch.Tensor:
@@ -479,19 +601,4 @@ def shared_copy(
     Raises:
         ShardedModelError: the model holds sharded (DTensor) parameters.
     """
-    return _Copier(lambda t: _shared_tensor(t, clone), record).module(model)
-
-
-def _deepcopy_to_meta(model: nn.Module) -> nn.Module:
-    """ScriptModules only: ``copy.deepcopy`` with a memo mapping each parameter and buffer to a meta tensor."""
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for param in module_parameters(module).values():
-            if param is not None and id(param) not in memo:
-                memo[id(param)] = nn.Parameter(
-                    torch.empty_like(param, device="meta"), requires_grad=param.requires_grad
-                )
-        for buffer in module_buffers(module).values():
-            if buffer is not None and id(buffer) not in memo:
-                memo[id(buffer)] = torch.empty_like(buffer, device="meta")
-    return copy.deepcopy(model, memo)
+    return _Copier(lambda t: _shared_tensor(t, clone), record, meta=False).copy(model)

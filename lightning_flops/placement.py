@@ -17,10 +17,10 @@ from lightning_flops.inputs import iter_tensors, map_tensors, slice_batch
 from lightning_flops.isolation import (
     ALL,
     CopyRecord,
-    ModelSnapshot,
     WriteWatch,
     meta_copy,
     own_global_hooks,
+    restored_scripts,
     shared_copy,
 )
 from lightning_flops.parameters import ParameterReads
@@ -100,7 +100,6 @@ class CountSession:
         self.reads: dict[str, ParameterReads] = {}  # counter name -> parameters its operators read (torch only)
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
-        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
         self._meta_model: nn.Module | None = None  # the meta copy shared by the counters (see _meta_pass)
 
     def _prepared(self, target: nn.Module) -> None:
@@ -172,13 +171,14 @@ class CountSession:
         record = CopyRecord()
         watch: WriteWatch | None = None
         try:
-            target = shared_copy(self.model, record=record)
-            self._prepared(target)
-            inputs = [t for _, t in iter_tensors((self.args, self.kwargs))]
-            watched = {id(real): real for real, held in record.pairs if held is real}
-            watched.update({-1 - i: t for i, t in enumerate(inputs)})
-            with torch.no_grad(), own_global_hooks(), WriteWatch(watched, snapshot=True) as watch:
-                target(*self.args, **self.kwargs)
+            with restored_scripts(self.model):
+                target = shared_copy(self.model, record=record)
+                self._prepared(target)
+                inputs = [t for _, t in iter_tensors((self.args, self.kwargs))]
+                watched = {id(real): real for real, held in record.pairs if held is real}
+                watched.update({-1 - i: t for i, t in enumerate(inputs)})
+                with torch.no_grad(), own_global_hooks(), WriteWatch(watched, snapshot=True) as watch:
+                    target(*self.args, **self.kwargs)
         except Exception:
             self.written, self.written_inputs = ALL, None
             return
@@ -228,7 +228,7 @@ class CountSession:
             with fast_meta_kernels():
                 raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
-        if self.written is None and not self.scripted:
+        if self.written is None:
             self._learn_writes()
         written_inputs = self.written_inputs
         args, kwargs = _indexed(
@@ -238,14 +238,7 @@ class CountSession:
         )
         requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         try:
-            if self.scripted:  # no structural copy of a ScriptModule: count on it, then restore what can be
-                snapshot = ModelSnapshot(self.model)
-                try:
-                    self._prepared(self.model)
-                    raw = run(self.model, args, kwargs)
-                finally:
-                    snapshot.restore()
-            else:
+            with restored_scripts(self.model):  # a ScriptModule has no structural copy: it is shared, then restored
                 target = shared_copy(self.model, self.written if self.written is not None else ALL)
                 self._prepared(target)
                 _materialize_lazy(target, args, kwargs)
