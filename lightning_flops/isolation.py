@@ -40,6 +40,7 @@ from lightning_flops._compat import (
     handle_with_refs,
     is_hook_dict_key,
     is_lazy_shape_hook,
+    is_op_overload,
     module_buffers,
     module_parameters,
     op_schema,
@@ -287,7 +288,13 @@ class WriteWatch(TorchDispatchMode):
     Args:
         tensors: ``{key: tensor}`` to watch; :attr:`hit` collects the keys written.
         snapshot: clone each watched tensor just before its first write, for :meth:`restore` (real tensors only).
+
+    Higher-order operators never raise here (that would happen inside the user's ``forward``, where a
+    ``try``/``except`` takes another path): ``torch.cond`` runs both branches under this mode, as FlopCounterMode
+    does (the predicate may be a meta tensor), and returns the first's output; any other runs on beneath this mode.
     """
+
+    supports_higher_order_operators = True
 
     def __init__(self, tensors: dict[int, torch.Tensor], snapshot: bool = False) -> None:
         super().__init__()
@@ -319,6 +326,14 @@ class WriteWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if not is_op_overload(func):
+            if func is torch.ops.higher_order.cond:
+                _, true_branch, false_branch, operands = args
+                with self:
+                    out = true_branch(*operands)
+                    false_branch(*operands)
+                return out
+            return func(*args, **kwargs)
         schema = op_schema(func)
         for index, argument in enumerate(schema.arguments):
             value = kwargs.get(argument.name) if argument.kwarg_only or index >= len(args) else args[index]

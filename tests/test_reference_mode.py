@@ -1,6 +1,6 @@
 """The torch counter's own dispatch loop (``_ReferenceMode``) counts exactly what FlopCounterMode counts with the same
 formulas: totals compared on every operator of the ops table, forward and forward + backward, on CPU and meta, on
-models, and through FlopCounterMode itself when a higher-order operator (``torch.cond``) runs."""
+models, and with a higher-order operator (``torch.cond``), handled by FlopCounterMode's own code."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class Branchy(nn.Module):
         return torch.cond(x.sum() > 0, lambda t: self.small(t).sum(-1), lambda t: self.large(t).sum(-1), (x,))
 
 
-def test_a_higher_order_operator_is_counted_by_flop_counter_mode_itself() -> None:
+def test_a_higher_order_operator_is_counted_as_flop_counter_mode_counts_it() -> None:
     model, x = Branchy(), torch.randn(2, 4)
     with torch.no_grad():
         expected = flop_counter_mode_total(lambda: model(x))

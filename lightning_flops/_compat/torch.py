@@ -6,7 +6,8 @@ dispatch internals, FlopCounterMode's formula table, meta kernels.
   :func:`is_lazy_shape_hook`, :func:`quantized_weight_bias`.
 * torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
   :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`,
-  :func:`decomposes_implicitly`, :func:`shape_formula`.
+  :func:`decomposes_implicitly`, :func:`shape_formula`, :func:`flop_counter_dispatch_mode` and
+  :func:`handle_higher_order` (how FlopCounterMode counts higher-order operators, inherited).
 * thread-local counting modes (nothing registered with the dispatcher, nothing another thread sees):
   :func:`traceable_meta_convolution` (a function mode that lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (a dispatch mode answering with the shape-only kernels of
@@ -290,6 +291,31 @@ def mark_raw_formula(formula: Any) -> Any:
     return formula
 
 
+def flop_counter_dispatch_mode() -> type | None:
+    """FlopCounterMode's own dispatch mode class (``torch.utils.flop_counter._FlopCounterMode``, torch 2.13), or
+    ``None`` on another torch (then callers count with the public ``FlopCounterMode`` itself).
+
+    A subclass inherits how FlopCounterMode handles higher-order operators (``_handle_higher_order_ops``:
+    ``torch.cond`` runs both branches under the mode and merges their counts, Triton kernels use the Triton formula
+    registry, any other answers ``NotImplemented``), reading and writing ``self.counter.flop_counts`` (module ->
+    formula key -> FLOPs, ``"Global"`` the total) and calling ``self.counter._count_flops(packet, out, args,
+    kwargs)``, as FlopCounterMode's own mode does.
+    """
+    if not torch_checked():
+        return None
+    from torch.utils import flop_counter
+
+    mode = getattr(flop_counter, "_FlopCounterMode", None)
+    handles = callable(getattr(mode, "_handle_higher_order_ops", None))
+    return mode if handles and callable(getattr(mode, "_execute_with_isolated_flop_counting", None)) else None
+
+
+def handle_higher_order(mode: Any, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
+    """Count the higher-order operator ``func`` as FlopCounterMode does: ``mode`` is an instance of a subclass of
+    :func:`flop_counter_dispatch_mode` (its ``_handle_higher_order_ops``, torch 2.13)."""
+    return mode._handle_higher_order_ops(func, types, args, kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ meta kernels
 META_CONV_TRACING = torch_checked()  # at import; the shims read torch_checked() at each call
 
@@ -549,6 +575,9 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch.ao.nn.quantized.dynamic:Linear", "_weight_bias", "torch 2.13"),
     ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
     ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
+    ("torch", "torch.utils.flop_counter", "_FlopCounterMode", "torch 2.13"),
+    ("torch", "torch.utils.flop_counter:_FlopCounterMode", "_handle_higher_order_ops", "torch 2.13"),
+    ("torch", "torch.utils.flop_counter:_FlopCounterMode", "_execute_with_isolated_flop_counting", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "_get_raw", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "def shape_wrapper(f):\n    @wraps(f)\n    def nf(", "torch 2.13"),
     ("torch", "torch._decomp", "global_decomposition_table", "torch 2.13"),

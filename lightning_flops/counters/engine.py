@@ -15,6 +15,7 @@ as :class:`~lightning_flops.types.Uncounted` with its module and calls: the coun
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_flops._compat import (
     TorchDispatchMode,
     decomposes_implicitly,
+    flop_counter_dispatch_mode,
     flop_registry,
+    handle_higher_order,
     is_op_overload,
     mark_raw_formula,
     set_module_tracker,
@@ -67,13 +70,45 @@ class Count:
     uncounted: tuple[Uncounted, ...]
 
 
+class _Tally:
+    """The counts, laid out as FlopCounterMode keeps them (``flop_counts``: key -> formula key -> FLOPs), so that
+    FlopCounterMode's handling of higher-order operators, which saves, swaps and merges this table, applies to them
+    unchanged: ``"Global"`` holds the total by overload packet (as FlopCounterMode's), ``(module name,)`` the FLOPs
+    booked to that module by operator label.
+
+    Args:
+        registry: formula per overload packet (FlopCounterMode's ``flop_registry``), for :meth:`_count_flops`.
+    """
+
+    def __init__(self, registry: dict[Any, Callable[..., int]] | None = None) -> None:
+        self.flop_registry = registry or {}
+        self.flop_counts: defaultdict[Any, defaultdict[Any, int]] = defaultdict(lambda: defaultdict(int))
+
+    def _count_flops(self, packet: Any, out: Any, args: tuple, kwargs: dict) -> Any:
+        """FlopCounterMode's name and contract (its higher-order handling calls it for Triton kernels)."""
+        formula = self.flop_registry.get(packet)
+        if formula is not None:
+            self.flop_counts["Global"][packet] += formula(*args, **kwargs, out_val=out)
+        return out
+
+    @property
+    def total(self) -> int:
+        """FLOPs of every formula key under ``"Global"``."""
+        return sum(self.flop_counts["Global"].values()) if "Global" in self.flop_counts else 0
+
+    @property
+    def own(self) -> dict[str, dict[str, int]]:
+        """FLOPs per module name and operator label."""
+        return {key[0]: dict(ops) for key, ops in self.flop_counts.items() if isinstance(key, tuple)}
+
+
 class _Recorder:
-    """Wraps every formula so that each FLOP count is also booked to a module and an operator."""
+    """Wraps every formula so that each FLOP count is also booked to a module and an operator (in ``tally``)."""
 
     def __init__(self, stack: ModuleStack | None, labeler: FunctionLabeler) -> None:
         self.stack = stack
         self.labeler = labeler
-        self.own: dict[str, dict[str, int]] = {}
+        self.tally = _Tally()
 
     def wrap(self, packet: Any, formula: Callable[..., int]) -> Callable[..., int]:
         fallback = operator_of_aten(packet_name(packet))
@@ -89,8 +124,7 @@ class _Recorder:
             operator = self.labeler.label or fallback
             if module is not None and operator in ("linear", "matmul") and operator_of_module(module) == "rnn":
                 operator = "rnn"  # LSTM/GRU decomposed into matrix products (meta device, CPU GRU)
-            bucket = self.own.setdefault(name, {})
-            bucket[operator] = bucket.get(operator, 0) + flops
+            self.tally.flop_counts[(name,)][operator] += flops
             return flops
 
         return mark_raw_formula(recorded)  # FlopCounterMode passes tensors through; the wrapped formula shapes them
@@ -213,11 +247,12 @@ _METADATA_OPS = frozenset(
 _PRIM_DEVICE = torch.ops.prim.device.default
 
 
-class _HigherOrderOperator(Exception):
-    """A higher-order operator (``torch.cond``, a Triton kernel) ran: FlopCounterMode itself must count it."""
+#: FlopCounterMode's own dispatch mode (torch 2.13), whose handling of higher-order operators ours inherits; on
+#: another torch the engine counts with the public FlopCounterMode itself (:func:`_counting_mode`)
+_FLOP_COUNTER_DISPATCH_MODE = flop_counter_dispatch_mode() or TorchDispatchMode
 
 
-class _ReferenceMode(TorchDispatchMode):
+class _ReferenceMode(_FLOP_COUNTER_DISPATCH_MODE):  # type: ignore[misc,valid-type]
     """FlopCounterMode's counting rule, as ``_FlopCounterMode.__torch_dispatch__`` applies it (torch 2.13), at a
     fraction of its cost per operator (measured: 117 us a call there, most of the time of counting small modules).
 
@@ -226,19 +261,25 @@ class _ReferenceMode(TorchDispatchMode):
     else run, and counted with the formula of its overload packet when the registry has one. What is cheaper: no
     pytree walk, no torch._dynamo guard around each call, and whether an operator decomposes is looked up once.
     ``tests/test_reference_mode.py`` checks that totals equal FlopCounterMode's on every operator and model tested.
-    A higher-order operator raises :class:`_HigherOrderOperator`; the caller then counts with FlopCounterMode.
+
+    A higher-order operator goes to FlopCounterMode's own handling, inherited (``torch.cond``: both branches run
+    under this mode and their counts are merged as FlopCounterMode merges them; a Triton kernel: its formula; any
+    other: ``NotImplemented``, torch then raises as it does under FlopCounterMode). Nothing is raised through the
+    user's code to count again: ``fn`` runs once.
 
     Args:
         registry: formula per overload packet, each called as FlopCounterMode calls it:
             ``formula(*args, **kwargs, out_val=out)``.
+        tally: where the counts go (FlopCounterMode's ``flop_counts`` layout).
     """
 
-    supports_higher_order_operators = True  # so that they reach __torch_dispatch__, which hands them over
+    supports_higher_order_operators = True  # so that they reach __torch_dispatch__
 
-    def __init__(self, registry: dict[Any, Callable[..., int]]) -> None:
-        super().__init__()
+    def __init__(self, registry: dict[Any, Callable[..., int]], tally: _Tally) -> None:
+        TorchDispatchMode.__init__(self)
+        tally.flop_registry = registry
+        self.counter = tally  # FlopCounterMode's mode keeps its counter here; the inherited handling reads it
         self.registry = registry
-        self.total = 0
         self._decomposes: dict[Any, bool] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -246,7 +287,7 @@ class _ReferenceMode(TorchDispatchMode):
         if func in _METADATA_OPS:
             return NotImplemented
         if not is_op_overload(func):
-            raise _HigherOrderOperator(str(func))
+            return handle_higher_order(self, func, types, args, kwargs)
         if func is not _PRIM_DEVICE:
             decomposes = self._decomposes.get(func)
             if decomposes is None:
@@ -259,12 +300,12 @@ class _ReferenceMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         formula = self.registry.get(func.overloadpacket)
         if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+            self.counter.flop_counts["Global"][func.overloadpacket] += formula(*args, **kwargs, out_val=out)
         return out
 
     def get_total_flops(self) -> int:
         """FLOPs counted so far (FlopCounterMode's name for it)."""
-        return self.total
+        return self.counter.total
 
 
 def flop_counter_mode(mapping: dict[Any, Callable[..., int]]) -> Any:
@@ -281,8 +322,8 @@ def flop_counter_mode(mapping: dict[Any, Callable[..., int]]) -> Any:
 def count(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> Count:
     """Run ``fn()`` and count it: FlopCounterMode's rule with torch's formulas and ours.
 
-    Counts with :class:`_ReferenceMode` (FlopCounterMode's rule, cheaper per operator); when a higher-order operator
-    runs, ``fn`` runs again under FlopCounterMode itself (``fn`` must be repeatable: a forward on a copy).
+    Counts with :class:`_ReferenceMode` (FlopCounterMode's rule, cheaper per operator; higher-order operators as
+    FlopCounterMode handles them); on a torch other than 2.13, with FlopCounterMode itself. ``fn`` runs once.
 
     Args:
         fn: the work to count (a forward call, or forward and backward of a training step).
@@ -294,21 +335,12 @@ def count(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> Count:
         result = count(lambda: model(x), model)
         result.flops, result.own["fc"]["linear"], result.uncounted
     """
-    try:
-        return _count_with(lambda mapping: _ReferenceMode(mapping), fn, model)
-    except _HigherOrderOperator:
-        return _count_with(flop_counter_mode, fn, model)
-
-
-def _count_with(
-    make_mode: Callable[[dict[Any, Callable[..., int]]], Any], fn: Callable[[], Any], model: torch.nn.Module | None
-) -> Count:
     labeler = FunctionLabeler()
     stack = ModuleStack(model) if model is not None else None
     recorder = _Recorder(stack, labeler)
     mapping = recorder.mapping()
     watch = _KernelWatch(stack, set(mapping))
-    counter = make_mode(mapping)
+    counter = _counting_mode(mapping, recorder.tally)
     if stack is not None:
         stack.__enter__()
     try:
@@ -317,7 +349,14 @@ def _count_with(
     finally:
         if stack is not None:
             stack.__exit__(None, None, None)
-    return Count(counter.get_total_flops(), recorder.own, labeler.calls, watch.uncounted())
+    return Count(counter.get_total_flops(), recorder.tally.own, labeler.calls, watch.uncounted())
+
+
+def _counting_mode(mapping: dict[Any, Callable[..., int]], tally: _Tally) -> Any:
+    """The engine's counting mode on torch 2.13; FlopCounterMode itself on any other torch."""
+    if flop_counter_dispatch_mode() is None:  # read at each count: a test may fake the torch version
+        return flop_counter_mode(mapping)
+    return _ReferenceMode(mapping, tally)
 
 
 class StepCounting:
@@ -335,11 +374,10 @@ class StepCounting:
     """
 
     def __init__(self, stack: ModuleStack | None = None) -> None:
-        mapping = _Recorder(None, FunctionLabeler()).mapping()
+        recorder = _Recorder(None, FunctionLabeler())
+        mapping = recorder.mapping()
         self.watch = _KernelWatch(stack, set(mapping))
-        # torch's FlopCounterMode itself: a live training step cannot run twice, as a higher-order operator would
-        # need under the engine's own loop (_ReferenceMode)
-        self.counter = flop_counter_mode(mapping)
+        self.counter = _counting_mode(mapping, recorder.tally)
 
     def __enter__(self) -> StepCounting:
         self.watch.__enter__()  # first, so that it sits beneath the counting mode and sees the kernels that run
