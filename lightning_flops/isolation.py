@@ -29,7 +29,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_flops._compat import (
-    GLOBAL_HOOK_FLAG_DICTS,
     HOOK_FLAG_DICTS,
     MODULE_CHILDREN_DICT,
     MODULE_HOOK_DICTS,
@@ -45,7 +44,6 @@ from lightning_flops._compat import (
     module_parameters,
     op_schema,
     storage_address,
-    torch_global_hook_dicts,
 )
 from lightning_flops.errors import ShardedModelError
 from lightning_flops.inputs import map_tensors
@@ -57,7 +55,6 @@ __all__ = [
     "ShardedModelError",
     "WriteWatch",
     "meta_copy",
-    "own_global_hooks",
     "preserved_generators",
     "preserved_rng",
     "restored_scripts",
@@ -105,7 +102,8 @@ class ModelSnapshot:
         self.requires_grad = {id(p): p.requires_grad for p in model.parameters()}
 
     def restore(self) -> None:
-        """Put every captured property back (process-wide hooks: see :func:`own_global_hooks`)."""
+        """Put every captured property back (process-wide hooks are never touched here: ours are removed through
+        their own handles, :func:`lightning_flops.counters.tracing.module_hooks_of_this_count`)."""
         for module, training, hooks, params, buffers in zip(
             self.modules, self.training, self.hooks, self.parameters, self.buffers, strict=True
         ):
@@ -188,38 +186,6 @@ def preserved_generators(model: nn.Module) -> Iterator[None]:
     finally:
         for generator, state in states:
             generator.set_state(state)
-
-
-# ----------------------------------------------------------------------------------------------- process-wide hooks
-# Modules whose process-wide hooks are ours to remove if a counter leaves one behind (FlopCounterMode's tracker).
-_OUR_HOOK_MODULES = ("torch.utils.module_tracker", "torch.utils.flop_counter", "thop", "fvcore", "lightning_flops")
-
-
-def _hook_owner(hook: Any) -> str:
-    owner = getattr(hook, "__self__", None)
-    return str(getattr(type(owner) if owner is not None else hook, "__module__", "") or "")
-
-
-@contextlib.contextmanager
-def own_global_hooks() -> Iterator[None]:
-    """Remove the process-wide module hooks that our counters added and left behind, and nothing else.
-
-    A hook that anyone else registers meanwhile (another thread, the user's forward) stays; the dicts are never
-    cleared or refilled. The dicts are private (:func:`~lightning_flops._compat.torch_global_hook_dicts`).
-    """
-    dicts = torch_global_hook_dicts()
-    before = {k: set(d) for k, d in dicts.items()}
-    try:
-        yield
-    finally:
-        for key, keys in before.items():
-            current = dicts[key]
-            for hook_id in [i for i in list(current) if i not in keys]:
-                hook = current.get(hook_id)
-                if _hook_owner(hook).startswith(_OUR_HOOK_MODULES):
-                    current.pop(hook_id, None)
-                    for extra in GLOBAL_HOOK_FLAG_DICTS:
-                        dicts.get(extra, {}).pop(hook_id, None)
 
 
 # ------------------------------------------------------------------------------------------------ structural copies

@@ -9,17 +9,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 from lightning_flops._compat import batch_norm_types, fast_meta_kernels
 from lightning_flops.counters.base import RawCount, get_counter
+from lightning_flops.counters.tracing import module_hooks_of_this_count
 from lightning_flops.inputs import iter_tensors, map_tensors, slice_batch
 from lightning_flops.isolation import (
     ALL,
     CopyRecord,
     WriteWatch,
     meta_copy,
-    own_global_hooks,
     restored_scripts,
     shared_copy,
 )
@@ -33,9 +32,9 @@ __all__ = ["CountSession", "placement_order"]
 def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
     """Collect the ``named_modules()`` names of the modules that run.
 
-    One process-wide forward pre-hook filtered by module identity, not a hook per module: registering and removing
-    one handle per module was a large part of the per-module cost on models of many small modules. ScriptModules
-    run no Python hooks, as before (they refused per-module hooks).
+    One process-wide forward pre-hook filtered by module identity and by thread (only this count's calls), not a
+    hook per module: registering and removing one handle per module was a large part of the per-module cost on
+    models of many small modules. ScriptModules run no Python hooks, as before (they refused per-module hooks).
     """
     names = {id(module): name for name, module in model.named_modules()}
 
@@ -44,11 +43,8 @@ def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
         if name is not None:
             sink.add(name)
 
-    handle = register_module_forward_pre_hook(seen)
-    try:
+    with module_hooks_of_this_count(pre=seen):
         yield
-    finally:
-        handle.remove()
 
 
 def _model_device(model: nn.Module) -> str:
@@ -79,7 +75,7 @@ def _materialize_lazy(target: nn.Module, args: tuple, kwargs: dict) -> None:
     from torch.nn.modules.lazy import LazyModuleMixin
 
     if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in target.modules()):
-        with torch.no_grad(), own_global_hooks():
+        with torch.no_grad():
             target(*args, **kwargs)
 
 
@@ -152,7 +148,7 @@ class CountSession:
             model_tensors = {id(real): twin for real, twin in record.pairs}
             inputs = [t for t in iter_tensors((args, kwargs))]
             watched = {**model_tensors, **{-1 - i: t for i, (_, t) in enumerate(inputs)}}
-            with torch.no_grad(), own_global_hooks(), WriteWatch(watched) as watch:
+            with torch.no_grad(), WriteWatch(watched) as watch:
                 target(*args, **kwargs)
             return []
 
@@ -177,7 +173,7 @@ class CountSession:
                 inputs = [t for _, t in iter_tensors((self.args, self.kwargs))]
                 watched = {id(real): real for real, held in record.pairs if held is real}
                 watched.update({-1 - i: t for i, t in enumerate(inputs)})
-                with torch.no_grad(), own_global_hooks(), WriteWatch(watched, snapshot=True) as watch:
+                with torch.no_grad(), WriteWatch(watched, snapshot=True) as watch:
                     target(*self.args, **self.kwargs)
         except Exception:
             self.written, self.written_inputs = ALL, None
@@ -195,7 +191,7 @@ class CountSession:
             return self.model
 
         def forward(target: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
-            with torch.no_grad(), own_global_hooks():
+            with torch.no_grad():
                 target(*args, **kwargs)
             return target
 
@@ -216,7 +212,7 @@ class CountSession:
             rules = rule_hooks(target, self.custom_ops, rule_macs)
             reads = ParameterReads(target) if record and counter.name == "torch" else None
             watch = reads if reads is not None else contextlib.nullcontext()
-            with torch.no_grad(), own_global_hooks(), rules, _called_modules(target, called), watch:
+            with torch.no_grad(), rules, _called_modules(target, called), watch:
                 raw = counter.count(target, run_args, run_kwargs)
             if record:
                 self.called[counter.name] = called

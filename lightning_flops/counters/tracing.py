@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import threading
 import warnings
@@ -55,9 +56,55 @@ class FunctionLabeler(TorchFunctionMode):
             self.label = None
 
 
+# ------------------------------------------------------------------------------------------- the counting thread
+# Per thread: which thread a count belongs to (a worker of on_fresh_stack belongs to the thread that waits for it) and
+# whether thop's and fvcore's output is muted there. Process-wide hooks fire on every thread: ours book only calls
+# made for their own count.
+_THREAD = threading.local()
+
+
+def counting_thread() -> int:
+    """The id of the thread whose count this thread runs: its own, or for a worker of :func:`on_fresh_stack`, the
+    thread that waits for it."""
+    owner = getattr(_THREAD, "owner", None)
+    return owner if owner is not None else threading.get_ident()
+
+
+@contextlib.contextmanager
+def module_hooks_of_this_count(
+    pre: Callable[[nn.Module, Any], None] | None = None, post: Callable[[nn.Module, Any, Any], None] | None = None
+) -> Iterator[None]:
+    """Process-wide forward pre/post hooks (one each, not one per module) that see only the modules run for the
+    count of this thread (:func:`counting_thread`), registered and removed through their own handles only: a module
+    another thread runs meanwhile is not booked, and another thread's global hooks (a ``ModuleTracker``) stay."""
+    owner = counting_thread()
+    handles = []
+    try:
+        if pre is not None:
+
+            def filtered_pre(mod: nn.Module, args: Any) -> None:
+                if counting_thread() == owner:
+                    pre(mod, args)
+
+            handles.append(register_module_forward_pre_hook(filtered_pre))
+        if post is not None:
+
+            def filtered_post(mod: nn.Module, args: Any, output: Any) -> None:
+                if counting_thread() == owner:
+                    post(mod, args, output)
+
+            handles.append(register_module_forward_hook(filtered_post, always_call=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class ModuleStack:
     """Tracks which named module is running, with one process-wide forward pre/post hook pair filtered by module
-    identity (registering two hooks on every submodule cost more than the count itself on models of many modules).
+    identity (registering two hooks on every submodule cost more than the count itself on models of many modules)
+    and by thread (:func:`module_hooks_of_this_count`: only this count's calls are booked, whatever other threads
+    run meanwhile; the pair is removed through its own handles).
 
     Process-wide hooks run before a module's own hooks: the ops of a module's own forward pre-hooks are booked to it,
     those of its own forward hooks to its parent (counters run on structural copies, which hold none of the user's
@@ -74,7 +121,7 @@ class ModuleStack:
         self.stack: list[tuple[str, nn.Module]] = []
         self.called: set[str] = set()
         self.calls: dict[str, int] = {}
-        self._handles: list[Any] = []
+        self._hooks: contextlib.ExitStack | None = None
 
     @property
     def current(self) -> tuple[str, nn.Module | None]:
@@ -101,13 +148,14 @@ class ModuleStack:
             if self.stack and self.stack[-1][1] is mod:
                 self.stack.pop()
 
-        self._handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop, always_call=True)]
+        self._hooks = contextlib.ExitStack()
+        self._hooks.enter_context(module_hooks_of_this_count(push, pop))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        if self._hooks is not None:
+            self._hooks.close()
+            self._hooks = None
         self.stack.clear()  # `called` stays readable after exit
 
 
@@ -176,50 +224,101 @@ _PRINT_NAMES = THOP_PRINT_NAMES
 _MISSING = object()
 
 
-def _discard(*args: Any, **kwargs: Any) -> None:
-    """A ``print`` that prints nothing."""
+def _muted_here() -> bool:
+    return getattr(_THREAD, "muted", 0) > 0
 
 
-@contextlib.contextmanager
-def _muted_prints(names: tuple[str, ...]) -> Iterator[None]:
-    """Shadow ``print`` (and thop's colour printers) inside the named, already imported modules.
+class _ThreadMutedPrinter:
+    """Stands in for one of thop's printers: prints nothing on a thread inside :func:`quiet`, and on every other
+    thread is the printer it stands in for (the same output, the same arguments)."""
 
-    ``sys.stdout`` is left alone, so the output of the user's code and of other threads still shows.
-    """
-    patched: list[tuple[Any, str, Any]] = []
-    for name in names:
+    def __init__(self, original: Callable[..., Any]) -> None:
+        self.original = original
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _muted_here():
+            return None
+        return self.original(*args, **kwargs)
+
+
+class _ThreadMutedPattern:
+    """A warning filter's regex that matches only on a thread inside :func:`quiet` (``warnings`` calls ``.match``
+    on a filter's message and module patterns): an ``"ignore"`` filter with it ignores there and nowhere else."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern = re.compile(pattern, flags)
+
+    def match(self, text: str) -> Any:
+        return _muted_here() and self.pattern.match(text)
+
+
+# What thop and fvcore say that is noise here, as ("ignore", message, category, module, lineno) warning filters
+_QUIET_FILTERS = (
+    ("ignore", None, Warning, _ThreadMutedPattern(_QUIET_MODULES), 0),
+    ("ignore", _ThreadMutedPattern(""), torch.jit.TracerWarning, None, 0),
+    *(("ignore", _ThreadMutedPattern(m, re.IGNORECASE), DeprecationWarning, None, 0) for m in _QUIET_MESSAGES),
+)
+_QUIET_LOCK = threading.Lock()
+_quiet_users = 0
+_patched_printers: dict[tuple[str, str], Any] = {}  # (module, name) -> what it held (or _MISSING)
+
+
+def _install_quiet() -> None:
+    """Put the thread-aware printers into thop's printing modules (those imported by now) and the thread-aware
+    filters at the front of ``warnings.filters``; under ``_QUIET_LOCK``."""
+    for name in _PRINTING_MODULES:
         module = sys.modules.get(name)
         if module is None:
             continue
         for attr in _PRINT_NAMES:
-            if attr == "print" or attr in vars(module):
-                patched.append((module, attr, vars(module).get(attr, _MISSING)))
-                setattr(module, attr, _discard)
-    try:
-        yield
-    finally:
-        for module, attr, previous in reversed(patched):
-            if previous is _MISSING:
-                vars(module).pop(attr, None)
-            else:
-                setattr(module, attr, previous)
+            if (name, attr) in _patched_printers or (attr != "print" and attr not in vars(module)):
+                continue
+            previous = vars(module).get(attr, _MISSING)
+            _patched_printers[(name, attr)] = previous
+            setattr(module, attr, _ThreadMutedPrinter(print if previous is _MISSING else previous))
+    for item in reversed(_QUIET_FILTERS):
+        if not any(f is item for f in warnings.filters):
+            warnings.filters.insert(0, item)
+
+
+def _remove_quiet() -> None:
+    """Put back what :func:`_install_quiet` replaced; under ``_QUIET_LOCK``, when no thread is quiet any more."""
+    for (name, attr), previous in _patched_printers.items():
+        module = sys.modules.get(name)
+        if module is None or not isinstance(vars(module).get(attr), _ThreadMutedPrinter):
+            continue  # someone replaced it meanwhile: theirs stays
+        if previous is _MISSING:
+            vars(module).pop(attr, None)
+        else:
+            setattr(module, attr, previous)
+    _patched_printers.clear()
+    warnings.filters[:] = [f for f in warnings.filters if not any(f is item for item in _QUIET_FILTERS)]
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the prints and warnings of thop and fvcore, and nothing else.
+    """Silence the prints and warnings of thop and fvcore on this thread (and the fvcore trace thread it waits for),
+    and nothing else.
 
-    ``sys.stdout`` is not swapped (another thread's output, and the user's model's, still show): thop's prints are
-    muted inside thop's own modules. Warnings are ignored only when raised from thop/fvcore modules, for the tracer
-    and for the deprecations listed in ``_QUIET_MESSAGES``; the user's own warnings still show. The warning filters
-    are restored on exit (``warnings.catch_warnings``, which like every filter change is process-wide while active).
+    ``sys.stdout`` is not swapped (another thread's output, and the user's model's, still show). thop's printers
+    are stood in for, inside thop's own modules, by printers that print nothing on a quiet thread and are the
+    originals on every other thread; the warning filters added match on a quiet thread only (from thop/fvcore
+    modules, the tracer's, the deprecations listed in ``_QUIET_MESSAGES``), so the user's warnings and every other
+    thread's still show. Both are put in place by the first thread to enter and taken back by the last to leave.
     """
-    with warnings.catch_warnings(), _muted_prints(_PRINTING_MODULES):
-        warnings.filterwarnings("ignore", module=_QUIET_MODULES)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        for message in _QUIET_MESSAGES:
-            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+    global _quiet_users
+    _THREAD.muted = getattr(_THREAD, "muted", 0) + 1
+    with _QUIET_LOCK:
+        _quiet_users += 1
+        _install_quiet()
+    try:
         yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                _remove_quiet()
+        _THREAD.muted -= 1
 
 
 def on_fresh_stack(fn: Callable[[], _T]) -> _T:
@@ -233,8 +332,9 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     leave the training thread's heap alone.
 
     Torch's per-thread state that a count depends on is carried into the thread: grad mode, inference mode, the
-    counting modes active here (:func:`lightning_flops._compat.carried_modes`: shape-only meta kernels, the traceable
-    meta convolution) and, when CUDA is initialized, the current CUDA device and stream (a DDP rank's
+    function modes of the count active here (:func:`lightning_flops._compat.carried_modes`: the traceable meta
+    convolution), which count it belongs to (:func:`counting_thread`, for the module hooks), whether it is
+    :func:`quiet` and, when CUDA is initialized, the current CUDA device and stream (a DDP rank's
     ``torch.cuda.set_device``). Not carried:
     a ``with torch.device(...)`` default-device context (tensors the forward makes without a device go to the CPU)
     and autocast (it changes dtypes, not MACs).
@@ -244,9 +344,11 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     device = torch.cuda.current_device() if cuda else None
     stream = torch.cuda.current_stream(device) if device is not None else None
     modes = carried_modes()
+    owner, muted = counting_thread(), getattr(_THREAD, "muted", 0)
     outcome: list[Any] = []
 
     def run() -> None:
+        _THREAD.owner, _THREAD.muted = owner, muted  # this worker runs the waiting thread's count
         try:
             with contextlib.ExitStack() as state:
                 if device is not None:
