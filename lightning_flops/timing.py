@@ -35,11 +35,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd import DeviceType
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-from lightning_flops._compat import profiler_enabled
+from lightning_flops._compat import DeviceType, profiler_enabled
 from lightning_flops.errors import CounterError, FlopsConfigError, error_text
 from lightning_flops.explain import own_counts
 from lightning_flops.report import CounterResult, OpTime, TimingReport

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType  # noqa: F401  (torch 2.13: profiler events' device, not in __all__)
 from torch.overrides import TorchFunctionMode  # torch 2.13: not in torch.overrides.__all__
 from torch.utils._python_dispatch import TorchDispatchMode  # torch 2.13: base of our dispatch modes
 
@@ -584,4 +585,5 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._C", "_dispatch_has_kernel_for_dispatch_key", "torch 2.13"),
     ("torch", "torch._C", "DispatchKey", "torch 2.13"),
     ("torch", "torch.autograd", "_profiler_enabled", "torch 2.13"),
+    ("torch", "torch.autograd", "DeviceType", "torch 2.13"),
 )
