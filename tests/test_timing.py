@@ -6,6 +6,7 @@ one forward, one time against another), never an absolute time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -356,3 +357,35 @@ def test_cli_refuses_a_bad_timing(capsys: pytest.CaptureFixture[str], extra: lis
 
     status = main(["profile", "examples.models:SmallCNN", "--input", "1,3,32,32", *extra])
     assert status == 2 and message in capsys.readouterr().err
+
+
+def test_a_model_on_the_meta_device_is_not_timed() -> None:
+    model = nn.Linear(4, 4, device="meta")
+    with pytest.warns(RuntimeWarning, match="timing failed: .*meta device"):
+        report = lf.profile_model(model, torch.randn(2, 4, device="meta"), counters=("torch",), timing=2)
+    assert report.timing is None and report.counters["torch"].macs == 2 * 4 * 4
+    with pytest.raises(lf.CounterError, match="timing failed"):
+        lf.profile_model(model, torch.randn(2, 4, device="meta"), counters=("torch",), timing=2, strict=True)
+
+
+def test_the_peak_comes_from_lightnings_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.fabric.utilities import throughput
+
+    from lightning_flops.timing import peak_flops
+
+    asked = []
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: asked.append((device, dtype)) or 1e15)
+    assert peak_flops(torch.device("cuda", 0), torch.bfloat16) == 1e15
+    assert asked == [(torch.device("cuda", 0), torch.bfloat16)]
+    assert peak_flops(torch.device("cpu"), torch.float32) is None and len(asked) == 1
+
+
+def test_mfu_is_logged_only_when_the_peak_is_known() -> None:
+    from lightning_flops.sinks import metrics_from_report
+
+    report = sort_report()
+    assert "compute/time/mfu" not in metrics_from_report(report)
+    peaked = dataclasses.replace(report, timing=dataclasses.replace(report.timing, peak_flops_per_second=1e12))
+    metrics = metrics_from_report(peaked)
+    assert metrics["compute/time/mfu"] == pytest.approx(report.timing.achieved_flops_per_second / 1e12)
+    assert metrics["compute/time/forward_seconds"] == report.timing.forward_seconds
