@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_flops.cli import _generation
 from lightning_flops.cli._common import (
     PROG,
     REPORT_GLOB,
@@ -31,6 +32,7 @@ from lightning_flops.cli._common import (
     per_sample,
 )
 from lightning_flops.counters.base import COUNTER_NAMES
+from lightning_flops.generation_report import GenerationReport
 from lightning_flops.markup import escape_markdown
 from lightning_flops.render import latex_table, rule_sets
 from lightning_flops.report import FlopsReport, human_count
@@ -53,7 +55,7 @@ class _Run:
     report: FlopsReport
 
 
-def _run_names(loaded: Sequence[tuple[Path, FlopsReport]]) -> list[str]:
+def _run_names(loaded: Sequence[tuple[Path, FlopsReport | GenerationReport]]) -> list[str]:
     """Each report's directory relative to the common root of all of them (a second report in the same
     directory adds its file name); a report at the root itself is named by its logger's name/version, else by its
     directory's name. Names that still collide fall back to the file path relative to the root."""
@@ -65,7 +67,7 @@ def _run_names(loaded: Sequence[tuple[Path, FlopsReport]]) -> list[str]:
     for (file, report), directory in zip(loaded, dirs, strict=True):
         relative = directory.relative_to(root).as_posix()
         if relative == ".":
-            logger = report.logger or {}
+            logger = getattr(report, "logger", None) or {}  # a generation report has none
             parts = [str(logger[k]) for k in ("name", "version") if logger.get(k) not in (None, "")]
             if logger.get("version") not in (None, "") and str(logger["version"]).isdigit():
                 parts[-1] = f"version_{logger['version']}"  # Lightning's directory name for an int version
@@ -432,12 +434,20 @@ def run(args: argparse.Namespace) -> int:
         _require_matplotlib()
 
     files, errors = find_reports(args.paths)
+    generation, files, bad = _generation.split_generation(files)  # generate() reports: rows of their own
+    errors += bad
     loaded, bad = load_reports(files)
     errors += bad
-    if not loaded:
+    if not loaded and not generation:
         raise CliError("no readable reports to compare:" + _listed(errors))
     if errors and not args.keep_going:
         raise CliError("bad input (pass --keep-going to compare the other runs):" + _listed(errors))
+    if generation:
+        _generation.check_options(args, profiles=bool(loaded))
+        generation_names = _run_names([*loaded, *generation])[len(loaded) :]
+        if not loaded:
+            print(_generation.text(None, generation_names, generation, args.format), flush=True)
+            return _skipped(errors)
 
     runs = [_Run(name, file, report) for name, (file, report) in zip(_run_names(loaded), loaded, strict=True)]
     counters = _counters_of(runs)
@@ -492,14 +502,19 @@ def run(args: argparse.Namespace) -> int:
         _plot_quality(rows, counters, args.metric, mode, plot_path, args.force)
     elif plot_path is not None:
         _plot(rows, counters, plot_path, args.log_scale, args.force)
+    if generation:
+        text = _generation.text(text, generation_names, generation, args.format)
     print(text, flush=True)
     if plot_path is not None:
         print(f"{PROG}: wrote {plot_path}", file=sys.stderr)
-    if errors:
-        for error in errors:
-            print(f"{PROG}: skipped {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _skipped(errors)
+
+
+def _skipped(errors: Sequence[str]) -> int:
+    """Name each skipped file on stderr; the exit status: 1 when any was skipped, else 0."""
+    for error in errors:
+        print(f"{PROG}: skipped {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -327,11 +327,47 @@ def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[
         raise CliError(str(err)) from err
 
 
+def _check_generate(args: argparse.Namespace, shapes: Sequence[InputShape]) -> None:
+    """``--generate N`` needs N >= 1, real weights and one integer ``--input`` (the prompt's token ids)."""
+    if args.generate < 1:
+        raise CliError(f"`--generate` must be an int >= 1 (new tokens per sample), got {args.generate}")
+    if args.device == "meta":
+        raise CliError("`--generate` runs the model's generate() on real weights: use --device cpu")
+    if getattr(args, "timing", 0) or getattr(args, "parts", None) or getattr(args, "custom_op", None):
+        raise CliError("`--generate` counts generate() as a whole: it takes no --timing, --parts or --custom-op")
+    if len(shapes) != 1 or shapes[0].dtype not in ("int64", "int32") or len(shapes[0].shape) != 2:
+        raise CliError("`--generate` takes one --input of token ids, e.g. --input int64:1,16 (batch, prompt length)")
+
+
+def _generate(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[InputShape]) -> Any:
+    """Build TARGET and count ``generate()`` of ``args.generate`` new tokens on random prompt ids."""
+    import lightning_flops
+
+    model = _build_model(args.target, kwargs, args.device)
+    (ids,) = make_inputs(model, shapes, args.device)
+    try:
+        return lightning_flops.profile_generate(model, ids, max_new_tokens=args.generate)
+    except FlopsConfigError as err:
+        raise CliError(str(err)) from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
     shapes = [parse_shape(text) for text in args.input]
     check_input_size(shapes, args.device)
     kwargs = parse_kwargs(args.kwargs)
+    if args.generate is not None:
+        _check_generate(args, shapes)
+        json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
+        with contextlib.redirect_stdout(sys.stderr):
+            gen = _generate(args, kwargs, shapes)
+        if json_path is not None:
+            text = gen.to_json()
+            atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
+        print(gen.to_markdown(), flush=True)
+        if json_path is not None:
+            print(f"{PROG}: wrote {json_path}", file=sys.stderr)
+        return 0
     parse_parts(args.parts)  # bad items fail before the model is built
     if args.timing < 0:
         raise CliError(f"`--timing` must be an int >= 0 (plain forwards to time; 0: no timing), got {args.timing}")
@@ -423,6 +459,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="also time N plain forwards and split the time by module and operator (torch.profiler) beside the "
         "MACs: the report gains a 'where the time goes' table, as profile_model(timing=N) (default: 0, no timing)",
+    )
+    parser.add_argument(
+        "--generate",
+        type=int,
+        metavar="N",
+        help="count generate() of N new tokens per sample (greedy) instead of one forward: prefill and every decode "
+        "step, as lightning_flops.profile_generate; --input is the prompt's token ids, e.g. int64:1,16",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (atomically)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
