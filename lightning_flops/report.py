@@ -44,7 +44,8 @@ def human_count(value: float | None, unit: str) -> str:
     for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}" if float(value).is_integer() else f"{value:.2f} {unit}"
+    number = f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+    return f"{number} {unit}" if unit else number
 
 
 @dataclass(frozen=True)

@@ -420,16 +420,25 @@ def operator_of_fvcore(name: str) -> str:
 
 
 def type_label(cls: type) -> str:
-    """How reports name a module class: torch's own by its name (``LayerNorm``), any other by module and name
-    (``mypkg.blocks.LayerNorm``), so that a user's class named like a torch one never reads as torch's.
+    """How reports name a module class: by its name (``LayerNorm``, ``Experts``), except a class outside torch that
+    is named like one of ``torch.nn``'s, which gets its module too (``mypkg.blocks.LayerNorm``), so that a user's
+    class never reads as torch's.
 
     Args:
         cls: the class (``type(module)``).
     """
     module = getattr(cls, "__module__", None) or ""
-    if module == "torch" or module.startswith("torch."):
+    if module == "torch" or module.startswith("torch.") or not module or cls.__qualname__ not in _torch_nn_names():
         return cls.__qualname__
-    return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+@functools.cache
+def _torch_nn_names() -> frozenset[str]:
+    """The names of ``torch.nn``'s public classes (imports torch; called with a class in hand, so torch is loaded)."""
+    from torch import nn
+
+    return frozenset(name for name in dir(nn) if isinstance(getattr(nn, name, None), type))
 
 
 # ------------------------------------------------------------------------------------- torch modules, functions

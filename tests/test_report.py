@@ -171,3 +171,10 @@ def test_explicit_batch_size_overrides_detection() -> None:
     report = lf.profile_model(nn.Linear(8, 8), torch.randn(10, 4, 8), counters=("torch",), batch_size=4)
     assert report.batch_size == 4
     assert report.macs_per_sample("torch") == 10 * 8 * 8  # seq * in * out per sample
+
+
+def test_human_count_without_a_unit_has_no_trailing_space() -> None:
+    # the parameter line reads "(212)" for a small model, as "(1.23 k)" for a larger one
+    assert human_count(212, "") == "212"
+    assert human_count(1234, "") == "1.23 k"
+    assert human_count(212, "MACs") == "212 MACs"
