@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_flops import render, sinks
-from lightning_flops._compat import callback_state_key, default_hp_metric, run_hparams
+from lightning_flops._compat import callback_state_key, default_hp_metric, profiler_enabled, run_hparams
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.counters.tracing import on_fresh_stack
 from lightning_flops.errors import (
@@ -40,7 +40,7 @@ from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import profile_model
 from lightning_flops.report import FlopsReport, Uncounted
 from lightning_flops.reuse import reuse_key
-from lightning_flops.timing import check_timing
+from lightning_flops.timing import caller_profiling, check_timing
 from lightning_flops.train_step import StepObserver, observation_refused
 
 __all__ = ["FlopsMonitor"]
@@ -467,22 +467,27 @@ class FlopsMonitor(Callback):
         # on a thread of its own: what the profile allocates comes from another glibc arena, so the training thread's
         # heap stays as a fit without the callback has it (counted on the main thread, the fit's minor page faults
         # per step after batch 0 grew up to 5x and its steps slowed by up to 30%: benchmarks/README.md)
-        return on_fresh_stack(
-            lambda: profile_model(
-                pl_module,
-                prepared.example,
-                counters=self.counters,
-                limit=self.limit,
-                flag_on=self.flag_on,
-                mode=self.mode,
-                custom_ops=self.custom_ops,
-                batch_size=prepared.batch_size,
-                strict=self.strict,
-                tokens_fn=prepared.tokens_fn,
-                parts=self.parts,
-                timing=self.timing,
-            )
-        )
+        # a torch.profiler on this (the training) thread must not meet one started by the timing on the other
+        profiling_here = self.timing > 0 and profiler_enabled()
+
+        def profile() -> FlopsReport:
+            with caller_profiling(profiling_here):
+                return profile_model(
+                    pl_module,
+                    prepared.example,
+                    counters=self.counters,
+                    limit=self.limit,
+                    flag_on=self.flag_on,
+                    mode=self.mode,
+                    custom_ops=self.custom_ops,
+                    batch_size=prepared.batch_size,
+                    strict=self.strict,
+                    tokens_fn=prepared.tokens_fn,
+                    parts=self.parts,
+                    timing=self.timing,
+                )
+
+        return on_fresh_stack(profile)
 
     def _publish(self, trainer: Trainer, report: FlopsReport, directory: str) -> None:
         """Publish into ``directory`` once; a later training step count (fit after validate) updates our own file."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ __all__ = [
     "FORWARD_SCOPE",
     "MODULE_SCOPE",
     "PROFILED_PASSES",
+    "caller_profiling",
     "check_timing",
     "measure_timing",
     "peak_flops",
@@ -64,6 +66,33 @@ PROFILED_PASSES = 3
 
 #: (module, operator) -> [seconds, calls, packet names seen (the call's and its kernels')]
 _Calls = dict[tuple[str, str], list[Any]]
+
+
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def caller_profiling(active: bool) -> Iterator[None]:
+    """Tell the timing on this thread that the thread that handed it the work runs a ``torch.profiler``.
+
+    torch 2.13's profiler state is per thread, but its engine (libkineto) is one per process: a profiler started on
+    one thread while another thread's runs ends that one's session, and reading it then crashes the process.
+    ``FlopsMonitor`` profiles on a thread of its own: it asks the training thread (where Lightning's
+    ``PyTorchProfiler`` or a user's ``with torch.profiler.profile(): trainer.fit()`` runs) and passes the answer here.
+
+    Args:
+        active: whether the calling thread had a profiler running.
+    """
+    previous = getattr(_THREAD, "caller_profiling", False)
+    _THREAD.caller_profiling = previous or active
+    try:
+        yield
+    finally:
+        _THREAD.caller_profiling = previous
+
+
+def _profiler_busy() -> bool:
+    return profiler_enabled() or getattr(_THREAD, "caller_profiling", False)
 
 
 def check_timing(timing: Any) -> int:
@@ -269,7 +298,7 @@ def _time_forward(
     source = "device" if device.type == "cuda" else "cpu"
     note = None
     profiled = min(repeats, PROFILED_PASSES)
-    if profiler_enabled():
+    if _profiler_busy():
         profiled, note = 0, "another torch.profiler was running: the split by operator was skipped, not to disturb it"
     runs: list[float] = []
     passes: list[_Calls] = []

@@ -4,6 +4,8 @@ event file; the fit itself is bit-identical to one without the callback."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,32 @@ def test_a_resumed_fit_asking_for_timing_does_not_reuse_a_report_without_it(tmp_
 def test_a_bad_timing_value_is_refused_at_construction() -> None:
     with pytest.raises(FlopsConfigError, match="`timing` must be an int >= 0"):
         FlopsMonitor(timing=-2)
+
+
+_PROFILED_FIT = """
+import json, sys
+from pathlib import Path
+import torch
+from lightning_flops import FlopsMonitor
+from tests.lit_helpers import LinearStack, RandomDataModule, make_trainer
+
+trainer = make_trainer(Path(sys.argv[1]), [FlopsMonitor(counters=("torch",), timing=1)], max_steps=2)
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    trainer.fit(LinearStack(), RandomDataModule())
+timing = json.loads((Path(trainer.log_dir) / "flops_report.json").read_text())["timing"]
+print(json.dumps({"events": len(prof.events()), "note": timing["note"], "operators": len(timing["operators"])}))
+"""
+
+
+@pytest.mark.slow  # a child process: Lightning imported afresh
+def test_a_profiler_around_the_fit_is_left_alone(tmp_path: Path) -> None:
+    """The timing runs on the monitor's own thread; a second torch.profiler started there while the training thread
+    runs one ends that session, and reading it then crashed the process (exit -11): run in a child process."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _PROFILED_FIT, str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["operators"] == 0 and "another torch.profiler" in result["note"]
+    assert result["events"] > 0  # the user's profiler kept its events
