@@ -28,6 +28,7 @@ __all__ = [
     "ReportDiff",
     "ReportFormatError",
     "Uncounted",
+    "count_positions",
     "diff_reports",
     "profile_generate",
     "profile_model",
@@ -55,6 +56,7 @@ _LOCATIONS = {
     "profile_model": "lightning_flops.profiling",
     "GenerationReport": "lightning_flops.generation_report",
     "profile_generate": "lightning_flops.generation",
+    "count_positions": "lightning_flops.inputs",
     "FlopsMonitor": "lightning_flops.callback",
     "train_step_flops": "lightning_flops.train_step",
 }
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from lightning_flops.explain import DiffRow, Discrepancy, ParamDiffRow, ReportDiff, diff_reports
     from lightning_flops.generation import profile_generate
     from lightning_flops.generation_report import GenerationReport
+    from lightning_flops.inputs import count_positions
     from lightning_flops.profiling import profile_model
     from lightning_flops.report import CounterResult, FlopsReport, Gap, InputSpec, ParamCount, PartCount, Uncounted
     from lightning_flops.train_step import train_step_flops

@@ -82,8 +82,9 @@ class FlopsMonitor(Callback):
         example_input: a fixed input to profile instead of the batch (variable-length or multi-scale batches).
         batch_size_fn: ``batch_size_fn(batch)`` returns the samples in the batch (default: dim 0 of the input).
         tokens_fn: ``tokens_fn(batch)`` (``tokens_fn(example_input)`` for a fixed input) returns the tokens in it,
-            for ``{prefix}/{counter}/macs_per_token``; default ``B * T`` of an integer ``[B, T]`` input, padding
-            included.
+            for ``{prefix}/{counter}/macs_per_token``; default: the real tokens (the nonzero entries of an
+            ``attention_mask`` input shaped like ``input_ids``, else ``B * T`` of an integer ``[B, T]`` input);
+            ``lf.count_positions`` counts padding too.
         prefix: first component of every metric key.
         custom_ops: ``{nn.Module subclass: rule(module, inputs, output) -> MACs}`` applied on top of every counter.
         strict: raise when a counter fails or no input can be found, instead of warning.

@@ -23,7 +23,7 @@ from lightning_flops.counters.engine import StepCounting
 from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.errors import FlopsConfigError
 from lightning_flops.generation_report import GenerationReport
-from lightning_flops.inputs import count_tokens, iter_tensors, masked_tokens
+from lightning_flops.inputs import count_tokens, iter_tensors
 from lightning_flops.isolation import ModelSnapshot, preserved_rng, unwrap_compiled
 from lightning_flops.types import Uncounted
 
@@ -185,11 +185,9 @@ def profile_generate(
         )
     prefill, decode = marks.segments()
     config = getattr(model, "config", None)
-    masked = masked_tokens(kwargs, batch)
-    if tokens_fn is not None:
-        tokens = count_tokens(tokens_fn, inputs, (), kwargs, batch)
-    else:
-        tokens = masked if masked is not None else batch * prompt
+    tokens = count_tokens(tokens_fn, inputs, (), kwargs, batch)
+    if tokens is None and tokens_fn is None:
+        tokens = batch * prompt  # a prompt of embeddings or features: every position
     return GenerationReport(
         model=type(model).__qualname__,
         batch_size=batch,

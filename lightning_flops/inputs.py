@@ -27,12 +27,12 @@ __all__ = [
     "batch_to_input",
     "call_user",
     "clone_tensors",
+    "count_positions",
     "count_tokens",
     "detect_batch_size",
     "detect_tokens",
     "iter_tensors",
     "map_tensors",
-    "masked_tokens",
     "prepare_input",
     "slice_batch",
     "split_input",
@@ -189,41 +189,59 @@ def batch_size_of(
     return detect_batch_size(*split_input(example))
 
 
-def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> int | None:
-    """Tokens in the input: ``B * T`` of the first integer tensor of shape ``[B, T]`` (``input_ids``), else ``None``.
-
-    ``B`` must be the batch size. Padding tokens count (the model computes them); an ``attention_mask`` is not
-    used to discount them. Pass ``tokens_fn`` for other layouts (packed sequences, sequence-first inputs).
-    """
-    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(kwargs, "")):
+def _token_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any], batch: int) -> torch.Tensor | None:
+    """The first integer tensor of shape ``[batch, T]`` among the inputs (``input_ids``), positional first."""
+    for _, tensor in (*iter_tensors(list(args), ""), *iter_tensors(dict(kwargs), "")):
         integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
         if integer and tensor.dim() == 2 and tensor.shape[0] == batch:
-            return int(tensor.shape[0] * tensor.shape[1])
+            return tensor
     return None
 
 
-def masked_tokens(kwargs: Mapping[str, Any], batch: int) -> int | None:
-    """Real tokens by the ``attention_mask`` keyword: its nonzero entries, when it is a ``[batch, T]`` tensor.
+def detect_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> int | None:
+    """Real tokens in the input: the nonzero entries of an ``attention_mask`` keyword of the same ``[B, T]`` shape as
+    the first integer tensor of shape ``[B, T]`` (``input_ids``); without such a mask ``B * T``; ``None`` when the
+    input has no such tensor.
 
-    Padding positions (mask 0) are computed by the model but are not tokens of the text; ``None`` without a mask.
+    ``B`` must be the batch size. Padding positions (mask 0) are computed by the model, so the MACs include them, but
+    they are not tokens: per-token numbers divide by the real ones. :func:`count_positions` as ``tokens_fn`` keeps
+    ``B * T``; pass another ``tokens_fn`` for other layouts (packed sequences, sequence-first inputs).
+    """
+    tensor = _token_tensor(args, kwargs, batch)
+    if tensor is None:
+        return None
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(tensor.shape) and not mask.is_meta:
+        return int(torch.count_nonzero(mask))
+    return int(tensor.shape[0] * tensor.shape[1])
+
+
+def count_positions(value: Any) -> int | None:
+    """``tokens_fn`` that counts every position, padding included: ``B * T`` of the first integer ``[B, T]`` tensor
+    (``B`` the size of dim 0 of the first tensor), ``None`` without one.
 
     Args:
-        kwargs: keyword arguments of ``forward`` or ``generate``.
-        batch: the batch size: a mask of another dim 0 is not this input's.
+        value: a model input (Tensor, tuple/list or dict) or a dict/tuple batch.
+
+    Example::
+
+        lf.profile_model(model, {"input_ids": ids, "attention_mask": mask}, tokens_fn=lf.count_positions)
     """
-    mask = kwargs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
-        return int(torch.count_nonzero(mask))
-    return None
+    args, kwargs = split_input(value) if isinstance(value, (torch.Tensor, tuple, list, Mapping)) else ((value,), {})
+    tensor = _token_tensor(args, kwargs, detect_batch_size(args, kwargs))
+    return None if tensor is None else int(tensor.shape[0] * tensor.shape[1])
 
 
 def count_tokens(
     tokens_fn: Callable[[Any], int] | None, value: Any, args: tuple, kwargs: dict, batch: int
 ) -> int | None:
-    """``tokens_fn(value)`` checked (an int >= 0, else :class:`FlopsConfigError`), or :func:`detect_tokens`."""
+    """``tokens_fn(value)`` checked (an int >= 0 or ``None`` for no token dimension, else
+    :class:`FlopsConfigError`), or :func:`detect_tokens`."""
     if tokens_fn is None:
         return detect_tokens(args, kwargs, batch)
     tokens = tokens_fn(value)
+    if tokens is None:
+        return None
     if isinstance(tokens, torch.Tensor) and tokens.numel() == 1 and not tokens.is_floating_point():
         tokens = int(tokens.item())
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:

@@ -183,7 +183,9 @@ def profile_model(
         batch_size: samples in ``example_input``; ``None`` takes dim 0 of its first tensor.
         strict: raise :class:`CounterError` when a counter fails instead of reporting it.
         tokens_fn: ``tokens_fn(example_input)`` returns the tokens in the input (``report.tokens``, per-token
-            numbers); ``None`` takes ``B * T`` of an integer ``[B, T]`` tensor (``input_ids``), padding included.
+            numbers); ``None`` counts the real tokens: the nonzero entries of an ``attention_mask`` keyword shaped
+            like the integer ``[B, T]`` tensor (``input_ids``), else ``B * T``; :func:`~lightning_flops.count_positions`
+            keeps ``B * T`` (padding included).
         parts: ``{label: module name or list of names}``; the report gets MACs per counter and params per part.
         timing: ``N`` >= 1 times ``N`` plain forwards on the model's own device and weights and splits up to 3 more
             by module and operator under ``torch.profiler``, beside the torch counter's MACs (``report.timing``);

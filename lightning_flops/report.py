@@ -322,8 +322,9 @@ class FlopsReport:
             module hooks) and calls: the training-step count never counts zero in silence.
         train_step_error: why the training step was not counted (``train_step_flops`` is then ``None``), e.g. the
             torch counter failed on the forward, so the real step was not observed.
-        tokens: tokens in the example input (``B * T`` of an integer ``[B, T]`` input such as ``input_ids``, or
-            ``tokens_fn``); ``None`` when the input has no token dimension. Padding tokens count.
+        tokens: real tokens in the example input (the nonzero entries of an ``attention_mask`` keyword shaped like
+            ``input_ids``, else ``B * T`` of an integer ``[B, T]`` input; or ``tokens_fn``); ``None`` when the input
+            has no token dimension. The MACs include padding positions; the tokens do not.
         logger: ``{"name": ..., "version": ...}`` of the run that wrote the report.
         module_types: class name per qualified module name (``""`` the root), for explanations and diffs.
         module_params: parameter elements each module holds itself (``recurse=False``; shared weights at their first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ class _RoutedMoE(nn.Module):
 def test_input_ids_give_tokens_and_exact_macs_per_token() -> None:
     ids = torch.randint(0, VOCAB, (2, 5))
     report = lf.profile_model(_TokenModel(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    assert report.tokens == 2 * 5  # batch * sequence, padding included
+    assert report.tokens == 2 * 5  # batch * sequence: the mask has no padding
     assert report.macs_per_token("torch") == WIDTH * VOCAB  # the projection per token; the lookup is 0
     assert report.flops_per_token("torch") == 2 * WIDTH * VOCAB
     metrics = metrics_from_report(report)
@@ -64,6 +65,20 @@ def test_input_ids_give_tokens_and_exact_macs_per_token() -> None:
     again = lf.FlopsReport.from_json(report.to_json())
     assert again.tokens == 10 and again.params == report.params
     assert "MACs per token" in report.to_markdown()
+
+
+def test_padding_in_the_attention_mask_is_not_a_token() -> None:
+    ids = torch.randint(0, VOCAB, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # left padding: 5 + 3 real tokens
+    report = lf.profile_model(_TokenModel(), {"input_ids": ids, "attention_mask": mask}, counters=("torch",))
+    assert report.counters["torch"].macs == 2 * 5 * WIDTH * VOCAB  # every position is computed
+    assert report.tokens == 5 + 3
+    assert report.macs_per_token("torch") == 2 * 5 * WIDTH * VOCAB / (5 + 3)
+    positions = lf.profile_model(
+        _TokenModel(), {"input_ids": ids, "attention_mask": mask}, counters=("torch",), tokens_fn=lf.count_positions
+    )
+    assert positions.tokens == 2 * 5 and positions.macs_per_token("torch") == WIDTH * VOCAB
+    assert lf.count_positions(torch.randn(3, 4)) is None  # no integer [B, T] tensor: no tokens
 
 
 def test_tokens_fn_overrides_detection_and_a_bad_value_names_it() -> None:
@@ -118,14 +133,20 @@ def _padded_batches() -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": ids, "attention_mask": mask}] * 2
 
 
-@pytest.mark.parametrize("real_tokens_only", [False, True], ids=["padding_counted", "tokens_fn_real_tokens"])
-def test_monitor_per_token_keys_default_and_tokens_fn(tmp_path: Path, real_tokens_only: bool) -> None:
-    tokens_fn = (lambda batch: int(batch["attention_mask"].sum())) if real_tokens_only else None
+@pytest.mark.parametrize(
+    ("tokens_fn", "tokens"),
+    [
+        (None, 6 + 3),  # the default learns padding from the attention_mask: 9 real tokens
+        (lf.count_positions, 2 * 6),  # opting out: every position, padding included
+        (lambda batch: 5, 5),  # the user's own rule
+    ],
+    ids=["default_real_tokens", "count_positions", "tokens_fn"],
+)
+def test_monitor_per_token_keys_default_and_tokens_fn(tmp_path: Path, tokens_fn: Any, tokens: int) -> None:
     logger = CSVLogger(str(tmp_path))
     monitor = FlopsMonitor(counters=("torch",), tokens_fn=tokens_fn)
     trainer = make_trainer(tmp_path, [monitor], logger=logger, max_steps=1, log_every_n_steps=1)
     trainer.fit(_LitTokens(), DataLoader(_padded_batches(), batch_size=None))
-    tokens = 9 if real_tokens_only else 2 * 6
     macs = 2 * 6 * WIDTH * VOCAB  # the padded batch is computed whole either way
     assert monitor.report is not None and monitor.report.tokens == tokens
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as handle:
