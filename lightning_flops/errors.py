@@ -70,12 +70,14 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def error_text(err: BaseException) -> str:
-    """``"<Type>: <first line of the message>"``, at most 400 characters of message."""
+def error_text(err: BaseException, where: bool = False) -> str:
+    """``"<Type>: <first line of the message>"``, at most 400 characters of message; with ``where``, then where a
+    count on meta raised when it is known (``" (in module 'dec', Tensor.item)"``, set by ``on_meta.locate_failure``)."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if len(message) > 400:
         message = message[:400] + "..."
-    return f"{type(err).__name__}: {message}"
+    located = getattr(err, "lightning_flops_where", None) if where else None
+    return f"{type(err).__name__}: {message}" + (f" (in {located})" if isinstance(located, str) and located else "")
 
 
 def internal_error(err: BaseException, context: str, strict: bool) -> str:

@@ -22,6 +22,7 @@ from lightning_flops.isolation import (
     restored_scripts,
     shared_copy,
 )
+from lightning_flops.on_meta import fixed_devices_on_meta, locate_failure
 from lightning_flops.parameters import ParameterReads
 from lightning_flops.rules import rule_hooks
 
@@ -131,9 +132,11 @@ class CountSession:
 
         meta_args, meta_kwargs = _indexed(to_meta, args, kwargs)
         try:
-            _materialize_lazy(target, meta_args, meta_kwargs)
-            return run(target, meta_args, meta_kwargs), inputs
-        except BaseException:
+            with fixed_devices_on_meta():  # a tensor the forward makes on a fixed device is made on meta too
+                _materialize_lazy(target, meta_args, meta_kwargs)
+                return run(target, meta_args, meta_kwargs), inputs
+        except BaseException as err:
+            locate_failure(err, target)  # the note then names the module and the torch function that raised
             if shared:
                 self._meta_model = None  # a failed counter may have left hooks or buffers: the next gets a fresh copy
             raise

@@ -79,7 +79,8 @@ def _run_counter(name: str, session: CountSession, device: str | None, strict: b
             continue
         if name == "torch" and where == "meta" and scale == 1:
             session.torch_meta_macs = int(raw.macs)
-        note = "; ".join(f"{p}: {error_text(e)}" for p, e in failures) or None  # why the earlier placements failed
+        # why the earlier placements failed, and where (module, torch function) when a meta pass says
+        note = "; ".join(f"{p}: {error_text(e, where=True)}" for p, e in failures) or None
         try:
             return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
         except Exception as err:  # the count is good: failing to read it is our bug, not the counter's

@@ -34,6 +34,7 @@ from lightning_flops.counters.engine import StepCounting
 from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
 from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.on_meta import fixed_devices_on_meta
 from lightning_flops.report import FlopsReport
 from lightning_flops.types import Uncounted
 
@@ -188,7 +189,7 @@ def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[U
     with preserved_rng():
         try:
             copy = meta_copy(model)
-            with fast_meta_kernels():  # shapes only: torch's Python decompositions are most of the time on meta
+            with fast_meta_kernels(), fixed_devices_on_meta():  # shapes only; tensors made on a fixed device: meta
                 return _forward_backward(copy, _meta_inputs(args), _meta_inputs(kwargs))
         except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the real model
             pass
