@@ -49,16 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         help="channels of the CNN's first conv (default 16) or the attention model's dim (default 32)",
     )
     parser.add_argument("--name", default=None, help="run name: logs go to LOGDIR/NAME/version_N (default: --model)")
+    parser.add_argument(
+        "--timing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N forwards and show where the time goes beside the MACs (FlopsMonitor(timing=N); default 0)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.width is not None and args.width < 1:
         parser.error("--width must be >= 1")
+    if args.timing < 0:
+        parser.error("--timing must be >= 0")
 
     seed_everything(0, verbose=False)
     module_cls, data_cls = MODELS[args.model]
     size = {} if args.width is None else {"width" if args.model == "cnn" else "dim": args.width}
-    monitor = FlopsMonitor()
+    monitor = FlopsMonitor(timing=args.timing)
     trainer = Trainer(
         accelerator="cpu",
         devices=1,

@@ -114,3 +114,11 @@ def test_a_profiler_around_the_fit_is_left_alone(tmp_path: Path) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["operators"] == 0 and "another torch.profiler" in result["note"]
     assert result["events"] > 0  # the user's profiler kept its events
+
+
+def test_the_example_refuses_a_negative_timing(capsys: pytest.CaptureFixture[str]) -> None:
+    from examples import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--timing", "-1"])
+    assert exit_info.value.code == 2 and "--timing must be >= 0" in capsys.readouterr().err
