@@ -22,11 +22,13 @@ __all__ = [
     "Gap",
     "GenerationReport",
     "InputSpec",
+    "OpTime",
     "ParamCount",
     "ParamDiffRow",
     "PartCount",
     "ReportDiff",
     "ReportFormatError",
+    "TimingReport",
     "Uncounted",
     "count_positions",
     "diff_reports",
@@ -47,6 +49,8 @@ _LOCATIONS = {
     "InputSpec": "lightning_flops.report",
     "ParamCount": "lightning_flops.report",
     "PartCount": "lightning_flops.report",
+    "TimingReport": "lightning_flops.report",
+    "OpTime": "lightning_flops.report",
     "Uncounted": "lightning_flops.report",
     "Discrepancy": "lightning_flops.explain",
     "DiffRow": "lightning_flops.explain",
@@ -69,7 +73,17 @@ if TYPE_CHECKING:
     from lightning_flops.generation_report import GenerationReport
     from lightning_flops.inputs import count_positions
     from lightning_flops.profiling import profile_model
-    from lightning_flops.report import CounterResult, FlopsReport, Gap, InputSpec, ParamCount, PartCount, Uncounted
+    from lightning_flops.report import (
+        CounterResult,
+        FlopsReport,
+        Gap,
+        InputSpec,
+        OpTime,
+        ParamCount,
+        PartCount,
+        TimingReport,
+        Uncounted,
+    )
     from lightning_flops.train_step import train_step_flops
 
 

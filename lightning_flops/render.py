@@ -328,7 +328,8 @@ def timing_markdown(timing: TimingReport | None, top: int = 8) -> list[str]:
     lines = [
         "",
         f"Where the time goes: one forward takes {_seconds_text(timing.forward_seconds)} (median of {runs} on "
-        f"{timing.device}, {timing.dtype}), {_rate(timing.achieved_flops_per_second)} achieved{mfu}.",
+        f"{timing.device}, {timing.dtype})"
+        + (f", {_rate(rate)} achieved{mfu}." if (rate := timing.achieved_flops_per_second) is not None else "."),
     ]
     if timing.note:
         lines.append(f"Note: {escape_markdown(timing.note)}.")
