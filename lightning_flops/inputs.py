@@ -249,12 +249,14 @@ def count_tokens(
     return tokens
 
 
-def slice_batch(value: Any, batch: int) -> tuple[Any, bool]:
-    """Keep one sample (``t[:1]``, a view) of every tensor whose dim 0 is ``batch``; also says whether any was sliced.
+def slice_batch(value: Any, batch: int, keep: int = 1) -> tuple[Any, bool]:
+    """Keep ``keep`` samples (``t[:keep]``, a view) of every tensor whose dim 0 is ``batch``; also says whether any
+    was sliced.
 
     Args:
         value: a tensor or any nesting of containers (see :func:`map_tensors`).
         batch: the batch size: only tensors with ``shape[0] == batch`` are sliced.
+        keep: the samples to keep.
     """
     sliced = False
 
@@ -262,7 +264,7 @@ def slice_batch(value: Any, batch: int) -> tuple[Any, bool]:
         nonlocal sliced
         if tensor.dim() > 0 and tensor.shape[0] == batch:
             sliced = True
-            return tensor[:1]
+            return tensor[:keep]
         return tensor
 
     return map_tensors(one, value), sliced

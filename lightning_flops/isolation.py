@@ -53,6 +53,7 @@ __all__ = [
     "CopyRecord",
     "ModelSnapshot",
     "ShardedModelError",
+    "ValueCheck",
     "WriteWatch",
     "meta_copy",
     "preserved_generators",
@@ -186,6 +187,73 @@ def preserved_generators(model: nn.Module) -> Iterator[None]:
     finally:
         for generator, state in states:
             generator.set_state(state)
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each element size
+
+
+def _checkable(tensor: Any) -> bool:
+    from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+    return (
+        isinstance(tensor, torch.Tensor)
+        and not isinstance(tensor, (UninitializedParameter, UninitializedBuffer))
+        and type(tensor) in (torch.Tensor, nn.Parameter)
+        and tensor.layout == torch.strided
+        and not tensor.is_meta
+        and not tensor.is_quantized
+        and tensor.element_size() in _BITS
+    )
+
+
+class ValueCheck:
+    """A cheap checksum of every tensor the model holds (parameters, buffers, tensor attributes), to see afterwards
+    whether counting in place changed any, rather than trust that every write was seen and undone.
+
+    The checksum of a tensor is the sum of its elements' bit patterns (one read of each tensor, no copy, one
+    synchronisation per device): any change of one element is seen, a permutation of elements is not.
+
+    Args:
+        model: the module whose tensors to check (submodules included).
+
+    Example::
+
+        check = ValueCheck(model)
+        count_in_place(model)
+        assert check.changed() == []
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.named: dict[int, tuple[str, torch.Tensor]] = {}
+        for prefix, module in model.named_modules():
+            for attribute, value in vars(module).items():
+                tensors = value.items() if attribute in MODULE_TENSOR_DICTS else [(attribute, value)]
+                for name, tensor in tensors:
+                    if _checkable(tensor) and id(tensor) not in self.named:
+                        self.named[id(tensor)] = (f"{prefix}.{name}" if prefix else name, tensor)
+        self.sums = self._sums()
+
+    def _sums(self) -> dict[str, torch.Tensor]:
+        by_device: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for _, tensor in self.named.values():
+                bits = tensor.detach().view(_BITS[tensor.element_size()])
+                by_device.setdefault(str(tensor.device), []).append(bits.sum(dtype=torch.int64))
+        return {device: torch.stack(sums) for device, sums in by_device.items()}
+
+    def changed(self) -> list[str]:
+        """Names of the tensors whose checksum differs from the one taken at construction."""
+        names: dict[str, list[str]] = {}
+        for name, tensor in self.named.values():
+            names.setdefault(str(tensor.device), []).append(name)
+        now = self._sums()
+        out = []
+        for device, before in self.sums.items():
+            after = now.get(device)
+            if after is None or after.shape != before.shape:
+                continue
+            out.extend(names[device][i] for i in (after != before).nonzero().flatten().tolist())
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ structural copies

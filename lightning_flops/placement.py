@@ -17,6 +17,7 @@ from lightning_flops.inputs import iter_tensors, map_tensors, slice_batch
 from lightning_flops.isolation import (
     ALL,
     CopyRecord,
+    ValueCheck,
     WriteWatch,
     meta_copy,
     restored_scripts,
@@ -25,8 +26,9 @@ from lightning_flops.isolation import (
 from lightning_flops.on_meta import fixed_devices_on_meta, locate_failure
 from lightning_flops.parameters import ParameterReads
 from lightning_flops.rules import rule_hooks
+from lightning_flops.vocabulary import CORE_OPERATORS
 
-__all__ = ["CountSession", "placement_order"]
+__all__ = ["CountSession", "extrapolated", "placement_order"]
 
 
 @contextlib.contextmanager
@@ -94,6 +96,7 @@ class CountSession:
         self.batch = batch
         self.torch_meta_macs: int | None = None
         self.called: dict[str, set[str]] = {}  # counter name -> modules that ran in its successful count
+        self.changed: dict[str, list[str]] = {}  # counter name -> model tensors changed by its in-place count
         self.reads: dict[str, ParameterReads] = {}  # counter name -> parameters its operators read (torch only)
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
@@ -227,25 +230,31 @@ class CountSession:
             with fast_meta_kernels():
                 raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
-        if self.written is None:
-            self._learn_writes()
-        written_inputs = self.written_inputs
-        args, kwargs = _indexed(
-            lambda i, t: t if written_inputs is not None and i not in written_inputs else t.detach().clone(),
-            args,
-            kwargs,
-        )
-        requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        check = ValueCheck(self.model)  # every write should be seen and undone: check, do not trust it
         try:
-            with restored_scripts(self.model):  # a ScriptModule has no structural copy: it is shared, then restored
-                target = shared_copy(self.model, self.written if self.written is not None else ALL)
-                self._prepared(target)
-                _materialize_lazy(target, args, kwargs)
-                raw = run(target, args, kwargs)
+            if self.written is None:
+                self._learn_writes()
+            written_inputs = self.written_inputs
+            args, kwargs = _indexed(
+                lambda i, t: t if written_inputs is not None and i not in written_inputs else t.detach().clone(),
+                args,
+                kwargs,
+            )
+            requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+            try:
+                with restored_scripts(self.model):  # a ScriptModule has no structural copy: it is shared, then restored
+                    target = shared_copy(self.model, self.written if self.written is not None else ALL)
+                    self._prepared(target)
+                    _materialize_lazy(target, args, kwargs)
+                    raw = run(target, args, kwargs)
+            finally:
+                for param, flag in requires_grad:
+                    if param.requires_grad != flag:
+                        param.requires_grad_(flag)
         finally:
-            for param, flag in requires_grad:
-                if param.requires_grad != flag:
-                    param.requires_grad_(flag)
+            changed = check.changed()
+            if changed:
+                self.changed.setdefault(counter.name, []).extend(changed)
         return raw, rule_macs, _model_device(self.model)
 
     def one_sample_inputs(self) -> tuple[tuple, dict] | None:
@@ -265,6 +274,64 @@ class CountSession:
         except Exception:
             return None
         return (one_args, one_kwargs) if one > 0 and one * self.batch == self.torch_meta_macs else None
+
+    def count_sampled(
+        self, counter: Any, one_args: tuple, one_kwargs: dict
+    ) -> tuple[RawCount, dict[str, float], str, int]:
+        """Count in place on one sample and extrapolate to the batch (:func:`extrapolated`, with a count of two
+        samples when a convention was counted); the whole batch where that cannot be done.
+
+        Returns:
+            ``(count of the batch, rule MACs of one sample, device, samples per counted sample)``.
+        """
+        raw, rule_macs, where = self.count(counter, "model", one_args, one_kwargs)
+        two = None
+        conventions = any(
+            v for ops in raw.module_operators.values() for op, v in ops.items() if op not in CORE_OPERATORS
+        )
+        if conventions and self.batch > 2:
+            two_args, _ = slice_batch(self.args, self.batch, keep=2)
+            two_kwargs, _ = slice_batch(self.kwargs, self.batch, keep=2)
+            two = self.count(counter, "model", two_args, two_kwargs, record=False)[0]
+        whole = extrapolated(raw, two, self.batch)
+        if whole is None:
+            raw, rule_macs, where = self.count(counter, "model", self.args, self.kwargs)
+            return raw, rule_macs, where, 1
+        return whole, rule_macs, where, self.batch
+
+
+def extrapolated(one: RawCount, two: RawCount | None, batch: int) -> RawCount | None:
+    """The count of ``batch`` samples from counts of the first sample and of the first two, entry by entry.
+
+    A core operator is scaled by ``batch``: the torch counter's probe (:meth:`CountSession.one_sample_inputs`) showed
+    that the core costs exactly ``batch`` times one sample. Any other entry (a convention the probe does not see,
+    such as a norm) is extrapolated from ``two``: its per-sample part (what the second sample added) times ``batch``
+    plus its batch-independent part (a norm of a weight is counted once, not ``batch`` times). ``None`` (count the
+    whole batch) when a convention was counted and ``two`` is missing, or an entry shrinks or only appears with two.
+    """
+    module_operators: dict[str, dict[str, int]] = {}
+    for module, ops in one.module_operators.items():
+        bucket: dict[str, int] = {}
+        for op, value in ops.items():
+            if op in CORE_OPERATORS:
+                bucket[op] = int(value) * batch
+                continue
+            if two is None:
+                return None
+            twice = int(two.module_operators.get(module, {}).get(op, 0))
+            if twice < value:
+                return None
+            bucket[op] = int(value) + (batch - 1) * (twice - int(value))  # fixed part + batch * per-sample part
+        module_operators[module] = bucket
+    if two is not None and any(
+        v and op not in one.module_operators.get(m, {})
+        for m, ops in two.module_operators.items()
+        for op, v in ops.items()
+    ):
+        return None  # an operator that ran on two samples only
+    root_before = sum(one.module_operators.get("", {}).values())
+    macs = int(one.macs) - root_before + sum(module_operators.get("", {}).values())
+    return RawCount(macs=macs, module_operators=module_operators, uncounted=one.uncounted)
 
 
 def placement_order(counter: Any, session: CountSession, device: str | None) -> list[str]:

@@ -50,6 +50,18 @@ def _checked(raw: Any) -> RawCount:
     return raw
 
 
+def _changed_in_place(name: str, session: CountSession) -> list[str]:
+    """Warn when counting in place changed tensors of the model (a write no dispatch mode sees, such as one through
+    ``.numpy()``); the text for the counter's ``device_note`` (``[]`` when nothing changed)."""
+    changed = session.changed.pop(name, None)
+    if not changed:
+        return []
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    text = f"counting in place changed the model's tensors {shown} (a write no dispatch mode sees)"
+    warnings.warn(f"profile_model: counter {name!r}: {text}", RuntimeWarning, stacklevel=3)
+    return [text]
+
+
 def _run_counter(name: str, session: CountSession, device: str | None, strict: bool) -> CounterResult:
     """Run one counter; a failure of the counting library or of the user's forward becomes a failed result.
 
@@ -65,22 +77,26 @@ def _run_counter(name: str, session: CountSession, device: str | None, strict: b
         failures.append(("", err))
         placements = []
     for placement in placements:
-        args, kwargs, scale = session.args, session.kwargs, 1
-        one_sample = (
-            session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
-        )
-        if one_sample is not None:
-            (args, kwargs), scale = one_sample, session.batch
+        scale = 1
         try:
-            raw, rule_macs, where = session.count(counter, placement, args, kwargs)
+            one_sample = (
+                session.one_sample_inputs() if placement == "model" and device is None and name == "fvcore" else None
+            )
+            if one_sample is not None:  # the count is of the whole batch, extrapolated from one or two samples
+                raw, rule_macs, where, scale = session.count_sampled(counter, *one_sample)
+            else:
+                raw, rule_macs, where = session.count(counter, placement, session.args, session.kwargs)
             raw = _checked(raw)
         except Exception as err:
             failures.append((placement, err))
             continue
+        finally:
+            changed = _changed_in_place(name, session)
         if name == "torch" and where == "meta" and scale == 1:
             session.torch_meta_macs = int(raw.macs)
-        # why the earlier placements failed, and where (module, torch function) when a meta pass says
-        note = "; ".join(f"{p}: {error_text(e, where=True)}" for p, e in failures) or None
+        # why the earlier placements failed, and where (module, torch function) when a meta pass says; what an
+        # in-place count changed anyway
+        note = "; ".join([f"{p}: {error_text(e, where=True)}" for p, e in failures] + changed) or None
         try:
             return _result(name, raw, rule_macs, where, scale, time.perf_counter() - start, note)
         except Exception as err:  # the count is good: failing to read it is our bug, not the counter's
@@ -106,8 +122,8 @@ def _result(
     seconds: float,
     note: str | None = None,
 ) -> CounterResult:
-    raw_macs = int(raw.macs) * scale
-    module_operators = {m: {op: int(v) * scale for op, v in ops.items()} for m, ops in raw.module_operators.items()}
+    raw_macs = int(raw.macs)  # of the whole batch; ``scale``: samples per counted sample, for the rules' MACs
+    module_operators = {m: {op: int(v) for op, v in ops.items()} for m, ops in raw.module_operators.items()}
     module_operators.setdefault("", {})
     macs = raw_macs
     if rule_macs:  # the rules change the root's count by what they add minus the subtrees they replace

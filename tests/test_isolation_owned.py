@@ -5,6 +5,7 @@ in-place count shares. Each fit is compared with the same seeded fit without the
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,71 @@ def test_profile_model_of_a_partly_scripted_model_runs_no_user_hook(device: str 
     report = lf.profile_model(model, torch.randn(4, 4), device=device, counters=("thop", "torch"))
     assert report.counters["torch"].macs == 4 * (4 * 8 + 8 * 2)  # batch * (in*hidden + hidden*out)
     assert model.calls == []
+
+
+# -------------------------------------------------------------------- 11. in-place counts checked, not trusted
+class WritesThroughNumpy(nn.Module):
+    """Counts its calls in a buffer through ``.numpy()``: a write no dispatch mode sees, so nothing can undo it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.numpy()[0] += 1
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("device", [None, "model"])
+def test_a_change_no_dispatch_mode_sees_is_reported_by_name(device: str | None) -> None:
+    model = WritesThroughNumpy()
+    with pytest.warns(RuntimeWarning, match=r"counter 'torch': counting in place changed the model's tensors calls"):
+        report = lf.profile_model(model, torch.randn(3, 4), device=device, counters=("torch",))
+    result = report.counters["torch"]
+    assert (result.device, result.macs) == ("cpu", 3 * 4 * 2)  # in place (.numpy() fails on meta); batch * in * out
+    assert "counting in place changed the model's tensors calls" in result.device_note
+    assert model.calls.item() > 0  # the change is real: the report says so rather than hide it
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_writes_the_dispatcher_sees_are_undone_and_nothing_is_reported(mode: str) -> None:
+    from tests.test_isolation_setups import Decaying
+
+    model = Decaying()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        report = lf.profile_model(model, torch.randn(2, 3, 6, 6), device="model", mode=mode, counters=("torch",))
+    assert report.counters["torch"].device_note is None
+
+
+class WeightStandardised(nn.Module):
+    """A convolution of a layer-normalised weight (batch-independent), then a LayerNorm of its output (per sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.LayerNorm([4, 4, 4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = nn.functional.layer_norm(self.conv.weight, self.conv.weight.shape[1:])
+        return self.norm(nn.functional.conv2d(x, weight, self.conv.bias))
+
+
+def test_a_one_sample_fvcore_count_scales_only_what_grows_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fvcore.nn import FlopCountAnalysis
+
+    from lightning_flops.counters.fvcore_jit import FvcoreCounter
+
+    model, x = WeightStandardised(), torch.randn(4, 3, 6, 6)
+    expected = FlopCountAnalysis(model, (x,))  # fvcore itself, on the whole batch
+    expected.unsupported_ops_warnings(False)
+    expected_norm = expected.by_operator()["layer_norm"]
+    # fvcore: 4 per element, 5 with an affine weight; the conv weight (out*in*k*k) + the output (batch*C*H*W)
+    assert expected_norm == 4 * (4 * 3 * 3 * 3) + 5 * (4 * 4 * 4 * 4)
+    monkeypatch.setattr(FvcoreCounter, "can_count_on_meta", lambda self, model: False)  # in place, on one sample
+    result = lf.profile_model(model, x, counters=("torch", "fvcore")).counters["fvcore"]
+    assert (result.device, result.sample_scale) == ("cpu", 4)
+    assert result.by_operator["norm"] == expected_norm  # not 4 * 4 * 108 + 5 * 256: the weight's norm times 4
+    assert result.by_operator["conv"] == 4 * 4 * 4 * 4 * 3 * 3 * 3 == expected.by_operator()["conv"]
+    assert result.macs == expected.total()
