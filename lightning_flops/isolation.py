@@ -210,8 +210,9 @@ class ValueCheck:
     """A cheap checksum of every tensor the model holds (parameters, buffers, tensor attributes), to see afterwards
     whether counting in place changed any, rather than trust that every write was seen and undone.
 
-    The checksum of a tensor is the sum of its elements' bit patterns (one read of each tensor, no copy, one
-    synchronisation per device): any change of one element is seen, a permutation of elements is not.
+    The checksum of a tensor is the sum of its elements' bit patterns, wrapping in an integer dtype of the element's
+    size (one read of each tensor, no copy, one synchronisation per device): any change of one element is seen, a
+    permutation of elements is not.
 
     Args:
         model: the module whose tensors to check (submodules included).
@@ -238,7 +239,8 @@ class ValueCheck:
         with torch.no_grad():
             for _, tensor in self.named.values():
                 bits = tensor.detach().view(_BITS[tensor.element_size()])
-                by_device.setdefault(str(tensor.device), []).append(bits.sum(dtype=torch.int64))
+                # summed in its own dtype (wrapping): no widened copy of the tensor; one changed element still shows
+                by_device.setdefault(str(tensor.device), []).append(bits.sum(dtype=bits.dtype).to(torch.int64))
         return {device: torch.stack(sums) for device, sums in by_device.items()}
 
     def changed(self) -> list[str]:
