@@ -389,3 +389,12 @@ def test_mfu_is_logged_only_when_the_peak_is_known() -> None:
     metrics = metrics_from_report(peaked)
     assert metrics["compute/time/mfu"] == pytest.approx(report.timing.achieved_flops_per_second / 1e12)
     assert metrics["compute/time/forward_seconds"] == report.timing.forward_seconds
+
+
+def test_without_the_torch_counter_the_times_stand_alone() -> None:
+    report = lf.profile_model(Outer(), torch.randn(3, 8), counters=("thop",), timing=1)
+    timing = report.timing
+    assert timing.macs is None and timing.achieved_flops_per_second is None and timing.mfu is None
+    assert "the torch counter did not run" in timing.note
+    assert all(op.macs == 0 for op in timing.operators) and timing.share(operator="linear") > 0
+    assert "achieved" not in report.to_markdown().split("Where the time goes", 1)[1].splitlines()[0]
