@@ -3,7 +3,10 @@
 Two ways, one formula set (the torch counter's, CPU fixups included):
 
 - :func:`train_step_flops` counts a model on an example input without changing it. It runs on
-  :func:`~lightning_flops.isolation.meta_copy` of the model (no weight copied); when the meta copy cannot run
+  :func:`~lightning_flops.isolation.meta_copy` of the model (no weight copied), with the kernels the model's own
+  device would pick where they depend on the device (attention: CPU flash, whose backward recomputes ``QK^T``;
+  :class:`~lightning_flops.counters.engine.DeviceKernels`); a CPU model with an RNN or ``nn.MultiheadAttention``
+  (fused CPU kernels a meta count cannot reproduce) is counted as the real model is. When the meta copy cannot run
   (``.item()``, ``nonzero``, data-dependent MoE routing, ...) it runs on the real model with
   ``torch.autograd.grad``, which returns the gradients instead of accumulating them into ``.grad``, and puts the
   buffers (BatchNorm statistics) and the RNG state back.
@@ -12,8 +15,10 @@ Two ways, one formula set (the torch counter's, CPU fixups included):
   gradients and optimizer state are bit-identical to a run without it, and a MoE counts the experts that really ran.
 
 Backward runs from the sum of the floating-point outputs that require grad (the loss costs next to nothing beside
-the model's matrix products). Autograd skips the gradient of inputs that need none, so the first layer's input
-gradient is counted only when that input requires grad (as in the real step).
+the model's matrix products) to every leaf the loss depends on that requires grad, as ``loss.backward()`` does:
+parameters, inputs that require grad (inside a dict or list too, leaf or not) and tensors made to require grad inside
+``forward``. Autograd skips the gradient of inputs that need none, so the first layer's input gradient is counted
+only when that input requires grad (as in the real step).
 
 Both ways count with the counting engine (:class:`~lightning_flops.counters.engine.StepCounting`), as the torch
 counter does: every kernel of the forward or the backward that has no formula and is not on the
@@ -111,40 +116,96 @@ def observation_refused(report: FlopsReport) -> str | None:
     return None
 
 
-def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` on meta, cut from the real one's graph; a floating tensor that required grad still does."""
-    moved = tensor.detach().to("meta")
-    return moved.requires_grad_(True) if tensor.requires_grad and moved.is_floating_point() else moved
+def _grad_input(tensor: torch.Tensor, device: str | None = None) -> torch.Tensor:
+    """The step's stand-in for an input ``tensor`` (on ``device`` when given), cut from the caller's graph.
+
+    A floating tensor that requires grad becomes a fresh leaf that requires grad, behind a ``clone`` when the original
+    was not a leaf (an in-place operation in ``forward`` then works as on the original); the backward computes its
+    gradient as the real step computes the gradient of the original.
+    """
+    moved = tensor.detach().to(device) if device is not None else tensor.detach()
+    if not (tensor.requires_grad and moved.is_floating_point()):
+        return moved if device is not None else tensor
+    leaf = moved.requires_grad_(True) if device is not None else moved.clone().requires_grad_(True)
+    return leaf if tensor.is_leaf else leaf.clone()
 
 
-def _meta_inputs(value: Any) -> Any:
-    """``value`` with every tensor on meta (see :func:`_to_meta`)."""
-    return map_tensors(_to_meta, value)
+def _step_inputs(value: Any, device: str | None = None) -> Any:
+    """``value`` with every tensor mapped by :func:`_grad_input`."""
+    return map_tensors(lambda t: _grad_input(t, device), value)
 
 
-def _grad_targets(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    inputs = [t for _, t in (*iter_tensors(list(args)), *iter_tensors(kwargs)) if t.requires_grad and t.is_leaf]
-    return params + inputs
+def _leaves(root: torch.Tensor) -> list[torch.Tensor]:
+    """Every leaf tensor that requires grad and that ``root`` depends on: parameters, inputs and tensors made to
+    require grad inside ``forward`` (``hidden_states.requires_grad = True``), found by walking the autograd graph
+    (public ``grad_fn``, ``next_functions``; the leaf of an ``AccumulateGrad`` node is its ``variable``)."""
+    leaves: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    todo = [root.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.setdefault(id(variable), variable)
+            continue
+        todo.extend(child for child, _ in node.next_functions)
+    return list(leaves.values())
 
 
 def _forward_backward(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device | None = None
 ) -> tuple[int, tuple[Uncounted, ...]]:
     """Count forward + backward of ``model(*args, **kwargs)``; gradients are returned by autograd and dropped.
+
+    The backward computes the gradient of every leaf the loss depends on that requires grad, as ``loss.backward()``
+    does, without accumulating into any ``.grad``.
+
+    Args:
+        device: on meta, the device whose backend-dependent kernels to count (the model's own).
 
     Returns:
         ``(FLOPs, uncounted kernels)``, the latter booked to ``model``'s module names (forward hooks, removed after).
     """
     stack = ModuleStack(model)
-    mode = StepCounting(stack)
+    mode = StepCounting(stack, device)
     with stack, torch.enable_grad(), mode:
         output = model(*args, **kwargs)
         losses = [t.sum() for _, t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
-        targets = _grad_targets(model, args, kwargs)
-        if losses and targets:
-            torch.autograd.grad(torch.stack(losses).sum(), targets, allow_unused=True)
+        if losses:
+            loss = torch.stack(losses).sum()
+            targets = _leaves(loss)
+            if targets:
+                torch.autograd.grad(loss, targets, allow_unused=True)
     return mode.flops, mode.uncounted()
+
+
+class _CountInPlace(Exception):
+    """The meta copy would count a kernel other than the device's: count the real model."""
+
+
+#: modules whose CPU training step runs fused kernels that a meta count cannot reproduce: the RNNs run
+#: ``mkldnn_rnn_layer``, whose backward computes the first layer's input gradient too; ``nn.MultiheadAttention``
+#: calls SDPA inside ``F.multi_head_attention_forward``, out of reach of
+#: :class:`~lightning_flops.counters.engine.DeviceKernels`
+_CPU_FUSED_MODULES = (nn.RNNBase, nn.MultiheadAttention)
+
+
+def _runs_unlike_meta(model: nn.Module) -> bool:
+    """Whether a meta count of ``model``'s step would differ from its device's: a CPU model with a module of
+    :data:`_CPU_FUSED_MODULES`."""
+    if _model_device(model).type != "cpu":
+        return False
+    return any(isinstance(module, _CPU_FUSED_MODULES) for module in model.modules())
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer; CPU for a model without either."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
@@ -188,14 +249,17 @@ def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[U
     args, kwargs = split_input(example_input)
     with preserved_rng():
         try:
+            if _runs_unlike_meta(model):
+                raise _CountInPlace
             copy = meta_copy(model)
+            device = _model_device(model)
             with fast_meta_kernels(), fixed_devices_on_meta():  # shapes only; tensors made on a fixed device: meta
-                return _forward_backward(copy, _meta_inputs(args), _meta_inputs(kwargs))
+                return _forward_backward(copy, _step_inputs(args, "meta"), _step_inputs(kwargs, "meta"), device)
         except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the real model
             pass
     snapshot = ModelSnapshot(model)
     try:
         with preserved_rng():
-            return _forward_backward(model, args, kwargs)
+            return _forward_backward(model, _step_inputs(args), _step_inputs(kwargs))
     finally:
         snapshot.restore()

@@ -7,7 +7,8 @@ dispatch internals, FlopCounterMode's formula table, meta kernels.
 * torch dispatch: :data:`TorchDispatchMode`, :func:`is_fake_tensor`, :func:`is_op_overload`, :func:`op_schema`,
   :func:`storage_address`; FlopCounterMode: :func:`set_module_tracker`, :func:`mark_raw_formula`,
   :func:`decomposes_implicitly`, :func:`shape_formula`, :func:`flop_counter_dispatch_mode` and
-  :func:`handle_higher_order` (how FlopCounterMode counts higher-order operators, inherited).
+  :func:`handle_higher_order` (how FlopCounterMode counts higher-order operators, inherited),
+  :func:`sdpa_backend` (the attention kernel a device would pick).
 * thread-local counting modes (nothing registered with the dispatcher, nothing another thread sees):
   :func:`traceable_meta_convolution` (a function mode that lets ``torch.jit.trace``, fvcore, record convolutions on
   the meta device), :func:`fast_meta_kernels` (a dispatch mode answering with the shape-only kernels of
@@ -317,6 +318,42 @@ def handle_higher_order(mode: Any, func: Any, types: Any, args: tuple, kwargs: d
     return mode._handle_higher_order_ops(func, types, args, kwargs)
 
 
+def sdpa_backend(device: torch.device, query: Any, key: Any, value: Any, attn_mask: Any = None,
+                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                 enable_gqa: bool = False) -> str | None:  # fmt: skip
+    """The backend ``F.scaled_dot_product_attention`` picks on ``device`` for tensors shaped as these (meta ones
+    included): ``"FLASH_ATTENTION"``, ``"MATH"``, ... (``torch._fused_sdp_choice``, torch 2.13), or ``None`` on a torch
+    outside :data:`TORCH_CHECKED` or when it cannot tell.
+
+    The choice reads shapes, dtypes, strides of the last dimension and flags only, so it is asked on stand-ins on
+    ``device`` of the same shape and dtype that hold one row of memory each (every other stride 0).
+    """
+    if not torch_checked() or not hasattr(torch, "_fused_sdp_choice"):
+        return None
+
+    def stand_in(tensor: Any) -> Any:
+        if not isinstance(tensor, torch.Tensor):
+            return tensor
+        last = tensor.stride(-1) if tensor.dim() else 1
+        room = (tensor.shape[-1] - 1) * last + 1 if tensor.dim() and tensor.shape[-1] else 1
+        with torch._C.DisableTorchFunction():
+            base = torch.empty(room, dtype=tensor.dtype, device=device)
+            return base.as_strided(tensor.shape, (0,) * (tensor.dim() - 1) + (last,) if tensor.dim() else ())
+
+    try:
+        from torch.nn.attention import SDPBackend
+
+        # no torch-function mode may move the stand-ins (the counting thread's fixed-devices-on-meta mode would)
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            choice = torch._fused_sdp_choice(
+                stand_in(query), stand_in(key), stand_in(value), stand_in(attn_mask), dropout_p, is_causal,
+                scale=scale, enable_gqa=enable_gqa,
+            )  # fmt: skip
+        return SDPBackend(choice).name
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
 # ------------------------------------------------------------------------------------------------ meta kernels
 META_CONV_TRACING = torch_checked()  # at import; the shims read torch_checked() at each call
 
@@ -577,6 +614,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch:UntypedStorage", "_cdata", "torch 2.13"),
     ("torch", "instance:FlopCounterMode", "mod_tracker", "torch 2.13"),
     ("torch", "torch.utils.flop_counter", "_FlopCounterMode", "torch 2.13"),
+    ("torch", "torch", "_fused_sdp_choice", "torch 2.13"),
+    ("torch", "torch._C", "DisableTorchFunction", "torch 2.13"),
     ("torch", "torch.utils.flop_counter:_FlopCounterMode", "_handle_higher_order_ops", "torch 2.13"),
     ("torch", "torch.utils.flop_counter:_FlopCounterMode", "_execute_with_isolated_flop_counting", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "_get_raw", "torch 2.13"),

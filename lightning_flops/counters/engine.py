@@ -15,6 +15,7 @@ as :class:`~lightning_flops.types.Uncounted` with its module and calls: the coun
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_flops._compat import (
     TorchDispatchMode,
+    TorchFunctionMode,
     decomposes_implicitly,
     flop_counter_dispatch_mode,
     flop_registry,
     handle_higher_order,
     is_op_overload,
     mark_raw_formula,
+    sdpa_backend,
     set_module_tracker,
     shape_formula,
 )
@@ -39,7 +42,7 @@ from lightning_flops.counters.tracing import FunctionLabeler, ModuleStack, opera
 from lightning_flops.types import Uncounted
 from lightning_flops.vocabulary import NO_FORMULA, REVIEWED_UNCOUNTED, operator_of_aten, zero_mac_reason
 
-__all__ = ["Count", "StepCounting", "count", "flop_counter_mode", "packet_name"]
+__all__ = ["Count", "DeviceKernels", "StepCounting", "count", "flop_counter_mode", "packet_name"]
 
 aten = torch.ops.aten
 
@@ -359,12 +362,69 @@ def _counting_mode(mapping: dict[Any, Callable[..., int]], tally: _Tally) -> Any
     return _ReferenceMode(mapping, tally)
 
 
+def _sdpa_arguments(
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> tuple[Any, ...]:
+    """``F.scaled_dot_product_attention``'s arguments, bound by name."""
+    return query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+
+
+class DeviceKernels(TorchFunctionMode):
+    """While tensors are on meta, runs the backend-dependent kernels that ``device`` would run, so that a count on
+    meta is the count of that device's step.
+
+    On meta, ``F.scaled_dot_product_attention`` picks its math fallback (``bmm``, softmax, ``bmm``); on CPU it picks
+    ``_scaled_dot_product_flash_attention_for_cpu`` where it can, whose backward recomputes ``QK^T`` (torch's formula
+    counts it). This mode asks which backend ``device`` picks for these shapes
+    (:func:`~lightning_flops._compat.sdpa_backend`) and, for CPU flash, calls that kernel on the meta tensors, as the
+    CPU's own ``scaled_dot_product_attention`` does (a boolean mask made additive first). Anything else runs as it is.
+    A mode of the counting thread only.
+
+    Args:
+        device: the device whose kernels to run (the model's own); only ``cpu`` changes anything today.
+
+    Example::
+
+        with DeviceKernels(torch.device("cpu")):
+            meta_model(meta_input).sum().backward()  # attention as the CPU runs it
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is _SDPA and self.device.type == "cpu":
+            query, key, value, mask, dropout_p, is_causal, scale, gqa = _sdpa_arguments(*args, **kwargs)
+            if isinstance(query, torch.Tensor) and query.device.type == "meta":
+                backend = sdpa_backend(self.device, query, key, value, mask, dropout_p, is_causal, scale, gqa)
+                if backend == "FLASH_ATTENTION":
+                    if mask is not None and mask.dtype == torch.bool:  # as the CPU kernel's caller converts it
+                        mask = torch.zeros_like(mask, dtype=query.dtype).masked_fill(~mask, float("-inf"))
+                    flash = aten._scaled_dot_product_flash_attention_for_cpu
+                    return flash(query, key, value, dropout_p, is_causal, attn_mask=mask, scale=scale)[0]
+        return func(*args, **kwargs)
+
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
 class StepCounting:
     """The engine's counting as a context manager: every kernel run between ``__enter__`` and ``__exit__`` is
     counted with torch's formulas and ours, over the kernel watch; one total, no hook of its own.
 
     Args:
         stack: the module stack uncounted kernels are booked to (``None``: module ``""``); entered by the caller.
+        device: when the step runs on meta, the device whose backend-dependent kernels to count
+            (:class:`DeviceKernels`); ``None`` counts the kernels as they run.
 
     Example::
 
@@ -373,26 +433,35 @@ class StepCounting:
         step.flops, step.uncounted()
     """
 
-    def __init__(self, stack: ModuleStack | None = None) -> None:
+    def __init__(self, stack: ModuleStack | None = None, device: torch.device | None = None) -> None:
         recorder = _Recorder(None, FunctionLabeler())
         mapping = recorder.mapping()
         self.watch = _KernelWatch(stack, set(mapping))
         self.counter = _counting_mode(mapping, recorder.tally)
+        self.kernels = DeviceKernels(device) if device is not None else contextlib.nullcontext()
 
     def __enter__(self) -> StepCounting:
-        self.watch.__enter__()  # first, so that it sits beneath the counting mode and sees the kernels that run
+        self.kernels.__enter__()
         try:
-            self.counter.__enter__()
+            self.watch.__enter__()  # before the counting mode, so that it sits beneath it and sees the kernels
+            try:
+                self.counter.__enter__()
+            except BaseException:
+                self.watch.__exit__(None, None, None)
+                raise
         except BaseException:
-            self.watch.__exit__(None, None, None)
+            self.kernels.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            self.counter.__exit__(*exc)
+            try:
+                self.counter.__exit__(*exc)
+            finally:
+                self.watch.__exit__(*exc)
         finally:
-            self.watch.__exit__(*exc)
+            self.kernels.__exit__(*exc)
 
     @property
     def flops(self) -> int:
