@@ -398,3 +398,16 @@ def test_without_the_torch_counter_the_times_stand_alone() -> None:
     assert "the torch counter did not run" in timing.note
     assert all(op.macs == 0 for op in timing.operators) and timing.share(operator="linear") > 0
     assert "achieved" not in report.to_markdown().split("Where the time goes", 1)[1].splitlines()[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_split_holds_kernel_time() -> None:
+    model = MatmulBound().cuda()
+    report = lf.profile_model(model, torch.randn(BATCH, ROWS, INNER, device="cuda"), counters=("torch",), timing=5)
+    timing = report.timing
+    assert timing.time_source == "device" and timing.device.startswith("cuda")
+    assert timing.share(operator="matmul") >= 0.5
+    assert _row(timing, "products", "matmul").macs == BATCH * ROWS * INNER * ROWS  # batch * n * k * m
+    assert timing.forward_seconds / 3 <= timing.operator_seconds <= 3 * timing.forward_seconds
+    if timing.peak_flops_per_second is not None:
+        assert timing.mfu == timing.achieved_flops_per_second / timing.peak_flops_per_second
