@@ -397,7 +397,7 @@ def timing_figure_rgb(timing: TimingReport | None, top: int = 8) -> Any:
     axes.set_yticks(positions, [r["module"] or "<root>" for r in rows])
     axes.set_xlabel("% of the forward (own calls of each module)")
     axes.set_title("Where the time goes: time share vs MAC share")
-    axes.legend(loc="lower right")
+    axes.legend(loc="best", framealpha=0.9)
     figure.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
