@@ -279,8 +279,11 @@ def shape_formula(formula: Any) -> Any:
     torch 2.13 registers most formulas through ``shape_wrapper`` (torch/utils/flop_counter.py): its ``nf`` maps
     ``get_shape`` over ``(args, kwargs, out_val)`` with pytree and calls ``f(*shapes, out_shape=..., **kwargs)``;
     ``functools.wraps`` keeps ``f`` as ``nf.__wrapped__`` and copies its names onto ``nf`` (the code object tells
-    them apart; Python >= 3.11, else ``None``: the pytree route).
+    them apart; Python >= 3.11, else ``None``: the pytree route). ``None`` outside :data:`TORCH_CHECKED` too: the
+    formula is then called as FlopCounterMode calls it.
     """
+    if not torch_checked():
+        return None
     code = getattr(formula, "__code__", None)  # nf's own code: functools.wraps copied f's names onto nf itself
     if code is not None and getattr(code, "co_qualname", "") == "shape_wrapper.<locals>.nf":
         return getattr(formula, "__wrapped__", None)
