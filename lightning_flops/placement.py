@@ -4,6 +4,7 @@ forward writes), and one sample of the batch where that costs exactly 1/batch; t
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from lightning_flops.parameters import ParameterReads
 from lightning_flops.rules import rule_hooks
 from lightning_flops.vocabulary import CORE_OPERATORS
 
-__all__ = ["CountSession", "extrapolated", "placement_order"]
+__all__ = ["CountSession", "checked", "extrapolated", "placement_order"]
 
 
 @contextlib.contextmanager
@@ -285,6 +286,7 @@ class CountSession:
             ``(count of the batch, rule MACs of one sample, device, samples per counted sample)``.
         """
         raw, rule_macs, where = self.count(counter, "model", one_args, one_kwargs)
+        raw = checked(raw)
         two = None
         conventions = any(
             v for ops in raw.module_operators.values() for op, v in ops.items() if op not in CORE_OPERATORS
@@ -292,12 +294,21 @@ class CountSession:
         if conventions and self.batch > 2:
             two_args, _ = slice_batch(self.args, self.batch, keep=2)
             two_kwargs, _ = slice_batch(self.kwargs, self.batch, keep=2)
-            two = self.count(counter, "model", two_args, two_kwargs, record=False)[0]
+            two = checked(self.count(counter, "model", two_args, two_kwargs, record=False)[0])
         whole = extrapolated(raw, two, self.batch)
         if whole is None:
             raw, rule_macs, where = self.count(counter, "model", self.args, self.kwargs)
             return raw, rule_macs, where, 1
         return whole, rule_macs, where, self.batch
+
+
+def checked(raw: Any) -> RawCount:
+    """``raw`` when its MAC count is a finite number >= 0; else ``ValueError`` (the counter failed)."""
+    macs = getattr(raw, "macs", None)
+    valid = isinstance(macs, (int, float)) and not isinstance(macs, bool) and math.isfinite(macs) and macs >= 0
+    if not valid:
+        raise ValueError(f"counter returned an invalid MAC count: {macs!r}")
+    return raw
 
 
 def extrapolated(one: RawCount, two: RawCount | None, batch: int) -> RawCount | None:

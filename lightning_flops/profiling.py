@@ -9,7 +9,6 @@ holds the error policy.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -33,21 +32,13 @@ from lightning_flops.parameters import (
     read_parameters,
 )
 from lightning_flops.parts import count_parts, resolve_parts
-from lightning_flops.placement import CountSession, placement_order
+from lightning_flops.placement import CountSession, checked, placement_order
 from lightning_flops.report import CounterResult, FlopsReport, InputSpec
 from lightning_flops.rules import Rule, expand_custom_ops
 from lightning_flops.timing import check_timing, measure_timing
 from lightning_flops.vocabulary import type_label
 
 __all__ = ["profile_model"]
-
-
-def _checked(raw: Any) -> RawCount:
-    macs = getattr(raw, "macs", None)
-    valid = isinstance(macs, (int, float)) and not isinstance(macs, bool) and math.isfinite(macs) and macs >= 0
-    if not valid:
-        raise ValueError(f"counter returned an invalid MAC count: {macs!r}")
-    return raw
 
 
 def _changed_in_place(name: str, session: CountSession) -> list[str]:
@@ -86,7 +77,7 @@ def _run_counter(name: str, session: CountSession, device: str | None, strict: b
                 raw, rule_macs, where, scale = session.count_sampled(counter, *one_sample)
             else:
                 raw, rule_macs, where = session.count(counter, placement, session.args, session.kwargs)
-            raw = _checked(raw)
+            raw = checked(raw)
         except Exception as err:
             failures.append((placement, err))
             continue
