@@ -6,7 +6,8 @@ one with ``.to("cpu")`` would mix devices on a meta copy ("Tensor on device meta
 and send every counter to a real run. :func:`fixed_devices_on_meta` is a function mode of the counting thread (torch's
 mode stacks are per thread: no other thread sees it) that makes such tensors on meta instead: shapes and dtypes are
 what they would be, no data and no random numbers are drawn, and the counts are those of a real run
-(``tests/test_on_meta.py``). Tensors made without a device are left to torch's default device, as in a real run.
+(``tests/test_on_meta.py``). Tensors made without a device are left to torch's default device, as in a real run, and
+so are tensors made from the caller's data (``torch.tensor(values, device="cpu")``: the forward may read them back).
 
 Example::
 
@@ -32,6 +33,8 @@ FAILED_WHERE = "lightning_flops_where"
 _OPERATOR = "lightning_flops_operator"
 _MOVES = frozenset({torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda})
 _HOST_ONLY = ("generator", "pin_memory")  # a CPU generator or pinned memory cannot make a meta tensor
+# tensors made from the caller's data keep their device: the forward may read that data back (``.tolist()``)
+_FROM_DATA = frozenset({torch.tensor, torch.as_tensor, torch.asarray})
 
 
 def _is_meta(device: Any) -> bool:
@@ -71,7 +74,7 @@ class _FixedDevicesToMeta(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         device = kwargs.get("device")
-        if device is not None and not _is_meta(device):
+        if device is not None and not _is_meta(device) and func not in _FROM_DATA:
             kwargs = {k: v for k, v in kwargs.items() if k not in _HOST_ONLY}
             kwargs["device"] = "meta"
         elif func in _MOVES:

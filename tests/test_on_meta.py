@@ -62,6 +62,8 @@ def test_the_rewrite_reaches_no_other_thread() -> None:
 
     with fixed_devices_on_meta():
         here = torch.rand(3, device="cpu", generator=torch.Generator()).device
+        data = torch.tensor([3, 1], device="cpu")
+        assert data.tolist() == [3, 1]  # made from the caller's data: it stays where it was asked, readable
         thread = threading.Thread(target=other)
         thread.start()
         thread.join()
