@@ -366,7 +366,50 @@ def meta_scale(layers: int, seq: int, batch: int) -> dict[str, Any]:
     }
 
 
+def deepseek_v3_macs(seq: int) -> int:
+    """MACs of one DeepSeek-V3 forward (its own config, batch 1, ``seq`` tokens, logits at every position), written
+    out from the config: MLA attention projections (q 7168 -> 1536 -> 128 x 192, kv 7168 -> 512 + 64, 512 ->
+    128 x (128 + 128), o 128 x 128 -> 7168), QK^T (head dim 192) and AV (128) over 128 heads; 3 dense MLP layers
+    (7168 x 18432, three matrices); 58 MoE layers: router 7168 x 256, one shared expert and 8 routed experts
+    (7168 x 2048, three matrices each); the LM head 7168 x 129,280."""
+    d, heads = 7168, 128
+    projections = d * 1536 + 1536 * heads * 192 + d * 576 + 512 * heads * 256 + heads * 128 * d
+    attention = heads * seq * seq * (192 + 128)
+    dense, moe = 3 * d * 18432, d * 256 + 3 * d * 2048 + 8 * 3 * d * 2048
+    return 61 * (seq * projections + attention) + 3 * seq * dense + 58 * seq * moe + seq * d * 129280
+
+
+def moe_meta_scale(seq: int) -> dict[str, Any]:
+    """``profile_model`` (torch counter) on DeepSeek-V3 by its own config, built on meta, ``moe_routing="balanced"``."""
+    import transformers
+
+    import lightning_flops as lf
+
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config())
+    build_s = time.perf_counter() - start
+    tokens = torch.zeros(1, seq, dtype=torch.long)
+    start = time.perf_counter()
+    report = lf.profile_model(model, tokens, counters=("torch",), device="meta", strict=True, moe_routing="balanced")
+    profile_s = time.perf_counter() - start
+    return {
+        "seq": seq,
+        "build_s": build_s,
+        "profile_s": profile_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "params": report.params.total,
+        "active_per_token": report.params.active_per_token,
+        "moe_routing": report.moe_routing,
+        "macs": report.counters["torch"].macs,
+        "macs_per_token": report.macs_per_token("torch"),
+        "analytic_macs": deepseek_v3_macs(seq),
+        "transformers": transformers.__version__,
+    }
+
+
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "moe_meta_scale": moe_meta_scale,
     "first_batch": first_batch,
     "cold_bare": cold_bare,
     "many_modules": many_modules,

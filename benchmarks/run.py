@@ -13,6 +13,9 @@ Cases (``--case``):
   whole fit (<= 1.05), on an MLP whose weights dominate the process memory.
 * ``meta_scale``: ``profile_model`` on an 8.3B-parameter ``transformer_lm(layers=40)`` built on the meta device, seq
   2048: seconds (< 10), peak RSS (< 1 GB), torch MACs exactly the analytic count; thop and fvcore reported.
+* ``moe_meta_scale``: ``profile_model(..., moe_routing="balanced")`` (torch counter) on DeepSeek-V3 by its own config
+  (671B parameters, 256 routed experts, top-8) built on meta, seq 128: seconds (< 10), peak RSS (< 1 GB), parameters
+  and parameters per token (37,552,282,624) equal to the config's, torch MACs exactly the analytic count.
 
 Usage::
 
@@ -43,7 +46,7 @@ WORKER = HERE / "_workers.py"
 if str(ROOT) not in sys.path:  # the workers find the package the same way (benchmarks/_workers.py)
     sys.path.insert(0, str(ROOT))
 RESULT_PREFIX = "RESULT "
-CASES = ("first_batch", "many_modules", "steady_state", "meta_scale")
+CASES = ("first_batch", "many_modules", "steady_state", "meta_scale", "moe_meta_scale")
 
 FIRST_BATCH_WARM_TARGET = 0.3
 FIRST_BATCH_COLD_TARGET = 1.5
@@ -382,11 +385,46 @@ def case_meta_scale(quick: bool, log: Callable[[str], None]) -> tuple[list[Row],
     return rows, r
 
 
+#: DeepSeek-V3 by its own config (transformers.DeepseekV3Config()): parameters, and those one token passes through
+#: (the shared parts + 8 of 256 routed experts in each of 58 MoE layers: its paper's "37B activated").
+DEEPSEEK_V3_PARAMS = 671_026_404_352
+DEEPSEEK_V3_ACTIVE_PER_TOKEN = DEEPSEEK_V3_PARAMS - 58 * (256 - 8) * 3 * 7168 * 2048  # 37,552,282,624
+
+
+def case_moe_meta_scale(quick: bool, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """``profile_model(moe_routing="balanced")`` on DeepSeek-V3 (671B) built on meta, in a fresh process."""
+    del quick  # the full model takes seconds: the smoke run measures the real target
+    seq = 128
+    log(f"moe_meta_scale: DeepSeek-V3 (transformers.DeepseekV3Config()) on meta, seq {seq}, moe_routing='balanced'")
+    if importlib.util.find_spec("transformers") is None:
+        return [Row("moe_meta_scale", "transformers is not installed", "-", "-", "skip")], {}
+    r = run_worker("moe_meta_scale", seq=seq)
+    name = f"moe_meta_scale DeepSeek-V3 {r['params'] / 1e9:.0f}B params, seq {seq}"
+    rows = [
+        Row(f"{name}: profile_model seconds", f"{r['profile_s']:.2f} s (build on meta {r['build_s']:.2f} s)",
+            f"{r['profile_s']:.2f}", f"< {META_SECONDS_TARGET:.0f} s", _verdict(r["profile_s"] < META_SECONDS_TARGET)),
+        Row(f"{name}: peak RSS of the process", f"{r['peak_rss_mb']:.0f} MB", f"{r['peak_rss_mb']:.0f}",
+            f"< {META_RSS_TARGET_MB:.0f} MB (1 GB)", _verdict(r["peak_rss_mb"] < META_RSS_TARGET_MB)),
+        Row(f"{name}: params total / by its config", f"{r['params']:,} / {DEEPSEEK_V3_PARAMS:,}",
+            f"{r['params'] / DEEPSEEK_V3_PARAMS:.6f}", "== 1 exactly", _verdict(r["params"] == DEEPSEEK_V3_PARAMS)),
+        Row(f"{name}: params active per token / by its config",
+            f"{r['active_per_token']:,} / {DEEPSEEK_V3_ACTIVE_PER_TOKEN:,}",
+            f"{r['active_per_token'] / DEEPSEEK_V3_ACTIVE_PER_TOKEN:.6f}", "== 1 exactly",
+            _verdict(r["active_per_token"] == DEEPSEEK_V3_ACTIVE_PER_TOKEN)),
+        Row(f"{name}: torch MACs / analytic (balanced routing, exact for top-k)",
+            f"{r['macs']:,} / {r['analytic_macs']:,} MACs; {r['macs_per_token']:,.0f} MACs per token",
+            f"{r['macs'] / r['analytic_macs']:.6f}", "== 1 exactly",
+            _verdict(r["macs"] == r["analytic_macs"] and r["moe_routing"] == "balanced")),
+    ]  # fmt: skip
+    return rows, r
+
+
 CASE_FUNCTIONS: dict[str, Callable[[bool, Callable[[str], None]], tuple[list[Row], dict[str, Any]]]] = {
     "first_batch": case_first_batch,
     "many_modules": case_many_modules,
     "steady_state": case_steady_state,
     "meta_scale": case_meta_scale,
+    "moe_meta_scale": case_moe_meta_scale,
 }
 
 

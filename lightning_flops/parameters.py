@@ -17,6 +17,7 @@ __all__ = [
     "SLICE_READS",
     "ParameterReads",
     "active_parameters",
+    "active_per_token",
     "model_fingerprint",
     "own_parameters",
     "param_count",
@@ -131,6 +132,31 @@ SLICE_READS: dict[Any, SliceRule] = {
 }
 
 
+def _balanced_slices(func: Any, args: tuple, position: int) -> Iterable[int] | None:
+    """A meta ``_grouped_mm`` under ``moe_routing="balanced"``: ``min(rows, experts)`` experts receive rows."""
+    from lightning_flops.moe import balanced_experts
+
+    if func.overloadpacket is not getattr(aten, "_grouped_mm", None) or position != 1:
+        return None
+    if args[0].dim() != 2 or args[1].dim() != 3:
+        return None
+    return range(balanced_experts(args[0].shape[0], args[1].shape[0]))
+
+
+def _slice_rows(func: Any, args: tuple, kwargs: dict, position: int) -> int | None:
+    """Rows of activations that met the slices of a parameter read by ``func`` at argument ``position``: the rows a
+    ``_grouped_mm`` routed (all of them on meta), or the rows of ``mm`` / ``addmm`` with a selected expert."""
+    packet = func.overloadpacket
+    if packet is getattr(aten, "_grouped_mm", None) and position == 1 and args[0].dim() == 2:
+        offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+        return int(offs[-1]) if _readable(offs) and offs.numel() else int(args[0].shape[0])
+    if packet is aten.mm and position == 1:
+        return int(args[0].shape[0])
+    if packet is aten.addmm and position == 2:
+        return int(args[1].shape[0])
+    return None
+
+
 def _keeps_dim0(func: Any, args: tuple, out: Any) -> bool:
     """Whether the view ``func`` keeps dim 0 of its input as its own dim 0 (same size, not moved)."""
     if not isinstance(out, torch.Tensor) or out.dim() == 0 or args[0].dim() == 0 or out.shape[0] != args[0].shape[0]:
@@ -151,8 +177,14 @@ class ParameterReads(TorchDispatchMode):
     parameter along dim 0. Entered before a counter's own dispatch modes, it sits beneath them and sees the kernels
     that run after their decompositions. Thread-local like every dispatch mode; nothing process-wide.
 
+    It also keeps, per parameter read in slices, the rows of activations that met those slices (:attr:`rows`: the
+    rows a ``_grouped_mm`` routed, or the rows of a matrix product with a selected expert): with the number of token
+    positions they give the experts one token passes through (:func:`active_per_token`).
+
     Args:
         model: the module whose ``named_parameters()`` are watched (the copy a counter runs on).
+        routing: ``"balanced"``: a meta ``_grouped_mm`` (group sizes unknown) reads ``min(rows, experts)`` experts
+            (:mod:`lightning_flops.moe`); ``None``: it reads the whole tensor.
 
     Example::
 
@@ -161,9 +193,12 @@ class ParameterReads(TorchDispatchMode):
         reads.read  # {"encoder.weight": None, "experts.gate_up_proj": {0, 3}, ...}
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, routing: str | None = None) -> None:
         super().__init__()
+        self.routing = routing
         self.read: Reads = {}
+        self.rows: dict[str, int] = {}  # parameter read in slices -> rows that met its slices (None: unknown)
+        self.rows_unknown: set[str] = set()
         self.failed: str | None = None  # why recording stopped (then the reads are incomplete)
         # id of a parameter or of a view of one -> (parameter name, slices or None, dim 0 is the parameter's whole
         # dim 0); views are kept alive so that their ids are not reused
@@ -210,7 +245,16 @@ class ParameterReads(TorchDispatchMode):
             return
         for position, (name, slices, whole_dim0) in found:
             picked = rule(args, kwargs, position) if rule is not None and whole_dim0 and slices is None else None
-            self._mark(name, slices if picked is None else frozenset(picked))
+            if picked is None and whole_dim0 and slices is None and self.routing == "balanced":
+                picked = _balanced_slices(func, args, position)
+            slices = slices if picked is None else frozenset(picked)
+            self._mark(name, slices)
+            if slices is not None:
+                rows = _slice_rows(func, args, kwargs, position)
+                if rows is None:
+                    self.rows_unknown.add(name)
+                else:
+                    self.rows[name] = self.rows.get(name, 0) + rows
 
     def _mark(self, name: str, slices: frozenset[int] | None) -> None:
         if name in self.read and self.read[name] is None:
@@ -224,6 +268,43 @@ class ParameterReads(TorchDispatchMode):
 def read_parameters(reads: Mapping[str, ParameterReads]) -> Reads | None:
     """The reads of the first recorder that completed, or ``None``."""
     return next((r.read for r in reads.values() if r.failed is None), None)
+
+
+def active_per_token(model: nn.Module, recorder: ParameterReads | None, positions: int | None) -> int | None:
+    """Parameter elements one token passes through: every parameter read whole, plus, of a parameter read in slices
+    along dim 0 (a fused-experts tensor ``[E, ...]``), ``rows / positions`` slices (``top_k`` for top-k routing:
+    every token position meets ``k`` experts; at most ``E``); a slice read outside a matrix product (rows unknown)
+    counts as read. DeepSeek-V3: the shared parts plus 8 of 256 experts in each of its 58 MoE layers.
+
+    Args:
+        model: the profiled model (or a copy with the same parameter names).
+        recorder: the reads of the torch count; ``None`` (or a recorder that failed) gives ``None``.
+        positions: token positions of the forward (``B * T``, padding included: the router sees them all);
+            ``None`` when the input has no token dimension (then only a model without sliced reads has a value).
+
+    Example::
+
+        active_per_token(model, reads, positions=2 * 16)  # 37,552,282,624 for DeepSeek-V3's own config
+    """
+    if recorder is None or recorder.failed is not None:
+        return None
+    total = 0
+    for name, param in model.named_parameters():
+        slices = recorder.read.get(name, False)
+        if slices is False or isinstance(param, nn.parameter.UninitializedParameter):
+            continue
+        if slices is None:
+            total += param.numel()
+            continue
+        per_slice = param.numel() // param.shape[0]
+        rows = recorder.rows.get(name)
+        if name in recorder.rows_unknown or rows is None:
+            total += per_slice * len(slices)
+        elif not positions:
+            return None
+        else:
+            total += round(per_slice * min(param.shape[0], rows / positions))
+    return total
 
 
 def own_parameters(model: nn.Module) -> dict[str, int]:

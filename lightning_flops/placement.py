@@ -24,6 +24,7 @@ from lightning_flops.isolation import (
     restored_scripts,
     shared_copy,
 )
+from lightning_flops.moe import MetaRouting
 from lightning_flops.on_meta import fixed_devices_on_meta, locate_failure
 from lightning_flops.parameters import ParameterReads
 from lightning_flops.rules import rule_hooks
@@ -102,6 +103,8 @@ class CountSession:
         self.written: frozenset[int] | set[int] | None = None  # ids of model tensors the forward writes; ALL
         self.written_inputs: set[int] | None = None  # indices (see _indexed) of input tensors it writes; None: all
         self._meta_model: nn.Module | None = None  # the meta copy shared by the counters (see _meta_pass)
+        self.moe_routing: str | None = None  # the routing assumption on meta (lightning_flops.moe)
+        self.moe_assumed = False  # whether a count ran a meta _grouped_mm under it
 
     def _prepared(self, target: nn.Module) -> None:
         if self.mode == "eval":
@@ -217,10 +220,12 @@ class CountSession:
         def run(target: nn.Module, run_args: tuple, run_kwargs: dict) -> RawCount:
             called: set[str] = set()
             rules = rule_hooks(target, self.custom_ops, rule_macs)
-            reads = ParameterReads(target) if record and counter.name == "torch" else None
+            reads = ParameterReads(target, self.moe_routing) if record and counter.name == "torch" else None
             watch = reads if reads is not None else contextlib.nullcontext()
-            with torch.no_grad(), rules, _called_modules(target, called), watch:
+            routing = MetaRouting(self.moe_routing)  # beneath the reads and the counter: they see its output
+            with torch.no_grad(), rules, _called_modules(target, called), routing, watch:
                 raw = counter.count(target, run_args, run_kwargs)
+            self.moe_assumed = self.moe_assumed or routing.assumed
             if record:
                 self.called[counter.name] = called
                 if reads is not None:

@@ -21,11 +21,13 @@ from torch import nn
 from lightning_flops.comparison import apply_rules, compute_gaps
 from lightning_flops.counters.base import COUNTER_NAMES, RawCount, get_counter
 from lightning_flops.errors import CounterError, FlopsConfigError, all_failed_message, error_text, internal_error
-from lightning_flops.inputs import count_tokens, detect_batch_size, iter_tensors, split_input
+from lightning_flops.inputs import count_positions, count_tokens, detect_batch_size, iter_tensors, split_input
 from lightning_flops.isolation import preserved_generators, preserved_rng, unwrap_compiled
+from lightning_flops.moe import check_moe_routing
 from lightning_flops.options import validate_options
 from lightning_flops.parameters import (
     active_parameters,
+    active_per_token,
     model_fingerprint,
     own_parameters,
     param_count,
@@ -171,6 +173,7 @@ def profile_model(
     tokens_fn: Callable[[Any], int] | None = None,
     parts: Mapping[str, str | Sequence[str]] | None = None,
     timing: int = 0,
+    moe_routing: str | None = None,
 ) -> FlopsReport:
     """Count MACs, FLOPs and parameters of ``model`` on ``example_input`` with several counters, side by side.
 
@@ -198,6 +201,10 @@ def profile_model(
         timing: ``N`` >= 1 times ``N`` plain forwards on the model's own device and weights and splits up to 3 more
             by module and operator under ``torch.profiler``, beside the torch counter's MACs (``report.timing``);
             0 (the default) measures nothing. See :mod:`lightning_flops.timing`.
+        moe_routing: ``"balanced"``: on meta, where a router's choice cannot run, each expert of a fused-experts
+            ``_grouped_mm`` gets ``tokens * top_k / num_experts`` rows (the total is exact for top-k routing; only
+            the split over experts is assumed), stated in ``report.moe_routing`` and the statement; ``None``
+            (default): routing as it runs. See :mod:`lightning_flops.moe`.
 
     Example::
 
@@ -208,6 +215,7 @@ def profile_model(
     if not isinstance(model, nn.Module):
         raise FlopsConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     timing = check_timing(timing)
+    moe_routing = check_moe_routing(moe_routing)
     if tokens_fn is not None and not callable(tokens_fn):
         raise FlopsConfigError(f"`tokens_fn` must be None or a callable taking the input, got {tokens_fn!r}")
     args, kwargs = split_input(example_input)
@@ -216,6 +224,7 @@ def profile_model(
     custom_ops = expand_custom_ops(custom_ops)
     batch = batch_size if batch_size is not None else detect_batch_size(args, kwargs)
     session = CountSession(model, args, kwargs, mode, custom_ops, batch)
+    session.moe_routing = moe_routing
     order = sorted(counters, key=lambda c: c != "torch")  # torch first: fvcore's batch slicing reuses its count
     with preserved_rng(), preserved_generators(model):
         results = {name: _run_counter(name, session, device, strict) for name in order}
@@ -231,7 +240,12 @@ def profile_model(
     params = param_count(parameter_model)
     if called is not None:  # active: the parameters the torch counter's operators read, else those of called modules
         reads = read_parameters({n: session.reads[n] for n in order if results[n].ok and n in session.reads})
-        params = dataclasses.replace(params, active=active_parameters(parameter_model, called, reads))
+        recorder = next((session.reads[n] for n in order if results[n].ok and n in session.reads), None)
+        params = dataclasses.replace(
+            params,
+            active=active_parameters(parameter_model, called, reads),
+            active_per_token=active_per_token(parameter_model, recorder, count_positions(example_input)),
+        )
     return FlopsReport(
         model=type(model).__qualname__,
         params=params,
@@ -255,4 +269,5 @@ def profile_model(
         module_params=own_parameters(model),
         parts=count_parts(model, part_names, ordered, batch),
         timing=timed,
+        moe_routing=moe_routing if session.moe_assumed else None,
     )

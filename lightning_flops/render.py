@@ -45,6 +45,13 @@ __all__ = [
 _REPEATED_INDEX = re.compile(r"\.\d+(?=\.|$)")
 
 
+_BALANCED = (
+    "Mixture-of-experts layers were counted on the meta device under a balanced-routing assumption (each expert "
+    "gets tokens x top_k / num_experts rows): the total MACs are exact for top-k routing, only their split over "
+    "experts is assumed."
+)
+
+
 def gap_message(report: FlopsReport) -> str:
     """One sentence per flagged gap of ``report``: both counters, the total and core gaps against the limit, and the
     module and operators the gap mostly sits in (the callback's warning, and its error with ``on_gap="raise"``).
@@ -159,6 +166,8 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
     if report.tokens:
         row("MACs per token", [human_count(report.macs_per_token(n), "MACs") for n in names])
     active = f", {report.params.active:,} active on this input" if report.params.active is not None else ""
+    if report.params.active_per_token is not None and report.params.active_per_token != report.params.active:
+        active += f", {report.params.active_per_token:,} per token"
     lines += [
         "",
         f"Parameters: {report.params.total:,} total, {report.params.trainable:,} trainable{active} "
@@ -167,7 +176,9 @@ def report_markdown(report: FlopsReport, top_modules: int = 8) -> str:
         + ". FLOPs = 2 x MACs.",
     ]
     if report.tokens:
-        lines.append(f"Tokens: {report.tokens:,} in the call (padding tokens included).")
+        lines.append(f"Tokens: {report.tokens:,} real tokens in the call (padding positions are computed, not tokens).")
+    if report.moe_routing == "balanced":
+        lines.append(_BALANCED)
     if report.train_step_flops is not None:
         lines.append(f"Training step (forward + backward, per batch): {human_count(report.train_step_flops, 'FLOPs')}")
         step_uncounted = uncounted_lines(report.train_step_uncounted)
@@ -645,7 +656,11 @@ def statement(report: FlopsReport, counter: str = "torch") -> str:
         if params.active is not None and params.active != params.total
         else ""
     )
+    if params.active_per_token is not None and params.active_per_token != params.active:
+        active += f"; {params.active_per_token:,} per token (the shared parts and the experts one token meets)"
     parts.append(f"The model has {params.total:,} parameters ({params.trainable:,} trainable{active}).")
+    if report.moe_routing == "balanced":
+        parts.append(_BALANCED)
     if report.train_step_flops is not None:
         batch = report.train_step_batch_size or report.batch_size
         parts.append(

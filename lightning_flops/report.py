@@ -59,12 +59,16 @@ class ParamCount:
             ``model.parameters()`` does not list; part of ``total``, never trainable.
         active: elements of the parameters held by the modules that ran on the profiled input (a MoE's routed
             experts; ``total`` for a dense model whose modules all run); ``None`` when unknown (older reports).
+        active_per_token: elements of the parameters one token passes through: the shared parts plus, of each
+            fused-experts tensor, the experts one token meets (``top_k`` per MoE layer); ``active`` for a dense model;
+            ``None`` when unknown.
     """
 
     total: int
     trainable: int
     packed: int = 0
     active: int | None = None
+    active_per_token: int | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,8 @@ class FlopsReport:
             name), for modules that hold any.
         parts: MACs and params of named groups of modules (``parts=`` of ``profile_model``).
         timing: measured time beside the MACs (``profile_model(..., timing=N)``), else ``None``.
+        moe_routing: the routing assumption a meta count of mixture-of-experts layers ran under (``"balanced"``:
+            each expert got ``tokens * top_k / num_experts`` rows), ``None`` when routing ran as it is.
         schema_version: JSON layout version.
 
     Example::
@@ -362,6 +368,7 @@ class FlopsReport:
     module_params: dict[str, int] = field(default_factory=dict)
     parts: dict[str, PartCount] = field(default_factory=dict)
     timing: TimingReport | None = None
+    moe_routing: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

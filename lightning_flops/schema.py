@@ -231,7 +231,9 @@ _TIMING = _object_or_none(
 )
 _TOP_LEVEL: dict[str, Check] = {
     "model": _text,
-    "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
+    "params": _object(
+        {"total": _count, "trainable": _count, "active": _count_or_none, "active_per_token": _count_or_none}
+    ),
     "counters": _object(values=_counter),
     "batch_size": _count,
     "mode": _one_of(MODES),
@@ -256,10 +258,13 @@ _TOP_LEVEL: dict[str, Check] = {
             {
                 "modules": _array(_text),
                 "macs": _object(values=_count_or_none),
-                "params": _object({"total": _count, "trainable": _count, "active": _count_or_none}),
+                "params": _object(
+                    {"total": _count, "trainable": _count, "active": _count_or_none, "active_per_token": _count_or_none}
+                ),
                 "batch_size": _count,
             }
         )
     ),
     "timing": _TIMING,
+    "moe_routing": _text_or_none,
 }

@@ -88,7 +88,7 @@ def metric_keys(
     keys += [f"{prefix}/gap/{pair}" for pair in pairs] + [f"{prefix}/core_gap/{pair}" for pair in pairs]
     if train_step:
         keys.append(f"{prefix}/train_step/flops_per_batch")
-    keys.append(f"{prefix}/params/active")
+    keys += [f"{prefix}/params/active", f"{prefix}/params/active_per_token"]
     keys += [f"{prefix}/{name}/{unit}_per_token" for name in counters for unit in ("macs", "flops")]
     keys += [f"{prefix}/part/{label}/{unit}" for label in parts for unit in ("macs", "flops", "params")]
     if timing:
@@ -119,6 +119,8 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
         metrics[f"{prefix}/train_step/flops_per_batch"] = float(report.train_step_flops)
     if report.params.active is not None:
         metrics[f"{prefix}/params/active"] = float(report.params.active)
+    if report.params.active_per_token is not None:
+        metrics[f"{prefix}/params/active_per_token"] = float(report.params.active_per_token)
     for name in report.counters:
         macs, flops = report.macs_per_token(name), report.flops_per_token(name)
         if macs is not None and flops is not None:

@@ -58,8 +58,9 @@ def test_hparams_columns_list_every_compute_metric(tmp_path: Path, default_hp_me
     log_dir = _fit(tmp_path, default_hp_metric, autolog)
     columns, _ = hparams_session(log_dir)
     compute = {key for key in read_scalars(log_dir) if key.startswith("compute/")}
-    # 3 counters x (macs, flops) + 2 params + 3 pairs x (gap, core gap) + flagged + step + active params (no tokens)
-    assert len(compute) == 17
+    # 3 counters x (macs, flops) + 2 params + 3 pairs x (gap, core gap) + flagged + step + active params, all and
+    # per token (no tokens)
+    assert len(compute) == 18
     assert compute <= set(columns)
 
 

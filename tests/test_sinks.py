@@ -51,8 +51,8 @@ def test_train_step_flops_metric_is_per_batch_and_only_when_counted() -> None:
 def test_declared_keys_cover_every_metric_of_a_full_report() -> None:
     keys = metric_keys(("thop", "torch", "fvcore"), train_step=True)
     assert set(metrics_from_report(_report(1))) <= set(keys)
-    # counters x units, params, pairs x (gap, core), flag, step, active params, counters x per-token units
-    assert len(keys) == 3 * 2 + 2 + 3 * 2 + 1 + 1 + 1 + 3 * 2
+    # counters x units, params, pairs x (gap, core), flag, step, active params (all, per token), counters x per-token
+    assert len(keys) == 3 * 2 + 2 + 3 * 2 + 1 + 1 + 2 + 3 * 2
 
 
 def test_report_file_round_trips(tmp_path: Path) -> None:
