@@ -346,7 +346,7 @@ def timing_markdown(timing: TimingReport | None, top: int = 8) -> list[str]:
         lines.append(f"Note: {escape_markdown(timing.note)}.")
     if not timing.operators:
         return lines
-    largest = ", ".join(f"{name} {share:.1%}" for name, share in _zero_mac_operators(timing)[:5])
+    largest = ", ".join(f"{name} {share:.1%}" for name, share in _zero_mac_operators(timing)[:5] if share >= 0.0005)
     lines.append(
         f"Operators that count no MACs take {timing.zero_mac_share:.1%} of the operators' time"
         + (f" (largest: {escape_markdown(largest)})." if largest else ".")
@@ -371,7 +371,7 @@ def timing_sentence(timing: TimingReport | None) -> str | None:
     with the largest of them and how it was measured; ``None`` without an operator split."""
     if timing is None or not timing.operators:
         return None
-    largest = [f"{name} {share:.0%}" for name, share in _zero_mac_operators(timing)[:3]]
+    largest = [f"{name} {share:.0%}" for name, share in _zero_mac_operators(timing)[:3] if share >= 0.005]
     source = "operator CPU time" if timing.time_source == "cpu" else "kernel time"
     rate = timing.achieved_flops_per_second
     return (

@@ -411,3 +411,28 @@ def test_on_cuda_the_split_holds_kernel_time() -> None:
     assert timing.forward_seconds / 3 <= timing.operator_seconds <= 3 * timing.forward_seconds
     if timing.peak_flops_per_second is not None:
         assert timing.mfu == timing.achieved_flops_per_second / timing.peak_flops_per_second
+
+
+def test_rendering_of_a_known_split() -> None:
+    from lightning_flops.render import timing_markdown, timing_sentence
+
+    timing = TimingReport(
+        forward_seconds=1.0,
+        forward_runs=(1.0,),
+        operators=(
+            OpTime("enc", "linear", 0.6, 1, 1000),
+            OpTime("enc", "topk", 0.3, 2, 0),
+            OpTime("", "view", 0.0001, 1, 0),
+        ),
+        macs=1000,
+    )
+    assert timing.zero_mac_share == pytest.approx(0.3001 / 0.9001)
+    sentence = timing_sentence(timing)
+    assert "33% of the forward's operator time went to operators that count no MACs (topk 33%);" in sentence
+    assert "one forward took 1.00 s (median of 1), 2.00 kFLOP/s achieved" in sentence  # 2 * 1000 MACs / 1 s
+    text = "\n".join(timing_markdown(timing))
+    # linear: 0.6 / 0.9001 of the time, all the MACs, 2 * 1000 / (0.6666 * 1.0 s) = 3.00 kFLOP/s
+    assert "| linear | 66.7% | 100.0% | 3.00 kFLOP/s |" in text
+    assert "| topk | 33.3% | 0.0% | - |" in text
+    assert "(largest: topk 33.3%)" in text and "view 0.0%" not in text
+    assert "| `enc` | 100.0% | 100.0% | 2.00 kFLOP/s |" in text  # 0.9 / 0.9001 rounds to 100.0%
