@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
 import sys
 import threading
@@ -321,6 +322,25 @@ def quiet() -> Iterator[None]:
         _THREAD.muted -= 1
 
 
+class ProfileInterrupted(BaseException):
+    """Raised inside :func:`on_fresh_stack`'s thread when the waiting thread was interrupted (Ctrl-C, a signal)."""
+
+
+def _end_and_wait(worker: threading.Thread, done: threading.Event) -> None:
+    """End ``worker`` early and wait until it is ``done``: never leave a thread inside torch behind.
+
+    A thread still running torch when the interpreter shuts down crashes the process (SIGABRT / SIGSEGV instead of
+    Lightning's clean exit 1 after Ctrl-C). :class:`ProfileInterrupted` is raised in it once, at its next Python
+    bytecode (every operator of a count passes through Python: the counting modes and hooks), so its ``finally``
+    blocks put everything back as after any failed count; further interrupts meanwhile only wait again.
+    """
+    if worker.ident is not None and not done.is_set():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(ProfileInterrupted))
+    while not done.is_set() and worker.is_alive():  # alive: the exception may land before `done` is set
+        with contextlib.suppress(BaseException):  # a second Ctrl-C: the thread is already ending, keep waiting
+            done.wait(0.1)
+
+
 def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     """``fn()`` run in a new thread, whose Python stack is empty, and waited for: its result, or its exception.
 
@@ -338,6 +358,9 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     ``torch.cuda.set_device``). Not carried:
     a ``with torch.device(...)`` default-device context (tensors the forward makes without a device go to the CPU)
     and autocast (it changes dtypes, not MACs).
+
+    When the waiting thread is interrupted (Ctrl-C, a signal handler that raises), the work thread is ended early and
+    waited for before the interrupt goes on (see :func:`_end_and_wait`).
     """
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
@@ -346,6 +369,7 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     modes = carried_modes()
     owner, muted = counting_thread(), getattr(_THREAD, "muted", 0)
     outcome: list[Any] = []
+    done = threading.Event()  # not Thread.join: an interrupted join marks a live thread stopped (Python < 3.13)
 
     def run() -> None:
         _THREAD.owner, _THREAD.muted = owner, muted  # this worker runs the waiting thread's count
@@ -360,10 +384,17 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
                 outcome.append((True, fn()))
         except BaseException as err:  # handed to the caller, traceback included
             outcome.append((False, err))
+        finally:
+            done.set()
 
     worker = threading.Thread(target=run, name="lightning-flops-trace", daemon=True)
     worker.start()
-    worker.join()
+    try:
+        done.wait()
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or a signal handler's SystemExit while the thread works
+        _end_and_wait(worker, done)
+        raise
+    worker.join()  # it has nothing left to do
     ok, value = outcome[0]
     if not ok:
         raise value
