@@ -20,7 +20,6 @@ from lightning_flops.errors import (
     CounterError,
     FlopsConfigError,
     FlopsGapError,
-    ReportFormatError,
     did_you_mean,
     error_text,
     internal_error,
@@ -35,11 +34,9 @@ from lightning_flops.inputs import (
     split_input,
 )
 from lightning_flops.options import validate_options
-from lightning_flops.parameters import model_fingerprint
 from lightning_flops.parts import resolve_parts, validate_parts
 from lightning_flops.profiling import profile_model
 from lightning_flops.report import FlopsReport, Uncounted
-from lightning_flops.reuse import reuse_key
 from lightning_flops.timing import caller_profiling, check_timing
 from lightning_flops.train_step import StepObserver, observation_refused
 
@@ -49,10 +46,11 @@ ON_GAP = ("warn", "raise", "ignore")
 
 
 class FlopsMonitor(Callback):
-    r"""Profile the model once, on the first real batch, and log its MACs, FLOPs and parameters.
+    r"""Profile the model once per fit, on the first real batch, and log its MACs, FLOPs and parameters.
 
     On the first training batch (not the sanity check; the first batch of the loop in a run that only validates,
-    tests or predicts) the callback takes the model input from the batch, runs
+    tests or predicts; a resumed fit and a second fit count again, never reuse a stored report) the callback takes
+    the model input from the batch, runs
     :func:`~lightning_flops.profiling.profile_model` with every counter, and sends the report to every logger as
     scalars (per sample, keys ``{prefix}/{counter}/macs``, ``.../flops``, ``{prefix}/params/*``, ``{prefix}/gap/*``,
     ``{prefix}/flagged``, ``{prefix}/train_step/flops_per_batch``, ``{prefix}/params/active``,
@@ -151,8 +149,6 @@ class FlopsMonitor(Callback):
         self.parts = parts
         self.timing = check_timing(timing)
         self.report: FlopsReport | None = None
-        # what `report` was profiled on (see `_reuse_key`): a stored report is reused only when this matches exactly
-        self._report_key: str | None = None
         self._pending = False
         self._publications = sinks.Publications()  # what this callback wrote where (rank zero only)
         # the module this monitor set `flops_per_batch` on, and the value it set (a later fit updates only its own)
@@ -330,24 +326,10 @@ class FlopsMonitor(Callback):
         if self._pending:
             self._run(trainer, pl_module, batch, training=False)
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"report": self.report.to_json() if self.report is not None else None, "key": self._report_key}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        text = state_dict.get("report")
-        try:
-            self.report = FlopsReport.from_json(text) if text else None
-        except (ReportFormatError, TypeError) as err:
-            rank_zero_warn(f"FlopsMonitor: the stored report cannot be read ({err}); the model is profiled again.")
-            self.report = None
-        key = state_dict.get("key")  # absent in checkpoints written before it existed: profile again
-        self._report_key = key if isinstance(key, str) and self.report is not None else None
-
     # ---------------------------------------------------------------- the work
     def _run(self, trainer: Trainer, pl_module: LightningModule, batch: Any, training: bool) -> None:
-        """Profile (or reuse the stored report), agree across ranks, then publish on rank zero and act on gaps."""
+        """Profile (every fit counts again: a stored report is never reused), agree across ranks, then publish on rank
+        zero and act on gaps."""
         self._pending = False
         self._observe_step = False
         resolve_parts(pl_module, self.parts)  # a configuration error: raised strict or not, before any counting
@@ -359,35 +341,30 @@ class FlopsMonitor(Callback):
             )
         except Exception as err:  # NoInput, UserCodeFailed, or our bug: _profile sorts them out
             prepared = err
-        key = None if isinstance(prepared, Exception) else self._reuse_key(pl_module, batch, prepared)
-        report = self.report if key is not None and key == self._report_key else None
+        # counted again on every fit, resumed or not: a stored report cannot know what changed since (a stride, the
+        # forward's code, data-dependent routing), and a count costs less than a third of a forward
+        report: FlopsReport | None = None
         failure: Exception | None = None
         bug = False  # the failure is in lightning-flops' own code
-        if report is None:
-            # a profiling failure never stops training unless strict
-            try:
-                report = self._profile(pl_module, prepared)
-                self._report_key = key if report is not None else None
-            except UserCodeFailed as err:  # the user's input_fn / batch_size_fn
-                failure = err.error
-            except (FlopsConfigError, CounterError) as err:  # bad input, or a counter failed under strict
-                failure = err
-            except Exception as err:  # anything else is our bug: loud, never a quiet "profiling failed"
-                failure, bug = err, True
+        try:  # a profiling failure never stops training unless strict
+            report = self._profile(pl_module, prepared)
+        except UserCodeFailed as err:  # the user's input_fn / batch_size_fn
+            failure = err.error
+        except (FlopsConfigError, CounterError) as err:  # bad input, or a counter failed under strict
+            failure = err
+        except Exception as err:  # anything else is our bug: loud, never a quiet "profiling failed"
+            failure, bug = err, True
         # a batch without samples gives 0 MACs "per sample": every rank (a collective) waits for the next batch
         if trainer.strategy.reduce_boolean_decision(report is not None and report.batch_size == 0, all=False):
             self._pending = True
             rank_zero_warn("FlopsMonitor: the batch has no samples (batch size 0); profiling the next batch instead.")
             return
-        if training and report is not None:
-            if report.train_step_flops is not None:
-                self._set_flops_per_batch(pl_module, report.train_step_flops)
-            else:  # the real step is counted as it runs (see on_train_batch_start), where that is known to be safe
-                refused = observation_refused(report)
-                self._observe_step = refused is None
-                if refused is not None:
-                    report = dataclasses.replace(report, train_step_error=refused)
-                    rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {refused}")
+        if training and report is not None:  # the real step is counted as it runs, where that is known to be safe
+            refused = observation_refused(report)
+            self._observe_step = refused is None
+            if refused is not None:
+                report = dataclasses.replace(report, train_step_error=refused)
+                rank_zero_warn(f"FlopsMonitor: training-step FLOPs not counted: {refused}")
         if report is not None:
             self.report = report
             if trainer.is_global_zero:
@@ -423,32 +400,6 @@ class FlopsMonitor(Callback):
             self._on_gap(report, any_gap)
         elif any_gap:
             raise FlopsGapError("FlopsMonitor: counters disagree above the limit on another rank (on_gap='raise')")
-
-    def _reuse_key(self, pl_module: LightningModule, batch: Any, prepared: PreparedInput) -> str | None:
-        """What the report depends on (:func:`~lightning_flops.reuse.reuse_key`): the model fingerprint, the options,
-        the input profiled now (and the training-step batch when ``example_input`` is fixed), the batch size and
-        tokens from the user's callables, the ``custom_ops`` rules and the parts."""
-        options = {
-            "counters": list(self.counters),
-            "mode": self.mode,
-            "limit": self.limit,
-            "flag_on": self.flag_on,
-            "strict": self.strict,
-            "timing": self.timing,
-        }
-        # the training step counts the batch itself, which a fixed example_input does not describe
-        fixed = self.example_input is not None
-        return reuse_key(
-            model_fingerprint(pl_module),
-            options,
-            prepared.example,
-            (lambda: batch_input(pl_module, batch, self.input_fn)) if fixed else None,
-            prepared.batch_size,
-            self.custom_ops,
-            self.tokens_fn,
-            prepared.tokens,
-            getattr(self, "parts", None),  # when FlopsMonitor takes `parts`
-        )
 
     def _profile(self, pl_module: LightningModule, prepared: PreparedInput | Exception) -> FlopsReport | None:
         """Profile the prepared input; warn (or raise under strict) when there is none."""

@@ -317,7 +317,8 @@ class FlopsReport:
         inputs: shapes and dtypes of the example input's tensors.
         rules: ``custom_ops`` rules applied, as ``"Type: rule"``.
         versions: versions of torch, thop (and which thop), fvcore, lightning, lightning-flops.
-        fingerprint: hash of parameter names, shapes and dtypes (reuse of a report on resume).
+        fingerprint: hash of parameter names, shapes and dtypes (to tell models apart; ``FlopsMonitor`` counts every
+            fit again rather than reuse a report by it: equal shapes can count differently, e.g. another stride).
         train_step_flops: FLOPs of forward + backward of one training batch (torch counter), per batch.
         train_step_batch_size: samples in that training batch (it can differ from ``batch_size`` when a fixed
             ``example_input`` was profiled).

@@ -189,17 +189,16 @@ def test_evaluation_only_run_profiles_its_first_batch(tmp_path: Path, entry: str
     assert data["train_step_flops"] is None  # only a training batch has a training step
 
 
-def test_resumed_fit_relogs_into_the_new_log_dir_without_profiling_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resumed_fit_counts_again_and_logs_into_the_new_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = make_trainer(tmp_path, [FlopsMonitor(), checkpoint], enable_checkpointing=True)
     first.fit(LinearStack(), RandomDataModule())
     calls = []
-    monkeypatch.setattr(callback_module, "profile_model", lambda *a, **k: calls.append(1))
+    real = callback_module.profile_model
+    monkeypatch.setattr(callback_module, "profile_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     second = make_trainer(tmp_path, [FlopsMonitor()], max_steps=4, logger=TensorBoardLogger(str(tmp_path / "resumed")))
     second.fit(LinearStack(), RandomDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert calls == []
+    assert calls == [1]  # a stored report is never reused (issue 18, point 7)
     scalars = read_scalars(find_event_dirs(tmp_path / "resumed")[0])
     assert _keys() <= set(scalars)
     assert scalars["compute/torch/macs"] == IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,13 @@ def test_profile_model_rejects_a_strict_that_is_not_a_bool(strict: object) -> No
         lf.profile_model(nn.Linear(2, 2), torch.randn(1, 2), strict=strict)  # type: ignore[arg-type]
 
 
-def test_a_checkpoint_with_an_unreadable_report_is_profiled_again() -> None:
+def test_a_checkpoint_with_an_old_or_unreadable_monitor_state_loads_and_is_ignored() -> None:
     monitor = FlopsMonitor()
-    with pytest.warns(UserWarning, match="stored report cannot be read"):
-        monitor.load_state_dict({"report": {"not": "json text"}})
-    assert monitor.report is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor.load_state_dict({"report": {"not": "json text"}, "key": "x"})  # written before issue 18
+    assert monitor.report is None  # every fit counts again
+    assert monitor.state_dict() == {}  # nothing stored in new checkpoints
 
 
 class _RebindsItsWeight(nn.Module):
