@@ -66,7 +66,6 @@ def test_a_forward_that_refuses_dispatch_modes_trains_as_without_the_monitor(tmp
     assert_same_training(without, with_monitor)
     data = written_report(with_monitor[1])
     assert data["counters"]["torch"]["ok"] is False
-    assert data["counters"]["thop"]["macs"] == BATCH * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES)
     assert data["train_step_flops"] is None
     assert "torch counter failed" in data["train_step_error"]
     assert "refuses Python dispatch modes" in data["train_step_error"]
