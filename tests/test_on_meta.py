@@ -24,9 +24,10 @@ class Decoder(nn.Module):
         self.proj = nn.Conv2d(8, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.rand(x.shape[1], device="cpu")  # before: on meta, "not on the expected device"
         basis = torch.rand(x.shape[1], 4, device="cpu")
-        y = self.proj(x).flatten(2).transpose(1, 2)
-        return (y @ basis.to(x.device)).to("cpu")
+        y = self.proj(x).flatten(2).transpose(1, 2) * weights
+        return torch.matmul(y, basis).to("cpu")
 
 
 class Segmentor(nn.Module):
