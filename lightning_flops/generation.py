@@ -24,7 +24,7 @@ from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.errors import FlopsConfigError
 from lightning_flops.generation_report import GenerationReport
 from lightning_flops.inputs import count_tokens, iter_tensors
-from lightning_flops.isolation import ModelSnapshot, preserved_rng, unwrap_compiled
+from lightning_flops.isolation import ModelSnapshot, preserved_generators, preserved_rng, unwrap_compiled
 from lightning_flops.types import Uncounted
 
 __all__ = ["GenerationReport", "profile_generate"]
@@ -92,10 +92,11 @@ class _Marks:
 
 @contextlib.contextmanager
 def _isolated(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``no_grad`` inside; training flags, hooks, buffers, ``requires_grad`` and RNG restored after."""
+    """Eval mode and ``no_grad`` inside; training flags, hooks, buffers, ``requires_grad``, the process's RNG and
+    the model's own generators restored after."""
     snapshot = ModelSnapshot(model)
     try:
-        with preserved_rng(), torch.no_grad():
+        with preserved_rng(), preserved_generators(model), torch.no_grad():
             model.eval()
             yield
     finally:

@@ -191,6 +191,26 @@ def test_model_and_process_state_are_unchanged() -> None:
     assert torch.is_grad_enabled()
 
 
+class _NoisyLM(_TinyLM):
+    """Draws from a generator of its own in every forward (dropout-like noise with a private stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise = torch.Generator().manual_seed(7)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(ids)
+        return logits + 0 * torch.rand(logits.shape, generator=self.noise)
+
+
+def test_the_models_own_generator_is_restored() -> None:
+    model = _NoisyLM()
+    state = model.noise.get_state()
+    gen = lf.profile_generate(model, _ids(), generate_fn=_greedy)
+    assert torch.equal(model.noise.get_state(), state)
+    assert gen.prefill_macs == B * P * D * V
+
+
 def test_json_round_trip_and_reading_without_torch() -> None:
     gen = lf.profile_generate(_gpt2("sdpa"), _ids(), max_new_tokens=3, pad_token_id=0)
     text = gen.to_json()

@@ -114,3 +114,29 @@ def test_compare_latex_refuses_generation_reports(tmp_path: Path, capsys: pytest
     _write_generation(tmp_path / "flops_report.json", 2_000, (400,))
     status, _, err = run_cli(capsys, "compare", str(tmp_path), "--format", "latex")
     assert status == 2 and "reads profile reports only" in err
+
+
+MOE_FILE = """
+from transformers import MixtralConfig, MixtralForCausalLM
+
+def tiny_mixtral():
+    return MixtralForCausalLM(MixtralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                              num_experts_per_tok=2, max_position_embeddings=64))
+"""
+
+
+def test_profile_moe_routing_balanced_on_meta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "moe_model.py").write_text(MOE_FILE)
+    out = tmp_path / "moe.json"
+    target = f"{tmp_path / 'moe_model.py'}:tiny_mixtral"
+    common = ("profile", target, "--input", "int64:1,8", "--device", "meta", "--counters", "torch")
+    status, _, _ = run_cli(capsys, *common, "--moe-routing", "balanced", "--json", str(out))
+    assert status == 0
+    data = json.loads(out.read_text())
+    # per token: q, o 32 x 32; k, v 32 x 16; router 32 x 4; top-2 experts x (gate, up, down) 32 x 64; attention 8 x 8
+    layer = 8 * (2 * 32 * 32 + 2 * 32 * 16 + 32 * 4 + 2 * 3 * 32 * 64) + 2 * 4 * 8 * 8 * 8
+    assert data["counters"]["torch"]["macs"] == 2 * layer + 8 * 32 * 100  # + the LM head at every position
+    assert data["moe_routing"] == "balanced"
+    status, stdout, _ = run_cli(capsys, *common)  # without the assumption: the count fails and says what to pass
+    assert status == 1 and "moe_routing='balanced'" in stdout

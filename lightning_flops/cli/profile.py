@@ -322,6 +322,7 @@ def _profile(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence[
             custom_ops=custom_ops,
             parts=parse_parts(args.parts) or None,
             timing=args.timing,
+            moe_routing=getattr(args, "moe_routing", None),
         )
     except FlopsConfigError as err:
         raise CliError(str(err)) from err
@@ -459,6 +460,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="also time N plain forwards and split the time by module and operator (torch.profiler) beside the "
         "MACs: the report gains a 'where the time goes' table, as profile_model(timing=N) (default: 0, no timing)",
+    )
+    parser.add_argument(
+        "--moe-routing",
+        choices=("balanced",),
+        help="balanced: on --device meta, where a mixture-of-experts router cannot run, give each expert "
+        "tokens*top_k/num_experts rows (the total is exact for top-k routing), as profile_model(moe_routing=...)",
     )
     parser.add_argument(
         "--generate",
