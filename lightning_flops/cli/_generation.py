@@ -52,7 +52,7 @@ def split_generation(files: Sequence[Path]) -> tuple[list[tuple[Path, Generation
     for file in files:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             others.append(file)  # the profile-report reader says what is wrong, in its words
             continue
         if not is_generation_report(data):
