@@ -212,3 +212,24 @@ def test_quiet_ignores_thop_warnings_on_its_thread_and_shows_them_on_others() ->
             thread.start()
             thread.join()
     assert [str(r.message) for r in records] == ["other thread"]
+
+
+def test_thops_parameter_count_is_skipped_on_the_counting_thread_only() -> None:
+    """Before: ``thop.profile.count_parameters`` was replaced for the whole process while a count ran, so another
+    thread's ``thop.profile`` meanwhile reported 0 parameters."""
+    import thop
+
+    from lightning_flops._compat import thop_without_parameter_count
+
+    x = torch.randn(2, 4)
+    found: list[float] = []
+
+    def other() -> None:
+        found.append(float(thop.profile(nn.Sequential(nn.Linear(4, 5)), inputs=(x,), verbose=False)[1]))
+
+    with thop_without_parameter_count():
+        here = float(thop.profile(nn.Sequential(nn.Linear(4, 5)), inputs=(x,), verbose=False)[1])
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(WAIT)
+    assert (here, found) == (0.0, [4 * 5 + 5])  # weight in*out + bias out
