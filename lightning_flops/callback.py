@@ -374,7 +374,7 @@ class FlopsMonitor(Callback):
                     if self.strict:
                         failure = err  # raised below, after every rank has agreed to stop
                     else:
-                        rank_zero_warn(f"FlopsMonitor: could not write the report: {error_text(err)}")
+                        rank_zero_warn(f"FlopsMonitor: could not publish the report everywhere: {error_text(err)}")
             self._publications.seen(directory)
         # every rank takes part in both decisions, so a failure on one rank alone never leaves the others waiting
         local_failure = failure is not None and self.strict

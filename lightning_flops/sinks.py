@@ -4,6 +4,12 @@ text, the JSON report file and the console.
 Every function here takes a finished report (or metric names) and writes it somewhere; nothing is counted here.
 Logged values are per sample (``report.macs_per_sample``), except ``{prefix}/train_step/flops_per_batch`` and the
 ``{prefix}/time/*`` values (the whole call's forward).
+
+Everything here runs on the training thread, after the profile's own thread has ended; each logger gets the metrics
+through its public ``log_metrics(metrics, step=trainer.global_step)`` (for W&B one committed ``run.log`` row with
+``trainer/global_step``), and a logger that fails keeps no other sink from the report (:class:`SinkError` afterwards).
+An offline W&B run is complete once its ``.wandb`` file holds the ``exit`` record: ``wandb.finish()`` returns before
+wandb-core has written it (tests/test_sinks_wandb.py).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "TIME_METRICS",
     "Publications",
     "ReportFile",
+    "SinkError",
     "attach_to_trackers",
     "declare_hparams_metrics",
     "is_tensorboard",
@@ -203,11 +210,34 @@ def declare_hparams_metrics(
     writer.flush()
 
 
+class SinkError(RuntimeError):
+    """Some loggers refused the metrics; every other logger (and the report file) has them.
+
+    Args:
+        message: which loggers failed, and how.
+        file: where the report was written when :func:`publish` raises it (``None`` elsewhere).
+    """
+
+    def __init__(self, message: str, file: ReportFile | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+
+
 def log_metrics(loggers: Iterable[Logger], metrics: Mapping[str, float], step: int) -> None:
-    """Log ``metrics`` as scalars at ``step`` through every logger, then let each logger save."""
+    """Log ``metrics`` as scalars at ``step`` through every logger, then let each logger save.
+
+    A logger that fails does not keep the others from logging: :class:`SinkError` names the ones that failed, after
+    every logger had its turn.
+    """
+    failed = []
     for logger in loggers:
-        logger.log_metrics(dict(metrics), step=step)
-        logger.save()
+        try:
+            logger.log_metrics(dict(metrics), step=step)
+            logger.save()
+        except Exception as err:  # e.g. a tracker whose run cannot start: the other loggers still get the metrics
+            failed.append(f"{type(logger).__name__} ({type(err).__name__}: {err})")
+    if failed:
+        raise SinkError(f"metrics not logged to {'; '.join(failed)}; every other logger has them")
 
 
 def log_text(loggers: Iterable[Logger], tag: str, markdown: str, step: int) -> None:
@@ -436,8 +466,16 @@ def publish(
 
     Returns:
         Where the JSON report went (see :class:`ReportFile`).
+
+    Raises:
+        SinkError: some loggers refused the metrics (after every other sink got the report; ``file`` says where it
+            went).
     """
-    log_metrics(loggers, metrics_from_report(report, prefix), step)
+    try:
+        log_metrics(loggers, metrics_from_report(report, prefix), step)
+        refused = None
+    except SinkError as err:  # the other sinks still get the report; raised once they have it
+        refused = err
     log_text(loggers, f"{prefix}/report", tensorboard_text(report), step)
     if report.timing is not None and any(is_tensorboard(logger) for logger in loggers):
         image = timing_figure_rgb(report.timing)
@@ -448,6 +486,8 @@ def publish(
     attached = attach_to_trackers(report, loggers, path)
     print_summary(report)
     rank_zero_info(report_location_line(ReportFile(path, owner, attached), several=len(loggers) > 1))
+    if refused is not None:
+        raise SinkError(str(refused), ReportFile(path, owner, attached))
     return ReportFile(path, owner, attached)
 
 
@@ -487,16 +527,21 @@ class Publications:
             first = loggers[0]
             report = dataclasses.replace(report, logger={"name": str(first.name), "version": str(first.version)})
         if directory not in self._published:
-            self._published[directory] = (publish(report, loggers, directory, prefix, step), report)
+            try:
+                self._published[directory] = (publish(report, loggers, directory, prefix, step), report)
+            except SinkError as err:  # written, but some logger refused the metrics: the file is still ours
+                if err.file is not None:
+                    self._published[directory] = (err.file, report)
+                raise
             return
         published = self._published[directory]
         if published is None or _step_outcome(published[1]) is not None or _step_outcome(report) is None:
             return
         path = published[0]
-        if report.train_step_flops is not None:
-            log_metrics(loggers, {f"{prefix}/train_step/flops_per_batch": float(report.train_step_flops)}, step)
         rewrite_report(report, path, loggers)
         self._published[directory] = (path, report)
+        if report.train_step_flops is not None:
+            log_metrics(loggers, {f"{prefix}/train_step/flops_per_batch": float(report.train_step_flops)}, step)
 
     def seen(self, directory: str) -> None:
         """Mark ``directory`` as met: when nothing was published there (another rank, a failure), nothing ever is."""
