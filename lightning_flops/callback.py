@@ -198,7 +198,7 @@ class FlopsMonitor(Callback):
             self._run(trainer, pl_module, batch, training=True)
         if self._observe_step:  # last, so that none of our own work is counted
             self._observe_step = False
-            self._step_batch, self._step_backward = batch, False
+            self._step_batch, self._step_backward, self._step_error = batch, False, None
             observer = StepObserver()
             try:
                 observer.start()
