@@ -78,7 +78,7 @@ def test_json_report_holds_exact_whole_batch_integers(fitted: Path) -> None:
     assert data["batch_size"] == BATCH
     assert data["counters"]["torch"]["macs"] == BATCH * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES)
     params = linear_stack_params()
-    assert data["params"] == {"total": params, "trainable": params, "active": params}
+    assert data["params"] == {"total": params, "trainable": params, "active": params, "active_per_token": params}
     assert data["logger"] == {"name": "lightning_logs", "version": "0"}
 
 
