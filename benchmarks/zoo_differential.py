@@ -23,6 +23,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N model types only")
     parser.add_argument("--only", nargs="*", default=None, help="these model types only")
+    parser.add_argument("--after", default=None, help="start after this model type (resume a run)")
     parser.add_argument("--device", choices=("meta", "model"), default="meta", help="where the torch counter counts")
     options = parser.parse_args()
 
@@ -34,6 +35,8 @@ def main() -> int:
     from tests.hf_zoo import build
 
     types = options.only or sorted(CONFIG_MAPPING_NAMES)
+    if options.after:
+        types = [t for t in types if t > options.after]
     types = types[: options.limit] if options.limit else types
     totals = {"equal": 0, "above by our formulas": 0, "below": 0, "different": 0, "failed": 0, "skipped": 0}
     for model_type in types:

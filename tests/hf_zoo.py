@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 BATCH, SEQ = 2, 8
+#: a model still larger than this after shrinking is refused (some configs keep sizes under names of their own)
+MAX_PARAMETERS = 5_000_000
 
 #: config attribute -> tiny value (set where the config has the attribute)
 _SMALL: dict[str, Any] = {
@@ -103,9 +105,14 @@ def build(model_type: str, model_class: str = "AutoModel", **overrides: Any) -> 
 
     config = tiny_config(model_type, **overrides)
     torch.manual_seed(0)
+    auto = getattr(transformers, model_class)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        model = getattr(transformers, model_class).from_config(config).eval()
+        with torch.device("meta"):  # its size first, without allocating or initialising anything
+            size = sum(p.numel() for p in auto.from_config(config).parameters())
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"{size:,} parameters after shrinking its config (a size it does not expose)")
+        model = auto.from_config(config).eval()
     example = example_input(model, config)
     with torch.no_grad():
         model(**example)  # raises when this architecture does not run on this input
