@@ -315,3 +315,18 @@ def test_every_meta_count_runs_with_the_shape_only_kernels_and_no_tracking_hook_
     model = Probe().train()
     assert train_step_flops(model, torch.randn(3, 4)) == 0
     assert [ours for ours, _ in Probe.seen] == [True]
+
+
+def test_the_kernels_answer_meta_calls_only() -> None:
+    """A dispatch mode sees every call of its thread: one on CPU tensors only (thop's arithmetic on its counters,
+    ``torch.DoubleTensor([...]) / ...``) runs torch's kernel with its data; one with a meta operand gets ours."""
+    import lightning_flops as lf
+
+    cpu = torch.tensor([6.0, 8.0], dtype=torch.float64)
+    with fast_meta_kernels():
+        assert (cpu + 1).tolist() == [7.0, 9.0]
+        assert int(torch.prod(cpu / torch.tensor([2.0, 4.0], dtype=torch.float64)) + 1) == 7
+        assert (torch.tensor(2.0) * meta(3)).device.type == "meta"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    report = lf.profile_model(model, torch.randn(2, 3, 8, 8), counters=("thop",), strict=True)
+    assert (report.counters["thop"].device, report.counters["thop"].device_note) == ("meta", None)

@@ -419,9 +419,24 @@ class _KernelMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kernel = self.kernels.get(func)
-        if kernel is None or types:  # a tensor subclass (FakeTensor, DTensor) keeps its own rules
+        if kernel is None or types or not _on_meta(args):  # a tensor subclass (FakeTensor, DTensor) keeps its rules
             return func(*args, **(kwargs or {}))
         return kernel(*args, **(kwargs or {}))
+
+
+def _on_meta(args: tuple) -> bool:
+    """Whether the dispatcher would run the Meta kernel for these arguments: one of the tensors (or of a list of
+    tensors, ``cat``'s) is on meta. A CPU-only call (thop's arithmetic on its own counters) runs as it is."""
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor) and first.is_meta:
+        return True
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            if arg.is_meta:
+                return True
+        elif isinstance(arg, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.is_meta for t in arg):
+            return True
+    return False
 
 
 _CONV_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
