@@ -294,9 +294,8 @@ class Probe(torch.nn.Module):
 
 
 def test_every_meta_count_runs_with_the_shape_only_kernels_and_no_tracking_hook_per_module() -> None:
-    """profile_model's torch and thop counters and train_step_flops count on meta under the kernels (fvcore's JIT
-    trace runs on a thread of its own without them: a dispatch mode active while torch.jit.trace runs cuts the trace
-    off from its inputs, and the kernels are a dispatch mode of the counting thread); module tracking uses
+    """profile_model's three counters and train_step_flops count on meta under the kernels (fvcore's JIT trace on a
+    thread of its own, where they are carried); module tracking uses
     process-wide hooks, so the modules themselves hold only the counters' own (thop's counting hooks, fvcore's scope
     hooks) and never the two tracking hooks per module that the torch counter would add."""
     import lightning_flops as lf
@@ -307,8 +306,8 @@ def test_every_meta_count_runs_with_the_shape_only_kernels_and_no_tracking_hook_
     report = lf.profile_model(Probe(), torch.randn(3, 4), strict=True)
     assert {r.device for r in report.counters.values()} == {"meta"}
     assert report.counters["torch"].macs == 0 and report.params.total == 8  # a norm only: no MACs; weight + bias
-    traced = [name == "lightning-flops-trace" for name in Probe.threads]
-    assert [ours for ours, _ in Probe.seen] == [not t for t in traced] and len(Probe.seen) >= 3 and any(traced)
+    assert [ours for ours, _ in Probe.seen] == [True] * len(Probe.seen) and len(Probe.seen) >= 3
+    assert "lightning-flops-trace" in Probe.threads  # fvcore's trace thread ran it, under the kernels too
     torch_call = Probe.seen[0]  # the torch counter runs first
     assert torch_call[1] == 0
     Probe.seen.clear()

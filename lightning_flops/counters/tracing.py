@@ -352,12 +352,11 @@ def on_fresh_stack(fn: Callable[[], _T]) -> _T:
     leave the training thread's heap alone.
 
     Torch's per-thread state that a count depends on is carried into the thread: grad mode, inference mode, the
-    function modes of the count active here (:func:`lightning_flops._compat.carried_modes`: the traceable meta
-    convolution), which count it belongs to (:func:`counting_thread`, for the module hooks), whether it is
-    :func:`quiet` and, when CUDA is initialized, the current CUDA device and stream (a DDP rank's
-    ``torch.cuda.set_device``). Not carried:
-    a ``with torch.device(...)`` default-device context (tensors the forward makes without a device go to the CPU)
-    and autocast (it changes dtypes, not MACs).
+    modes of the count active here (:func:`lightning_flops._compat.carried_modes`: the shape-only meta kernels, the
+    traceable meta convolution, fixed devices on meta), which count it belongs to (:func:`counting_thread`, for the
+    module hooks), whether it is :func:`quiet` and, when CUDA is initialized, the current CUDA device and stream (a
+    DDP rank's ``torch.cuda.set_device``). Not carried: a ``with torch.device(...)`` default-device context
+    (tensors the forward makes without a device go to the CPU) and autocast (it changes dtypes, not MACs).
 
     When the waiting thread is interrupted (Ctrl-C, a signal handler that raises), the work thread is ended early and
     waited for before the interrupt goes on (see :func:`_end_and_wait`).
