@@ -14,6 +14,7 @@ from typing import Any
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.report import human_count
+from lightning_flops.schema import parse_json
 from lightning_flops.types import Uncounted
 
 __all__ = ["GENERATION_SCHEMA_VERSION", "REPORT_TYPE", "GenerationReport", "is_generation_report"]
@@ -249,11 +250,7 @@ class GenerationReport:
     @classmethod
     def from_json(cls, text: str) -> GenerationReport:
         """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise ReportFormatError(f"not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text))
 
 
 def _is_int(value: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
-from lightning_flops.schema import check_report_dict
+from lightning_flops.schema import check_report_dict, parse_json
 from lightning_flops.types import OpTime, Uncounted
 from lightning_flops.vocabulary import CORE_OPERATORS
 
@@ -503,13 +503,7 @@ class FlopsReport:
     @classmethod
     def from_json(cls, text: str) -> FlopsReport:
         """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
-            raise ReportFormatError(f"not valid JSON: {err}") from err
-        except RecursionError:  # arrays or objects nested deeper than the interpreter's recursion limit
-            raise ReportFormatError("not a report: JSON nested too deeply to read") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text))
 
     # -------------------------------------------------------------- Markdown
     def to_markdown(self, top_modules: int = 8) -> str:

@@ -8,13 +8,14 @@ minor writer may add some). No torch import.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightning_flops.errors import ReportFormatError
 
-__all__ = ["FLAG_ON", "MAX_COUNT", "MODES", "check_report_dict"]
+__all__ = ["FLAG_ON", "MAX_COUNT", "MODES", "check_report_dict", "parse_json"]
 
 #: Values of ``mode`` and ``flag_on`` a report can hold (the options ``profile_model`` accepts).
 MODES = ("eval", "train")
@@ -23,6 +24,17 @@ FLAG_ON = ("core", "total")
 MAX_COUNT = 10**300
 
 Check = Callable[[str, Any], None]
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads(text)`` for a report reader: :class:`ReportFormatError` (one line) for text that is not JSON, for
+    an integer beyond int's digit limit, and for arrays or objects nested deeper than the recursion limit."""
+    try:
+        return json.loads(text)
+    except ValueError as err:  # JSONDecodeError, and an integer beyond int's digit limit (4300 by default)
+        raise ReportFormatError(f"not valid JSON: {err}") from err
+    except RecursionError:  # arrays or objects nested deeper than the interpreter's recursion limit
+        raise ReportFormatError("not a report: JSON nested too deeply to read") from None
 
 
 def check_report_dict(data: Mapping[str, Any]) -> None:

@@ -262,3 +262,16 @@ def test_reading_a_bad_generation_report_names_the_field() -> None:
         lf.GenerationReport.from_dict({"report_type": "generation", "schema_version": 1, "model": "M",
                                        "batch_size": 1, "prompt_tokens": 1, "new_tokens": 1, "prefill_macs": 1,
                                        "decode_macs": "x"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # past the recursion limit: RecursionError before
+        ("{", "not valid JSON"),
+    ],
+    ids=["nested", "truncated"],
+)
+def test_reading_hostile_generation_json_is_a_report_format_error(text: str, message: str) -> None:
+    with pytest.raises(lf.ReportFormatError, match=message):
+        lf.GenerationReport.from_json(text)
