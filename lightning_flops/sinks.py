@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_flops._compat import tensorboard_hparams
 from lightning_flops._files import create_temporary
 from lightning_flops.counters.base import flops_from_macs
+from lightning_flops.errors import FlopsError
 from lightning_flops.render import timing_figure_rgb, verdict_markdown
 from lightning_flops.report import FlopsReport
 
@@ -210,7 +211,7 @@ def declare_hparams_metrics(
     writer.flush()
 
 
-class SinkError(RuntimeError):
+class SinkError(FlopsError, RuntimeError):
     """Some loggers refused the metrics; every other logger (and the report file) has them.
 
     Args:

@@ -69,3 +69,29 @@ def test_formulas_read_no_argument_by_position() -> None:
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "args"
     ]
     assert positional == []
+
+
+def test_every_exception_of_the_package_derives_from_flops_error() -> None:
+    # errors.py: "Base of every exception lightning-flops raises itself"; a user catches FlopsError for all of ours.
+    # Internal signals, caught inside the package, never reach the user: their own list, so a new one is a choice
+    internal = {
+        "lightning_flops.cli._common.CliError",  # the CLI's one-line error and exit status, caught in cli.main
+        "lightning_flops.inputs.NoInput",  # the callback turns it into a warning or FlopsConfigError
+        "lightning_flops.inputs.UserCodeFailed",  # carries the user's own exception, which is what is raised
+        "lightning_flops.train_step._CountInPlace",  # a fallback inside train_step_flops
+    }
+    import importlib
+    import inspect
+    import pkgutil
+
+    import lightning_flops
+    from lightning_flops.errors import FlopsError
+
+    outside = []
+    for info in pkgutil.walk_packages(lightning_flops.__path__, "lightning_flops."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            ours = inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == info.name
+            if ours and not issubclass(value, FlopsError) and f"{info.name}.{name}" not in internal:
+                outside.append(f"{info.name}.{name}")
+    assert outside == []
