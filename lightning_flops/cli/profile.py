@@ -18,11 +18,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_flops.cli._common import PROG, CliError, atomic_write, check_output
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.errors import FlopsConfigError
+
+if TYPE_CHECKING:
+    from lightning_flops.generation_report import GenerationReport
+    from lightning_flops.report import FlopsReport
 
 NAME = "profile"
 #: Element types accepted by ``profile --input DTYPE:SHAPE`` (names of ``torch`` dtypes).
@@ -352,6 +356,16 @@ def _generate(args: argparse.Namespace, kwargs: dict[str, Any], shapes: Sequence
         raise CliError(str(err)) from err
 
 
+def _emit(report: FlopsReport | GenerationReport, json_path: Path | None, force: bool) -> None:
+    """Write ``report``'s JSON to ``json_path`` (atomically) when given, then print its Markdown on stdout."""
+    if json_path is not None:
+        text = report.to_json()
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), force)
+    print(report.to_markdown(), flush=True)
+    if json_path is not None:
+        print(f"{PROG}: wrote {json_path}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``profile``; returns the exit status (0, or 1 when every counter failed)."""
     shapes = [parse_shape(text) for text in args.input]
@@ -362,12 +376,7 @@ def run(args: argparse.Namespace) -> int:
         json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
         with contextlib.redirect_stdout(sys.stderr):
             gen = _generate(args, kwargs, shapes)
-        if json_path is not None:
-            text = gen.to_json()
-            atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
-        print(gen.to_markdown(), flush=True)
-        if json_path is not None:
-            print(f"{PROG}: wrote {json_path}", file=sys.stderr)
+        _emit(gen, json_path, args.force)
         return 0
     parse_parts(args.parts)  # bad items fail before the model is built
     if args.timing < 0:
@@ -377,12 +386,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = check_output(args.json, "--json", args.force) if args.json is not None else None
     with contextlib.redirect_stdout(sys.stderr):  # what the target prints goes to stderr: stdout is the report only
         report = _profile(args, kwargs, shapes)
-    if json_path is not None:
-        text = report.to_json()
-        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"), args.force)
-    print(report.to_markdown(), flush=True)
-    if json_path is not None:
-        print(f"{PROG}: wrote {json_path}", file=sys.stderr)
+    _emit(report, json_path, args.force)
     if not any(result.ok for result in report.counters.values()):
         print(f"{PROG}: every counter failed (see the report above)", file=sys.stderr)
         return 1
