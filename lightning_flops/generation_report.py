@@ -106,7 +106,7 @@ class GenerationReport:
     def flops_per_new_token(self) -> float | None:
         """FLOPs (= 2 x MACs) of :meth:`macs_per_new_token`."""
         macs = self.macs_per_new_token()
-        return None if macs is None else 2 * macs
+        return None if macs is None else flops_from_macs(macs)
 
     def prefill_macs_per_sample(self) -> float:
         """Prefill MACs of one sample."""
@@ -144,13 +144,15 @@ class GenerationReport:
             f"{self.prefill_macs / per:,.0f} | {flops_from_macs(self.prefill_macs) / per:,.0f} |",
         ]
         for index, (macs, positions) in enumerate(zip(self.decode_macs, self.contexts(), strict=True), start=1):
-            lines.append(f"| decode {index} | {positions} | {macs:,} | {macs / per:,.0f} | {2 * macs / per:,.0f} |")
+            lines.append(
+                f"| decode {index} | {positions} | {macs:,} | {macs / per:,.0f} | {flops_from_macs(macs) / per:,.0f} |"
+            )
         lines.append(
-            f"| **total** | | {self.total_macs:,} | {self.total_macs / per:,.0f} | {2 * self.total_macs / per:,.0f} |"
+            f"| **total** | | {self.total_macs:,} | {self.total_macs / per:,.0f} | {self.total_flops / per:,.0f} |"
         )
         per_token = self.macs_per_new_token()
         if per_token is not None:
-            lines += ["", f"Decode per new token: {per_token:,.1f} MACs ({2 * per_token:,.1f} FLOPs)."]
+            lines += ["", f"Decode per new token: {per_token:,.1f} MACs ({flops_from_macs(per_token):,.1f} FLOPs)."]
         if self.uncounted:
             listed = ", ".join(f"{u.operator} in {u.module or '<root>'} ({u.calls}x)" for u in self.uncounted)
             lines += ["", f"Uncounted (no formula): {listed}."]
@@ -174,7 +176,8 @@ class GenerationReport:
             low, high = min(self.decode_macs) / per, max(self.decode_macs) / per
             where = "decoder positions" if self.encoder_decoder else "positions"
             text += (
-                f"; decode {human_count(per_token, 'MACs')} ({human_count(2 * per_token, 'FLOPs')}) per new token "
+                f"; decode {human_count(per_token, 'MACs')} ({human_count(flops_from_macs(per_token), 'FLOPs')}) "
+                "per new token "
                 f"at context {contexts[0]}..{contexts[-1]} {where} ({round(low):,} to {round(high):,} MACs a step)"
             )
         total = self.total_macs / per

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.markup import escape_markdown, markdown_code
 from lightning_flops.report import human_count
 from lightning_flops.vocabulary import CONVENTION_UNCOUNTED
@@ -302,7 +303,9 @@ def timing_rows(timing: TimingReport, by: str, top: int = 8) -> list[dict[str, A
     for key, (seconds, macs) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
         share = seconds / total_seconds if total_seconds > 0 else 0.0
         rate = (
-            2 * macs / (share * timing.forward_seconds) if macs and share > 0 and timing.forward_seconds > 0 else None
+            flops_from_macs(macs) / (share * timing.forward_seconds)
+            if macs and share > 0 and timing.forward_seconds > 0
+            else None
         )
         rows.append(
             {

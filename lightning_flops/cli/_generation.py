@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_flops.cli._common import CliError, per_sample
+from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.generation_report import GenerationReport, is_generation_report
 from lightning_flops.markup import escape_markdown
@@ -88,7 +89,7 @@ def rows(runs: Sequence[tuple[str, Path, GenerationReport]]) -> list[dict[str, A
                 "prefill_macs": per_sample(report.prefill_macs, batch),
                 "prefill_flops": per_sample(report.prefill_flops, batch),
                 "decode_macs_per_token": per_token,
-                "decode_flops_per_token": None if per_token is None else 2 * per_token,
+                "decode_flops_per_token": None if per_token is None else flops_from_macs(per_token),
                 "total_macs": per_sample(report.total_macs, batch),
                 "total_flops": per_sample(report.total_flops, batch),
                 "path": str(path),

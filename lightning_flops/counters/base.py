@@ -7,7 +7,7 @@ that reports can be read and compared without it.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from lightning_flops.types import RawCount
 from lightning_flops.vocabulary import CONVENTION_OPERATORS, CORE_OPERATORS
@@ -32,8 +32,12 @@ _COUNTER_MODULES = {
 }
 
 
-def flops_from_macs(macs: int) -> int:
-    """FLOPs of ``macs`` multiply-accumulates: always 2 x MACs (the only place this factor lives)."""
+_Count = TypeVar("_Count", int, float)
+
+
+def flops_from_macs(macs: _Count) -> _Count:
+    """FLOPs of ``macs`` multiply-accumulates (a count, or a per-sample / per-token mean): always 2 x MACs (the only
+    place this factor lives)."""
     return 2 * macs
 
 
