@@ -166,7 +166,9 @@ class FlopsMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        """Unique per prefix, mode and counters, so several monitors (e.g. eval and ``mode="train"``) can coexist."""
+        """Unique per prefix, mode and counters. The monitor keeps no state of its own any more (every fit counts
+        again); the key stays as it was so that a checkpoint written by an earlier version, which holds a stored
+        report under it, loads without Lightning's warning about a missing callback (the report is ignored)."""
         return callback_state_key(self, prefix=self.prefix, mode=self.mode, counters=list(self.counters))
 
     # ------------------------------------------------------------------ hooks
