@@ -31,6 +31,7 @@ from lightning_flops.cli._common import (
     load_reports,
     per_sample,
 )
+from lightning_flops.cli._metrics import METRIC_MODES
 from lightning_flops.counters.base import COUNTER_NAMES
 from lightning_flops.generation_report import GenerationReport
 from lightning_flops.markup import escape_markdown
@@ -549,7 +550,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--metric-mode",
-        choices=("last", "max", "min"),
+        choices=METRIC_MODES,
         help="how a run's series becomes one value: last (default), max or min (also the Pareto front's direction; "
         "with last, a name with loss/err/ppl/... is better lower)",
     )
