@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lightning_flops._files import create_temporary
 from lightning_flops.errors import ReportFormatError
+from lightning_flops.markup import escape_markdown
 from lightning_flops.report import FlopsReport
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "find_reports",
     "load_one",
     "load_reports",
+    "markdown_table",
     "per_sample",
+    "text_table",
 ]
 
 PROG = "lightning-flops"
@@ -171,3 +174,19 @@ def load_one(path_text: str, what: str = "RUN") -> FlopsReport:
     if bad:
         raise CliError(f"`{what}`: {bad[0]}")
     return loaded[0][1]
+
+
+def text_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, a rule of dashes under the headers."""
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, every header and cell escaped (:func:`~lightning_flops.markup.escape_markdown`)."""
+    lines = ["| " + " | ".join(escape_markdown(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
+    return "\n".join(lines)

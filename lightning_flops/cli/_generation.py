@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_flops.cli._common import CliError, per_sample
+from lightning_flops.cli._common import CliError, markdown_table, per_sample, text_table
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.generation_report import GenerationReport, is_generation_report
-from lightning_flops.markup import escape_markdown
 from lightning_flops.report import human_count
 
 __all__ = ["COLUMNS", "check_options", "render", "rows", "split_generation", "text"]
@@ -128,15 +127,8 @@ def render(table: Sequence[dict[str, Any]], fmt: str) -> str:
         "Generation cost per sample (prefill: the prompt's forward; decode: per new token; "
         "MACs = multiply-accumulates; FLOPs = 2 x MACs)"
     )
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
-        return f"{caption}\n\n" + "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
-    return f"{caption}\n\n" + "\n".join(lines)
+    table = markdown_table(headers, cells) if fmt == "markdown" else text_table(headers, cells)
+    return f"{caption}\n\n{table}"
 
 
 def check_options(args: argparse.Namespace, profiles: bool) -> None:

@@ -29,7 +29,9 @@ from lightning_flops.cli._common import (
     check_output,
     find_reports,
     load_reports,
+    markdown_table,
     per_sample,
+    text_table,
 )
 from lightning_flops.cli._metrics import METRIC_MODES
 from lightning_flops.counters.base import COUNTER_NAMES
@@ -279,20 +281,6 @@ def _human_cells(
     return [" ".join(header.split()) for header in headers], cells  # part labels are the user's text too
 
 
-def _render_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
-    return "\n".join(lines)
-
-
-def _render_markdown(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(escape_markdown(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(escape_markdown(c) for c in line) + " |" for line in cells]
-    return "\n".join(lines)
-
-
 def _render_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
@@ -486,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
             headers.insert(at, f"{args.metric} ({mode})")
             for line, row in zip(cells, rows, strict=True):
                 line.insert(at, "-" if row[args.metric] is None else f"{row[args.metric]:.4g}")
-        render = _render_table if args.format == "table" else _render_markdown
+        render = text_table if args.format == "table" else markdown_table
         caption = "Compute per sample (MACs = multiply-accumulates; FLOPs = 2 x MACs)"
         if args.baseline is not None:
             caption += f"; 'vs base' = ratio (x) and change (%) against run {args.baseline!r}"
