@@ -8,13 +8,14 @@ Every count is for the **whole batch**, as an exact integer, in MACs (multiply-a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.report import human_count
-from lightning_flops.schema import parse_json
+from lightning_flops.schema import MAX_COUNT, parse_json
 from lightning_flops.types import Uncounted
 
 __all__ = ["GENERATION_SCHEMA_VERSION", "REPORT_TYPE", "GenerationReport", "is_generation_report"]
@@ -229,14 +230,20 @@ class GenerationReport:
                 f"generation report schema_version {version} is newer than this lightning-flops reads "
                 f"({GENERATION_SCHEMA_VERSION}): upgrade lightning-flops"
             )
+        limit = f"an int from 0 to 1e{round(math.log10(MAX_COUNT))}"  # per-sample means are floats: no overflow
         for name in ("batch_size", "prompt_tokens", "new_tokens", "prefill_macs"):
-            if not _is_int(data.get(name)) or data[name] < 0:
-                raise ReportFormatError(f"malformed generation report: `{name}` must be an int >= 0")
+            if not _is_count(data.get(name)):
+                raise ReportFormatError(f"malformed generation report: `{name}` must be {limit}")
+        for name in ("tokens", "params"):
+            if data.get(name) is not None and not _is_count(data[name]):
+                raise ReportFormatError(f"malformed generation report: `{name}` must be null or {limit}")
         decode = data.get("decode_macs")
-        if not isinstance(decode, list) or not all(_is_int(m) and m >= 0 for m in decode):
-            raise ReportFormatError("malformed generation report: `decode_macs` must be a list of ints >= 0")
-        if not isinstance(data.get("model"), str):
-            raise ReportFormatError("malformed generation report: `model` must be a string")
+        if not isinstance(decode, list) or not all(_is_count(m) for m in decode):
+            raise ReportFormatError(f"malformed generation report: `decode_macs` must be a list, each {limit}")
+        if not isinstance(data.get("model"), str) or not isinstance(data.get("attention", ""), str):
+            raise ReportFormatError("malformed generation report: `model` and `attention` must be strings")
+        if not isinstance(data.get("encoder_decoder", False), bool):
+            raise ReportFormatError("malformed generation report: `encoder_decoder` must be true or false")
         try:
             known = {f.name for f in fields(cls)}
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -258,3 +265,7 @@ class GenerationReport:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_COUNT

@@ -223,3 +223,23 @@ def test_diff_of_unrelated_models_is_not_aligned() -> None:
     b = lf.profile_model(nn.Sequential(nn.Conv2d(3, 4, 3)), x, counters=("torch",))
     diff = lf.diff_reports(a, b)
     assert not diff.notes and {r.change for r in diff.rows} == {"added", "removed"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("prefill_macs", 10**400, "`prefill_macs` must be an int from 0 to 1e300"),  # OverflowError traceback before
+        ("decode_macs", [10, 10**400], "`decode_macs` must be a list"),
+        ("tokens", "x", "`tokens` must be null or an int"),
+        ("params", [1], "`params` must be null or an int"),
+        ("encoder_decoder", "yes", "`encoder_decoder` must be true or false"),
+    ],
+    ids=["huge-prefill", "huge-decode", "tokens", "params", "encoder-decoder"],
+)
+def test_hostile_generation_report_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: Any, needle: str
+) -> None:
+    data = {"report_type": "generation", "schema_version": 1, "model": "LM", "batch_size": 1, "prompt_tokens": 4,
+            "new_tokens": 3, "prefill_macs": 100, "decode_macs": [10, 11], field: value}  # fmt: skip
+    path = write(tmp_path / "run" / "flops_report.json", json.dumps(data))
+    assert_one_line_exit_2(*run_cli(capsys, "compare", str(path)), needle)
