@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from lightning_flops.errors import FlopsConfigError
 from lightning_flops.generation_report import GenerationReport
 from lightning_flops.inputs import count_tokens, iter_tensors
 from lightning_flops.isolation import ModelSnapshot, preserved_generators, preserved_rng, unwrap_compiled
+from lightning_flops.profiling import installed_version
 from lightning_flops.types import Uncounted
 
 __all__ = ["GenerationReport", "profile_generate"]
@@ -56,14 +56,8 @@ def _prompt_shape(kwargs: dict[str, Any]) -> tuple[int, int]:
 
 
 def _versions() -> dict[str, str]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {"torch": torch.__version__, "transformers": version("transformers"),
-            "lightning_flops": version("lightning-flops")}  # fmt: skip
+    return {"torch": torch.__version__, "transformers": installed_version("transformers"),
+            "lightning_flops": installed_version("lightning-flops")}  # fmt: skip
 
 
 def _shown(value: Any) -> str:

@@ -40,7 +40,7 @@ from lightning_flops.rules import Rule, expand_custom_ops
 from lightning_flops.timing import check_timing, measure_timing
 from lightning_flops.vocabulary import type_label
 
-__all__ = ["profile_model"]
+__all__ = ["installed_version", "profile_model"]
 
 
 def _changed_in_place(name: str, session: CountSession) -> list[str]:
@@ -137,14 +137,17 @@ def _result(
     )
 
 
+def installed_version(dist: str) -> str:
+    """The installed version of the distribution ``dist`` (``"not installed"`` without it), for a report's
+    ``versions``."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _versions() -> dict[str, str]:
     from lightning_flops.counters.thop_hooks import thop_variant
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
 
     variant = thop_variant()
     return {
@@ -153,9 +156,9 @@ def _versions() -> dict[str, str]:
         "thop_variant": (
             {"mit": "thop (MIT)", "ultralytics": "ultralytics-thop (AGPL fork)"}[variant[0]] if variant else "none"
         ),
-        "fvcore": version("fvcore"),
-        "lightning": version("lightning"),
-        "lightning_flops": version("lightning-flops"),
+        "fvcore": installed_version("fvcore"),
+        "lightning": installed_version("lightning"),
+        "lightning_flops": installed_version("lightning-flops"),
     }
 
 
