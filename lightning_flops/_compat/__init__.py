@@ -31,6 +31,7 @@ from lightning_flops._compat.lightning import (
 from lightning_flops._compat.thop import (
     THOP_PRINT_NAMES,
     THOP_PRINTING_MODULES,
+    thop_printers_muted,
     thop_rules,
     thop_without_parameter_count,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "shape_formula",
     "storage_address",
     "tensorboard_hparams",
+    "thop_printers_muted",
     "thop_rules",
     "thop_without_parameter_count",
     "torch_checked",

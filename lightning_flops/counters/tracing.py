@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import re
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from lightning_flops._compat import THOP_PRINT_NAMES, THOP_PRINTING_MODULES, TorchFunctionMode, carried_modes
+from lightning_flops._compat import TorchFunctionMode, carried_modes, thop_printers_muted
 from lightning_flops.inputs import iter_tensors
 from lightning_flops.vocabulary import function_labels, operator_of_module
 
@@ -219,27 +218,10 @@ _QUIET_MESSAGES = (
     r"distutils Version classes are deprecated",  # thop.profile uses distutils' LooseVersion
     r"`torch\.jit\.(script|trace)\w*` is deprecated",  # fvcore.nn scripts its focal losses on import, traces
 )
-# thop's modules that print, and their printers (thop internals: lightning_flops._compat); muted inside them only
-_PRINTING_MODULES = THOP_PRINTING_MODULES
-_PRINT_NAMES = THOP_PRINT_NAMES
-_MISSING = object()
 
 
 def _muted_here() -> bool:
     return getattr(_THREAD, "muted", 0) > 0
-
-
-class _ThreadMutedPrinter:
-    """Stands in for one of thop's printers: prints nothing on a thread inside :func:`quiet`, and on every other
-    thread is the printer it stands in for (the same output, the same arguments)."""
-
-    def __init__(self, original: Callable[..., Any]) -> None:
-        self.original = original
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _muted_here():
-            return None
-        return self.original(*args, **kwargs)
 
 
 class _ThreadMutedPattern:
@@ -261,38 +243,17 @@ _QUIET_FILTERS = (
 )
 _QUIET_LOCK = threading.Lock()
 _quiet_users = 0
-_patched_printers: dict[tuple[str, str], Any] = {}  # (module, name) -> what it held (or _MISSING)
 
 
 def _install_quiet() -> None:
-    """Put the thread-aware printers into thop's printing modules (those imported by now) and the thread-aware
-    filters at the front of ``warnings.filters``; under ``_QUIET_LOCK``."""
-    for name in _PRINTING_MODULES:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        for attr in _PRINT_NAMES:
-            if (name, attr) in _patched_printers or (attr != "print" and attr not in vars(module)):
-                continue
-            previous = vars(module).get(attr, _MISSING)
-            _patched_printers[(name, attr)] = previous
-            setattr(module, attr, _ThreadMutedPrinter(print if previous is _MISSING else previous))
+    """Put the thread-aware filters at the front of ``warnings.filters``; under ``_QUIET_LOCK``."""
     for item in reversed(_QUIET_FILTERS):
         if not any(f is item for f in warnings.filters):
             warnings.filters.insert(0, item)
 
 
 def _remove_quiet() -> None:
-    """Put back what :func:`_install_quiet` replaced; under ``_QUIET_LOCK``, when no thread is quiet any more."""
-    for (name, attr), previous in _patched_printers.items():
-        module = sys.modules.get(name)
-        if module is None or not isinstance(vars(module).get(attr), _ThreadMutedPrinter):
-            continue  # someone replaced it meanwhile: theirs stays
-        if previous is _MISSING:
-            vars(module).pop(attr, None)
-        else:
-            setattr(module, attr, previous)
-    _patched_printers.clear()
+    """Take out what :func:`_install_quiet` added; under ``_QUIET_LOCK``, when no thread is quiet any more."""
     warnings.filters[:] = [f for f in warnings.filters if not any(f is item for item in _QUIET_FILTERS)]
 
 
@@ -303,9 +264,10 @@ def quiet() -> Iterator[None]:
 
     ``sys.stdout`` is not swapped (another thread's output, and the user's model's, still show). thop's printers
     are stood in for, inside thop's own modules, by printers that print nothing on a quiet thread and are the
-    originals on every other thread; the warning filters added match on a quiet thread only (from thop/fvcore
-    modules, the tracer's, the deprecations listed in ``_QUIET_MESSAGES``), so the user's warnings and every other
-    thread's still show. Both are put in place by the first thread to enter and taken back by the last to leave.
+    originals on every other thread (:func:`lightning_flops._compat.thop_printers_muted`); the warning filters added
+    match on a quiet thread only (from thop/fvcore modules, the tracer's, the deprecations listed in
+    ``_QUIET_MESSAGES``), so the user's warnings and every other thread's still show. Both are put in place by the
+    first thread to enter and taken back by the last to leave.
     """
     global _quiet_users
     _THREAD.muted = getattr(_THREAD, "muted", 0) + 1
@@ -313,7 +275,8 @@ def quiet() -> Iterator[None]:
         _quiet_users += 1
         _install_quiet()
     try:
-        yield
+        with thop_printers_muted(_muted_here):
+            yield
     finally:
         with _QUIET_LOCK:
             _quiet_users -= 1
