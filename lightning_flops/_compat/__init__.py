@@ -29,8 +29,6 @@ from lightning_flops._compat.lightning import (
     tensorboard_hparams,
 )
 from lightning_flops._compat.thop import (
-    THOP_PRINT_NAMES,
-    THOP_PRINTING_MODULES,
     thop_printers_muted,
     thop_rules,
     thop_without_parameter_count,
@@ -97,8 +95,6 @@ __all__ = [
     "MODULE_HOOK_DICTS",
     "MODULE_TENSOR_DICTS",
     "PRIVATE_APIS",
-    "THOP_PRINTING_MODULES",
-    "THOP_PRINT_NAMES",
     "TORCH_CHECKED",
     "DeviceType",
     "TorchDispatchMode",
