@@ -202,3 +202,17 @@ def hparams_session(log_dir: Path) -> tuple[list[str], dict[str, Any]]:
         kind = value.WhichOneof("kind")
         values[name] = getattr(value, kind)
     return metrics, values
+
+
+def assert_same_weights_and_optimizer(module_a: Any, trainer_a: Any, module_b: Any, trainer_b: Any) -> None:
+    """Bit-identical weights and buffers (``torch.equal``) and optimizer state of two fits."""
+    weights_a, weights_b = module_a.state_dict(), module_b.state_dict()
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name
+    optim_a, optim_b = trainer_a.optimizers[0].state_dict(), trainer_b.optimizers[0].state_dict()
+    assert optim_a["param_groups"] == optim_b["param_groups"]
+    assert optim_a["state"].keys() == optim_b["state"].keys() and optim_a["state"]
+    for index, state in optim_a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, optim_b["state"][index][key]), (index, key)

@@ -16,7 +16,15 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 import lightning_flops.callback as callback_module
 from lightning_flops import FlopsMonitor
 from lightning_flops.train_step import StepObserver
-from tests.lit_helpers import HIDDEN, IN_FEATURES, OUT_FEATURES, LinearStack, RandomDataModule, make_trainer
+from tests.lit_helpers import (
+    HIDDEN,
+    IN_FEATURES,
+    OUT_FEATURES,
+    LinearStack,
+    RandomDataModule,
+    assert_same_weights_and_optimizer,
+    make_trainer,
+)
 
 BATCH = 4
 # forward + backward of LinearStack on [4, 32] (the input needs no gradient): the forward's two matrix products, their
@@ -46,12 +54,7 @@ def fit(tmp_path: Path, module_type: type, callbacks: list[Any]) -> tuple[Any, A
 def assert_same_training(a: tuple[Any, Any], b: tuple[Any, Any]) -> None:
     (module_a, trainer_a), (module_b, trainer_b) = a, b
     assert trainer_a.global_step == trainer_b.global_step == 2
-    for (name, x), (_, y) in zip(module_a.state_dict().items(), module_b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
-    state_a, state_b = trainer_a.optimizers[0].state_dict()["state"], trainer_b.optimizers[0].state_dict()["state"]
-    assert state_a.keys() == state_b.keys() and state_a
-    for index in state_a:
-        assert torch.equal(state_a[index]["momentum_buffer"], state_b[index]["momentum_buffer"]), index
+    assert_same_weights_and_optimizer(module_a, trainer_a, module_b, trainer_b)
 
 
 def written_report(trainer: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_flops as lf
 from lightning_flops.isolation import meta_copy
 from lightning_flops.train_step import train_step_flops
-from tests.lit_helpers import WrappedNet, make_trainer
+from tests.lit_helpers import WrappedNet, assert_same_weights_and_optimizer, make_trainer
 
 ALL_DEVICES = (None, "meta", "model")
 
@@ -43,16 +43,7 @@ def assert_same_training(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> No
     """Bit-identical weights (buffers included) and optimizer state of two fits."""
     (module_a, trainer_a, _), (module_b, trainer_b, _) = a, b
     assert trainer_a.global_step == trainer_b.global_step == 3
-    weights_a, weights_b = module_a.state_dict(), module_b.state_dict()
-    assert weights_a.keys() == weights_b.keys()
-    for name in weights_a:
-        assert torch.equal(weights_a[name], weights_b[name]), name
-    optim_a, optim_b = trainer_a.optimizers[0].state_dict(), trainer_b.optimizers[0].state_dict()
-    assert optim_a["param_groups"] == optim_b["param_groups"]
-    assert optim_a["state"].keys() == optim_b["state"].keys() and optim_a["state"]
-    for index, state in optim_a["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, optim_b["state"][index][key]), (index, key)
+    assert_same_weights_and_optimizer(module_a, trainer_a, module_b, trainer_b)
 
 
 def counters_for(device: str | None) -> tuple[str, ...]:

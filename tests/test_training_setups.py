@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_flops as lf
-from tests.lit_helpers import find_event_dirs, make_trainer, read_scalars
+from tests.lit_helpers import assert_same_weights_and_optimizer, find_event_dirs, make_trainer, read_scalars
 
 IN, HID, OUT, BATCH = 4, 8, 2, 4
 
@@ -103,18 +103,9 @@ def assert_same_fit(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any], root_a: Pa
     """Bit-identical weights and buffers, optimizer state, train/eval flags and logged values of two fits."""
     (module_a, trainer_a, _), (module_b, trainer_b, _) = a, b
     assert trainer_a.global_step == trainer_b.global_step == 3
-    weights_a, weights_b = module_a.state_dict(), module_b.state_dict()
-    assert weights_a.keys() == weights_b.keys()
-    for name in weights_a:
-        assert torch.equal(weights_a[name], weights_b[name]), name
+    assert_same_weights_and_optimizer(module_a, trainer_a, module_b, trainer_b)
     assert [m.training for m in module_a.modules()] == [m.training for m in module_b.modules()]
     assert [p.requires_grad for p in module_a.parameters()] == [p.requires_grad for p in module_b.parameters()]
-    optim_a, optim_b = trainer_a.optimizers[0].state_dict(), trainer_b.optimizers[0].state_dict()
-    assert optim_a["param_groups"] == optim_b["param_groups"]
-    assert optim_a["state"].keys() == optim_b["state"].keys() and optim_a["state"]
-    for index, state in optim_a["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, optim_b["state"][index][key]), (index, key)
     (dir_a,), (dir_b,) = find_event_dirs(root_a), find_event_dirs(root_b)
     logged_a = {k: v for k, v in read_scalars(dir_a).items() if not k.startswith("compute/")}
     logged_b = read_scalars(dir_b)
