@@ -126,12 +126,15 @@ def _entry(packet: Any, fn: Callable[[Call], int]) -> Callable[..., int]:
 
 
 # ------------------------------------------------------------------------------------------------ attention
-@formula("aten::_scaled_dot_product_flash_attention_for_cpu")
+@formula("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_fused_attention_overrideable")
 def _sdpa_cpu(call: Call) -> int:
     return sdpa_flop_count(call["query"].shape, call["key"].shape, call["value"].shape)
 
 
-@formula("aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+@formula(
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_scaled_dot_product_fused_attention_overrideable_backward",
+)
 def _sdpa_cpu_backward(call: Call) -> int:
     # torch's rule for every flash/efficient backward: dq, dk, dv, dp and the recomputed scores
     return sdpa_backward_flop_count(call["grad_out"].shape, call["query"].shape, call["key"].shape, call["value"].shape)
@@ -147,19 +150,9 @@ def _native_mha(call: Call) -> int:
     return 2 * macs
 
 
-@formula("aten::_scaled_dot_product_fused_attention_overrideable")
-def _fused_attention(call: Call) -> int:
-    return sdpa_flop_count(call["query"].shape, call["key"].shape, call["value"].shape)
-
-
 @formula("aten::_triton_scaled_dot_attention")
 def _triton_attention(call: Call) -> int:
     return sdpa_flop_count(call["q"].shape, call["k"].shape, call["v"].shape)
-
-
-@formula("aten::_scaled_dot_product_fused_attention_overrideable_backward")
-def _fused_attention_backward(call: Call) -> int:
-    return sdpa_backward_flop_count(call["grad_out"].shape, call["query"].shape, call["key"].shape, call["value"].shape)
 
 
 def _varlen_shapes(call: Call) -> list[Any]:
