@@ -47,6 +47,12 @@ def linear_stack_macs(batch: int, in_features: int = IN_FEATURES, hidden: int = 
     return batch * in_features * hidden + batch * hidden * out
 
 
+def linear_stack_step_flops(batch: int) -> int:
+    """Analytic FLOPs of one :class:`LinearStack` training step on ``[batch, IN_FEATURES]`` (the input needs no
+    gradient): the forward's two matrix products, their weight gradients, and the second layer's input gradient."""
+    return 2 * (3 * linear_stack_macs(batch) - batch * IN_FEATURES * HIDDEN)
+
+
 def linear_stack_params(in_features: int = IN_FEATURES, hidden: int = HIDDEN, out: int = OUT_FEATURES) -> int:
     """Parameters of :class:`LinearStack`: two weight matrices and two biases."""
     return in_features * hidden + hidden + hidden * out + out

@@ -17,19 +17,15 @@ import lightning_flops.callback as callback_module
 from lightning_flops import FlopsMonitor
 from lightning_flops.train_step import StepObserver
 from tests.lit_helpers import (
-    HIDDEN,
-    IN_FEATURES,
-    OUT_FEATURES,
     LinearStack,
     RandomDataModule,
     assert_same_weights_and_optimizer,
+    linear_stack_step_flops,
     make_trainer,
 )
 
 BATCH = 4
-# forward + backward of LinearStack on [4, 32] (the input needs no gradient): the forward's two matrix products, their
-# weight gradients, and the input gradient of the second layer only
-STEP_FLOPS = 2 * (3 * BATCH * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES) - BATCH * IN_FEATURES * HIDDEN)
+STEP_FLOPS = linear_stack_step_flops(BATCH)  # forward + backward of LinearStack on [4, 32]
 
 
 class RefusesDispatchModes(LinearStack):

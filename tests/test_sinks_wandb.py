@@ -22,20 +22,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_flops import FlopsMonitor
 from tests.lit_helpers import (
-    HIDDEN,
-    IN_FEATURES,
-    OUT_FEATURES,
     LinearStack,
     RandomDataModule,
     linear_stack_macs,
+    linear_stack_step_flops,
     make_trainer,
     read_scalars,
 )
 
 BATCH = 4
-# forward + backward of LinearStack on [4, 32]: both matrix products, their weight gradients, the second layer's input
-# gradient (the first layer's input needs none)
-STEP_FLOPS = 2 * (3 * BATCH * (IN_FEATURES * HIDDEN + HIDDEN * OUT_FEATURES) - BATCH * IN_FEATURES * HIDDEN)
+STEP_FLOPS = linear_stack_step_flops(BATCH)  # forward + backward of LinearStack on [4, 32]
 _BLOCK, _HEADER = 32768, 7  # the .wandb file: a LevelDB-style log of 32 KiB blocks, 7-byte record headers
 
 
