@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +31,8 @@ from lightning_flops.rules import rule_hooks
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 __all__ = ["CountSession", "checked", "extrapolated", "placement_order"]
+
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
@@ -236,6 +238,19 @@ class CountSession:
             with fast_meta_kernels():
                 raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
+        return self.in_place(run, args, kwargs, counter.name), rule_macs, _model_device(self.model)
+
+    def in_place(self, run: Callable[[nn.Module, tuple, dict], _T], args: tuple, kwargs: dict, name: str) -> _T:
+        """``run(copy, args, kwargs)`` on an in-place copy of the model (its real tensors shared, those the forward
+        writes cloned, the mode set), with the inputs it writes cloned; tensors that changed anyway are booked in
+        :attr:`changed` under ``name``.
+
+        Args:
+            run: what to do with the copy (a count, or the timed forwards of :mod:`lightning_flops.timing`).
+            args: positional inputs of the forward.
+            kwargs: keyword inputs of the forward.
+            name: the counter (or ``"timing"``) the changes are booked to.
+        """
         check = ValueCheck(self.model)  # every write should be seen and undone: check, do not trust it
         try:
             if self.written is None:
@@ -252,7 +267,7 @@ class CountSession:
                     target = shared_copy(self.model, self.written if self.written is not None else ALL)
                     self._prepared(target)
                     _materialize_lazy(target, args, kwargs)
-                    raw = run(target, args, kwargs)
+                    return run(target, args, kwargs)
             finally:
                 for param, flag in requires_grad:
                     if param.requires_grad != flag:
@@ -260,8 +275,7 @@ class CountSession:
         finally:
             changed = check.changed()
             if changed:
-                self.changed.setdefault(counter.name, []).extend(changed)
-        return raw, rule_macs, _model_device(self.model)
+                self.changed.setdefault(name, []).extend(changed)
 
     def one_sample_inputs(self) -> tuple[tuple, dict] | None:
         """One sample of the input, when it costs exactly 1/batch of the whole batch (checked with the torch counter

@@ -280,18 +280,6 @@ def time_forward(
     device, dtype = _model_device_dtype(target)
     if device.type == "meta":
         raise ValueError("the model is on the meta device: it has no weights to time")
-    return _time_forward(target, args, kwargs, repeats, torch_result, device, dtype)
-
-
-def _time_forward(
-    target: nn.Module,
-    args: tuple,
-    kwargs: dict,
-    repeats: int,
-    torch_result: CounterResult | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> TimingReport:
     sync = _synchronizer(device)
     sync()
     target(*args, **kwargs)  # warm-up: first-call costs (allocator, oneDNN primitives, CUDA context) are not timed
@@ -332,23 +320,13 @@ def _time_forward(
     )
 
 
-class _TimingPass:
-    """A stand-in counter for ``_Session.count``: the session provides the in-place copy, mode and ``no_grad``."""
-
-    name = "timing"
-
-    def __init__(self, repeats: int, torch_result: CounterResult | None) -> None:
-        self.repeats, self.torch_result = repeats, torch_result
-
-    def count(self, model: nn.Module, args: tuple, kwargs: dict) -> TimingReport:
-        return time_forward(model, args, kwargs, self.repeats, self.torch_result)
-
-
 def measure_timing(session: Any, repeats: int, torch_result: CounterResult | None, strict: bool) -> TimingReport | None:
     """The timing of a ``profile_model`` call, on the session's in-place copy of the model.
 
+    Only the copy's forward is timed: none of the counters' hooks or dispatch modes is active around it.
+
     Args:
-        session: the ``profile_model`` session (its ``count`` makes the copy and clones what the forward writes).
+        session: the ``profile_model`` session (its ``in_place`` makes the copy and clones what the forward writes).
         repeats: plain forwards to time (>= 1).
         torch_result: the torch counter's result, for the MACs (``None`` when it was not run).
         strict: raise :class:`CounterError` when the timed forward fails, instead of warning.
@@ -356,10 +334,13 @@ def measure_timing(session: Any, repeats: int, torch_result: CounterResult | Non
     Returns:
         The :class:`TimingReport`, or ``None`` when the forward could not be timed (a warning says why).
     """
+
+    def timed(target: nn.Module, args: tuple, kwargs: dict) -> TimingReport:
+        with torch.no_grad():
+            return time_forward(target, args, kwargs, repeats, torch_result)
+
     try:
-        report, _, _ = session.count(
-            _TimingPass(repeats, torch_result), "model", session.args, session.kwargs, record=False
-        )
+        report = session.in_place(timed, session.args, session.kwargs, "timing")
     except Exception as err:
         message = f"timing failed: {error_text(err)}"
         if strict:
