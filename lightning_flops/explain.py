@@ -107,7 +107,7 @@ class Explanation(tuple):
         """One line: the difference per sample, the share explained and its largest causes."""
         from lightning_flops.render import explain_summary
 
-        return explain_summary(self.report, self.counter, self.reference)
+        return explain_summary(self.report, self.counter, self.reference, rows=self)
 
     def table(self, fmt: str = "table") -> str:
         """The summary and the rows as ``"table"`` (plain text), ``"markdown"``, ``"csv"`` or ``"json"``, as the
@@ -539,12 +539,18 @@ def _wrapper_prefix(outer: FlopsReport, inner: FlopsReport) -> str | None:
     if not names_inner:
         return None
     plain = len(names_outer & names_inner)
-    best, best_overlap = None, plain
-    for prefix in sorted(names_outer):
-        overlap = sum(f"{prefix}.{name}" in names_outer for name in names_inner)
-        if overlap > best_overlap:
-            best, best_overlap = prefix, overlap
-    if best is None or 2 * best_overlap < len(names_inner):
+    overlaps: dict[str, int] = {}  # prefix -> how many of inner's names stand under it in outer: one pass over outer
+    for name in names_outer:
+        parts = name.split(".")
+        for cut in range(1, len(parts)):
+            prefix, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+            if rest in names_inner and prefix in names_outer:
+                overlaps[prefix] = overlaps.get(prefix, 0) + 1
+    better = {prefix: overlap for prefix, overlap in overlaps.items() if overlap > plain}
+    if not better:
+        return None
+    best = min(better, key=lambda prefix: (-better[prefix], prefix))  # the most matches; the first name on a tie
+    if 2 * better[best] < len(names_inner):
         return None
     types_outer, types_inner = getattr(outer, "module_types", None), getattr(inner, "module_types", None)
     if types_outer and types_inner and types_outer.get(best) != types_inner.get(""):
@@ -555,7 +561,6 @@ def _wrapper_prefix(outer: FlopsReport, inner: FlopsReport) -> str | None:
 def _prefixed(report: FlopsReport, prefix: str) -> FlopsReport:
     """``report`` with every module named under ``prefix`` (its root becomes ``prefix``; the new root and the
     modules between hold the same inclusive counts)."""
-    from dataclasses import replace
 
     def rename(name: str) -> str:
         return f"{prefix}.{name}" if name else prefix

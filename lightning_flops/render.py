@@ -423,7 +423,13 @@ def _signed(value: float, unit: str = "MACs") -> str:
     return text if value < 0 else f"+{text}"
 
 
-def explain_summary(report: FlopsReport, counter: str, reference: str = "torch", top: int = 3) -> str:
+def explain_summary(
+    report: FlopsReport,
+    counter: str,
+    reference: str = "torch",
+    top: int = 3,
+    rows: Sequence[Discrepancy] | None = None,
+) -> str:
     """One line: ``thop - torch = -6.65 MMACs per sample: 100% explained: einsum uncounted -8.39 MMACs, ...``.
 
     Args:
@@ -431,10 +437,11 @@ def explain_summary(report: FlopsReport, counter: str, reference: str = "torch",
         counter: the counter explained.
         reference: the counter it is held against.
         top: how many (operator, cause) groups to name, largest first.
+        rows: the rows of ``explain(report, counter, reference)`` when already computed.
     """
     from lightning_flops.explain import explain, explained_share
 
-    rows = explain(report, counter, reference)
+    rows = explain(report, counter, reference) if rows is None else rows
     per = max(report.batch_size, 1)
     total = sum(row.macs for row in rows) / per
     if not rows:
@@ -514,7 +521,7 @@ def explain_text(
     rows = explain(report, counter, reference) if rows is None else rows
     if fmt in ("csv", "json"):
         return render_rows(explain_data_rows(counter, rows), EXPLAIN_DATA_COLUMNS, fmt)
-    text = explain_summary(report, counter, reference)
+    text = explain_summary(report, counter, reference, rows=rows)
     if rows:
         text += "\n\n" + render_rows(explain_rows(report, rows), EXPLAIN_TABLE_COLUMNS, fmt)
     return text
