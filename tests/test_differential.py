@@ -17,7 +17,7 @@ from torch import nn
 import lightning_flops as lf
 from examples.models import SmallCNN, TinyAttention, small_cnn_macs, transformer_lm, vit
 from tests.differential import reference_sides
-from tests.test_higher_order import Chained, Checkpointed, Fallback, Looped
+from tests.test_higher_order import CASES
 from tests.test_ops import ALL_OPS, Op
 
 
@@ -59,10 +59,7 @@ SUITE_MODELS: list[tuple[str, Callable[[], nn.Module], Callable[[], Any]]] = [
     ("encoder_layer", lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), lambda: torch.randn(2, 6, 32)),
     ("lstm", lambda: nn.LSTM(16, 24, num_layers=2, batch_first=True), lambda: torch.randn(2, 7, 16)),
     ("gru", lambda: nn.GRU(16, 24), lambda: torch.randn(7, 2, 16)),
-    ("cond_in_try", Fallback, lambda: torch.randn(2, 64)),
-    ("cond_after_work", Chained, lambda: torch.randn(4, 8)),
-    ("while_loop_in_try", Looped, lambda: torch.randn(4, 16)),
-    ("checkpoint_in_try", Checkpointed, lambda: torch.randn(4, 16)),
+    *CASES,  # the higher-order operators inside the user's try/except (tests/test_higher_order.py)
 ]
 # fmt: on
 
