@@ -16,17 +16,15 @@ from torch import nn
 
 import lightning_flops as lf
 from examples.models import SmallCNN, TinyAttention, small_cnn_macs, transformer_lm, vit
+from lightning_flops.inputs import split_input
 from tests.differential import reference_sides
 from tests.test_higher_order import CASES
 from tests.test_ops import ALL_OPS, Op
 
 
 def _call(model: nn.Module, example: Any) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, (tuple, list)):
-        return model(*example)
-    return model(example)
+    args, kwargs = split_input(example)  # as profile_model splits it: Tensor, tuple/list or dict of keywords
+    return model(*args, **kwargs)
 
 
 def _check(model: nn.Module, example: Any, device: str | None = None) -> tuple[int, int]:
