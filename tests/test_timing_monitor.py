@@ -16,7 +16,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_flops import FlopsMonitor
 from lightning_flops.errors import FlopsConfigError
-from tests.lit_helpers import LinearStack, RandomDataModule, _accumulator, linear_stack_macs, make_trainer
+from tests.lit_helpers import (
+    LinearStack,
+    RandomDataModule,
+    _accumulator,
+    linear_stack_macs,
+    make_trainer,
+    read_scalars,
+)
 
 BATCH = 4  # RandomDataModule's default batch size
 
@@ -30,8 +37,7 @@ def timed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fit_logs_the_time_scalars(timed_run: Path) -> None:
-    accumulator = _accumulator(timed_run)
-    scalars = {tag: accumulator.Scalars(tag)[-1].value for tag in accumulator.Tags()["scalars"]}
+    scalars = read_scalars(timed_run)
     data = json.loads((timed_run / "flops_report.json").read_text())
     timing = data["timing"]
     assert timing["macs"] == linear_stack_macs(BATCH)
