@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -20,6 +19,7 @@ from tests.lit_helpers import (
     LinearStack,
     RandomDataModule,
     _accumulator,
+    assert_same_weights_and_optimizer,
     linear_stack_macs,
     make_trainer,
     read_scalars,
@@ -67,13 +67,15 @@ def test_time_keys_are_hparams_columns(timed_run: Path) -> None:
 
 
 def test_timed_fit_is_bit_identical_to_a_fit_without_the_callback(tmp_path: Path) -> None:
-    states = []
+    fits = []
     for callbacks in ([FlopsMonitor(counters=("torch",), timing=2)], []):
         seed_everything(7, workers=True)
         module = LinearStack()
-        make_trainer(tmp_path, callbacks, max_steps=3, logger=False).fit(module, RandomDataModule())
-        states.append(module.state_dict())
-    assert all(torch.equal(states[0][name], states[1][name]) for name in states[1])
+        trainer = make_trainer(tmp_path, callbacks, max_steps=3, logger=False)
+        trainer.fit(module, RandomDataModule())
+        fits.append((module, trainer))
+    (timed, timed_trainer), (plain, plain_trainer) = fits
+    assert_same_weights_and_optimizer(timed, timed_trainer, plain, plain_trainer)
 
 
 def test_a_resumed_fit_asking_for_timing_does_not_reuse_a_report_without_it(tmp_path: Path) -> None:
