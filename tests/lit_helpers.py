@@ -17,13 +17,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
+    "HIDDEN",
     "IN_FEATURES",
+    "OUT_FEATURES",
     "LinearStack",
     "RandomDataModule",
+    "WrappedNet",
+    "assert_same_weights_and_optimizer",
     "find_event_dirs",
     "hparams_session",
     "linear_stack_macs",
     "linear_stack_params",
+    "linear_stack_step_flops",
     "make_trainer",
     "read_scalars",
     "requires_lightning",
