@@ -142,14 +142,15 @@ class GenerationReport:
             "|---|---:|---:|---:|---:|",
             f"| prefill{' (encoder + decoder)' if self.encoder_decoder else ''} | "
             f"{1 if self.encoder_decoder else self.prompt_tokens} | {self.prefill_macs:,} | "
-            f"{self.prefill_macs / per:,.0f} | {flops_from_macs(self.prefill_macs) / per:,.0f} |",
+            f"{self.prefill_macs_per_sample():,.0f} | {self.prefill_flops / per:,.0f} |",
         ]
         for index, (macs, positions) in enumerate(zip(self.decode_macs, self.contexts(), strict=True), start=1):
             lines.append(
                 f"| decode {index} | {positions} | {macs:,} | {macs / per:,.0f} | {flops_from_macs(macs) / per:,.0f} |"
             )
         lines.append(
-            f"| **total** | | {self.total_macs:,} | {self.total_macs / per:,.0f} | {self.total_flops / per:,.0f} |"
+            f"| **total** | | {self.total_macs:,} | {self.total_macs_per_sample():,.0f} | "
+            f"{self.total_flops / per:,.0f} |"
         )
         per_token = self.macs_per_new_token()
         if per_token is not None:
@@ -163,7 +164,7 @@ class GenerationReport:
         """A paste-ready sentence for a paper: prefill and per-token decode MACs and FLOPs per sample, the context
         range, what was counted and the tool."""
         per = max(self.batch_size, 1)
-        prefill = self.prefill_macs / per
+        prefill = self.prefill_macs_per_sample()
         encoder = " (encoder and first decoder step)" if self.encoder_decoder else ""
         text = (
             f"Generating {self.new_tokens} new tokens per sample greedily with {self.model} (batch {self.batch_size}"
@@ -181,7 +182,7 @@ class GenerationReport:
                 "per new token "
                 f"at context {contexts[0]}..{contexts[-1]} {where} ({round(low):,} to {round(high):,} MACs a step)"
             )
-        total = self.total_macs / per
+        total = self.total_macs_per_sample()
         text += f"; {human_count(total, 'MACs')} ({human_count(2 * total, 'FLOPs')}) in all."
         if self.tokens is not None and self.tokens != self.batch_size * self.prompt_tokens:
             text += (

@@ -853,11 +853,7 @@ def latex_table(
         if i == 0:
             columns.append((name, "FLOPs", [r.flops_per_sample(name) for _, r in runs]))
     for label in parts:
-        values = []
-        for _, report in runs:
-            part = report.parts.get(label)
-            macs = part.macs.get("torch") if part is not None else None
-            values.append(None if macs is None else macs / max(report.batch_size, 1))
+        values = [part.macs_per_sample("torch") if (part := r.parts.get(label)) else None for _, r in runs]
         columns.append((f"{label} torch", "MACs", values))
     headers, cells = ["Run"], [[tex_escape(name)] for name, _ in runs]
     for title, unit, values in columns:

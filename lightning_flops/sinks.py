@@ -33,7 +33,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_flops._compat import tensorboard_hparams
 from lightning_flops._files import create_temporary
-from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import FlopsError
 from lightning_flops.render import timing_figure_rgb, verdict_markdown
 from lightning_flops.report import FlopsReport
@@ -134,12 +133,11 @@ def metrics_from_report(report: FlopsReport, prefix: str = "compute") -> dict[st
         if macs is not None and flops is not None:
             metrics[f"{prefix}/{name}/macs_per_token"] = float(macs)
             metrics[f"{prefix}/{name}/flops_per_token"] = float(flops)
-    per = max(report.batch_size, 1)
     for label, part in report.parts.items():  # the reference counter (torch), per sample
-        macs = part.macs.get("torch")
-        if macs is not None:
-            metrics[f"{prefix}/part/{label}/macs"] = macs / per
-            metrics[f"{prefix}/part/{label}/flops"] = flops_from_macs(macs) / per
+        macs, flops = part.macs_per_sample("torch"), part.flops_per_sample("torch")
+        if macs is not None and flops is not None:
+            metrics[f"{prefix}/part/{label}/macs"] = macs
+            metrics[f"{prefix}/part/{label}/flops"] = flops
         metrics[f"{prefix}/part/{label}/params"] = float(part.params.total)
     metrics.update(_time_metrics(report, prefix))
     return metrics

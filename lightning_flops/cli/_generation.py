@@ -77,7 +77,7 @@ def rows(runs: Sequence[tuple[str, Path, GenerationReport]]) -> list[dict[str, A
         batch = report.batch_size
         decode = sum(report.decode_macs)
         steps = batch * len(report.decode_macs)
-        per_token = (decode // steps if decode % steps == 0 else decode / steps) if steps else None
+        per_token = per_sample(decode, steps) if steps else None
         out.append(
             {
                 "run": name,
