@@ -79,12 +79,11 @@ class _Tally:
     unchanged: ``"Global"`` holds the total by overload packet (as FlopCounterMode's), ``(module name,)`` the FLOPs
     booked to that module by operator label.
 
-    Args:
-        registry: formula per overload packet (FlopCounterMode's ``flop_registry``), for :meth:`_count_flops`.
+    The formulas (``flop_registry``, FlopCounterMode's name for them) are set by the counting mode that uses it.
     """
 
-    def __init__(self, registry: dict[Any, Callable[..., int]] | None = None) -> None:
-        self.flop_registry = registry or {}
+    def __init__(self) -> None:
+        self.flop_registry: dict[Any, Callable[..., int]] = {}
         self.flop_counts: defaultdict[Any, defaultdict[Any, int]] = defaultdict(lambda: defaultdict(int))
 
     def _count_flops(self, packet: Any, out: Any, args: tuple, kwargs: dict) -> Any:
@@ -282,7 +281,6 @@ class _ReferenceMode(_FLOP_COUNTER_DISPATCH_MODE):  # type: ignore[misc,valid-ty
         TorchDispatchMode.__init__(self)
         tally.flop_registry = registry
         self.counter = tally  # FlopCounterMode's mode keeps its counter here; the inherited handling reads it
-        self.registry = registry
         self._decomposes: dict[Any, bool] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -300,11 +298,7 @@ class _ReferenceMode(_FLOP_COUNTER_DISPATCH_MODE):  # type: ignore[misc,valid-ty
                     result = func.decompose(*args, **kwargs)
                 if result is not NotImplemented:
                     return result
-        out = func(*args, **kwargs)
-        formula = self.registry.get(func.overloadpacket)
-        if formula is not None:
-            self.counter.flop_counts["Global"][func.overloadpacket] += formula(*args, **kwargs, out_val=out)
-        return out
+        return self.counter._count_flops(func.overloadpacket, func(*args, **kwargs), args, kwargs)
 
     def get_total_flops(self) -> int:
         """FLOPs counted so far (FlopCounterMode's name for it)."""
@@ -340,19 +334,10 @@ def count(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> Count:
     """
     labeler = FunctionLabeler()
     stack = ModuleStack(model) if model is not None else None
-    recorder = _Recorder(stack, labeler)
-    mapping = recorder.mapping()
-    watch = _KernelWatch(stack, set(mapping))
-    counter = _counting_mode(mapping, recorder.tally)
-    if stack is not None:
-        stack.__enter__()
-    try:
-        with labeler, watch, counter:
-            fn()
-    finally:
-        if stack is not None:
-            stack.__exit__(None, None, None)
-    return Count(counter.get_total_flops(), recorder.tally.own, labeler.calls, watch.uncounted())
+    step = StepCounting(stack, recorder=_Recorder(stack, labeler))
+    with stack if stack is not None else contextlib.nullcontext(), labeler, step:
+        fn()
+    return Count(step.flops, step.recorder.tally.own, labeler.calls, step.uncounted())
 
 
 def _counting_mode(mapping: dict[Any, Callable[..., int]], tally: _Tally) -> Any:
@@ -425,6 +410,8 @@ class StepCounting:
         stack: the module stack uncounted kernels are booked to (``None``: module ``""``); entered by the caller.
         device: when the step runs on meta, the device whose backend-dependent kernels to count
             (:class:`DeviceKernels`); ``None`` counts the kernels as they run.
+        recorder: what also books each FLOP to a module and an operator (:func:`count`); by default a recorder
+            that books nothing beyond the total.
 
     Example::
 
@@ -433,35 +420,26 @@ class StepCounting:
         step.flops, step.uncounted()
     """
 
-    def __init__(self, stack: ModuleStack | None = None, device: torch.device | None = None) -> None:
-        recorder = _Recorder(None, FunctionLabeler())
-        mapping = recorder.mapping()
+    def __init__(
+        self, stack: ModuleStack | None = None, device: torch.device | None = None, recorder: _Recorder | None = None
+    ) -> None:
+        self.recorder = recorder if recorder is not None else _Recorder(None, FunctionLabeler())
+        mapping = self.recorder.mapping()
         self.watch = _KernelWatch(stack, set(mapping))
-        self.counter = _counting_mode(mapping, recorder.tally)
+        self.counter = _counting_mode(mapping, self.recorder.tally)
         self.kernels = DeviceKernels(device) if device is not None else contextlib.nullcontext()
+        self._entered = contextlib.ExitStack()
 
     def __enter__(self) -> StepCounting:
-        self.kernels.__enter__()
-        try:
-            self.watch.__enter__()  # before the counting mode, so that it sits beneath it and sees the kernels
-            try:
-                self.counter.__enter__()
-            except BaseException:
-                self.watch.__exit__(None, None, None)
-                raise
-        except BaseException:
-            self.kernels.__exit__(None, None, None)
-            raise
+        with contextlib.ExitStack() as entering:  # what entered is left again if a later one fails
+            entering.enter_context(self.kernels)
+            entering.enter_context(self.watch)  # before the counting mode, so that it sits beneath it
+            entering.enter_context(self.counter)
+            self._entered = entering.pop_all()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            try:
-                self.counter.__exit__(*exc)
-            finally:
-                self.watch.__exit__(*exc)
-        finally:
-            self.kernels.__exit__(*exc)
+        self._entered.__exit__(*exc)  # counting mode, kernel watch, device kernels: the reverse order
 
     @property
     def flops(self) -> int:

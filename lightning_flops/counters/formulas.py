@@ -57,10 +57,6 @@ class Call:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """The argument ``name``, or ``default`` where the schema has none of that name."""
-        return self.values.get(name, default)
-
 
 class _Binder:
     """Binds ``(args, kwargs)`` of one operator packet to its schema's argument names (those of the overload

@@ -14,7 +14,7 @@ import torch
 
 from lightning_flops._compat import quantized_weight_bias
 from lightning_flops.counters.base import RawCount, inclusive_counts, macs_from_flops
-from lightning_flops.counters.engine import count, flop_counter_mode, packet_name
+from lightning_flops.counters.engine import count, packet_name
 from lightning_flops.counters.formulas import FORMULAS, grouped_mm_macs
 from lightning_flops.types import Uncounted
 
@@ -23,7 +23,6 @@ __all__ = [
     "TorchCounter",
     "count_flops",
     "count_flops_and_uncounted",
-    "flop_counter_mode",
     "grouped_mm_macs",
     "make_counter",
     "packed_parameter_count",
