@@ -29,6 +29,7 @@ outside any module: ``""``); :class:`StepObserver` registers no hook, so its ent
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -182,10 +183,6 @@ def _forward_backward(
     return mode.flops, mode.uncounted()
 
 
-class _CountInPlace(Exception):
-    """The meta copy would count a kernel other than the device's: count the real model."""
-
-
 #: modules whose CPU training step runs fused kernels that a meta count cannot reproduce: the RNNs run
 #: ``mkldnn_rnn_layer``, whose backward computes the first layer's input gradient too; ``nn.MultiheadAttention``
 #: calls SDPA inside ``F.multi_head_attention_forward``, out of reach of
@@ -193,19 +190,18 @@ class _CountInPlace(Exception):
 _CPU_FUSED_MODULES = (nn.RNNBase, nn.MultiheadAttention)
 
 
-def _runs_unlike_meta(model: nn.Module) -> bool:
+def _runs_unlike_meta(model: nn.Module, device: torch.device) -> bool:
     """Whether a meta count of ``model``'s step would differ from its device's: a CPU model with a module of
     :data:`_CPU_FUSED_MODULES`."""
-    if _model_device(model).type != "cpu":
+    if device.type != "cpu":
         return False
     return any(isinstance(module, _CPU_FUSED_MODULES) for module in model.modules())
 
 
 def _model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer; CPU for a model without either."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
@@ -247,16 +243,15 @@ def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[U
     """
     model = unwrap_compiled(model)
     args, kwargs = split_input(example_input)
-    with preserved_rng():
-        try:
-            if _runs_unlike_meta(model):
-                raise _CountInPlace
-            copy = meta_copy(model)
-            device = _model_device(model)
-            with fast_meta_kernels(), fixed_devices_on_meta():  # shapes only; tensors made on a fixed device: meta
-                return _forward_backward(copy, _step_inputs(args, "meta"), _step_inputs(kwargs, "meta"), device)
-        except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the real model
-            pass
+    device = _model_device(model)
+    if not _runs_unlike_meta(model, device):  # else the meta copy would count kernels other than the device's
+        with preserved_rng():
+            try:
+                copy = meta_copy(model)
+                with fast_meta_kernels(), fixed_devices_on_meta():  # shapes only; tensors made on a fixed device: meta
+                    return _forward_backward(copy, _step_inputs(args, "meta"), _step_inputs(kwargs, "meta"), device)
+            except Exception:  # data-dependent code (.item(), nonzero, routing) cannot run on meta: count the model
+                pass
     snapshot = ModelSnapshot(model)
     try:
         with preserved_rng():
