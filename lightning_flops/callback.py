@@ -157,8 +157,6 @@ class FlopsMonitor(Callback):
         self._declared_dirs: set[str] = set()
         self._observe_step = False  # count the next training step as it runs
         self._observer: StepObserver | None = None
-        self._step_uncounted: tuple[Uncounted, ...] = ()  # kernels of the observed step without a formula
-        self._step_error: str | None = None  # why the observed step was not counted
         self._step_batch: Any = None
         self._step_backward = False
         self._directory: str | None = None
@@ -200,7 +198,7 @@ class FlopsMonitor(Callback):
             self._run(trainer, pl_module, batch, training=True)
         if self._observe_step:  # last, so that none of our own work is counted
             self._observe_step = False
-            self._step_batch, self._step_backward, self._step_error = batch, False, None
+            self._step_batch, self._step_backward = batch, False
             observer = StepObserver()
             try:
                 observer.start()
@@ -238,26 +236,24 @@ class FlopsMonitor(Callback):
         self._stop_observer()
         self._observe_step = False
 
-    def _stop_observer(self) -> int | None:
-        """Leave the counting mode: the FLOPs counted, or ``None`` (none running, or the mode failed: the reason is in
-        ``_step_error``). Never raises."""
+    def _stop_observer(self) -> tuple[int | None, tuple[Uncounted, ...], str | None]:
+        """Leave the counting mode: ``(FLOPs counted, kernels without a formula, None)``, or ``(None, (), reason)``
+        when the mode failed (``(None, (), None)`` when none was running). Never raises."""
         observer, self._observer = self._observer, None
         if observer is None:
-            return None
+            return None, (), None
         try:
             flops = observer.stop()
         except Exception as err:  # the count must never stop training
-            self._step_error = f"leaving the counting mode failed: {error_text(err)}"
-            return None
-        self._step_uncounted = observer.uncounted
-        return flops
+            return None, (), f"leaving the counting mode failed: {error_text(err)}"
+        return flops, observer.uncounted, None
 
     def _finish_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Leave the counting mode and publish the training-step FLOPs (per batch) and that batch's size."""
         batch, self._step_batch = self._step_batch, None
-        flops = self._stop_observer()
+        flops, uncounted, error = self._stop_observer()
         if flops is None:
-            self._step_not_counted(trainer, self._step_error or "the counting mode counted nothing")
+            self._step_not_counted(trainer, error or "the counting mode counted nothing")
             return
         try:
             samples = batch_size_of(batch, lambda b: batch_input(pl_module, b, self.input_fn), self.batch_size_fn)
@@ -273,7 +269,7 @@ class FlopsMonitor(Callback):
                 self.report,
                 train_step_flops=flops,
                 train_step_batch_size=samples,
-                train_step_uncounted=self._step_uncounted,
+                train_step_uncounted=uncounted,
             ),
         )
 

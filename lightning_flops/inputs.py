@@ -368,15 +368,13 @@ class PreparedInput(NamedTuple):
         from_batch: whether ``example`` was taken from the batch (only then do ``batch_size_fn`` and ``tokens_fn``
             of the batch describe it).
         batch_size: ``batch_size_fn(batch)``, or ``None``.
-        tokens: ``tokens_fn(batch)``, or ``None``.
-        tokens_fn: the rule ``profile_model`` gets: one returning ``tokens`` when they were taken from the batch,
-            else the user's ``tokens_fn`` (applied to a fixed input) or ``None``.
+        tokens_fn: the rule ``profile_model`` gets: one returning ``tokens_fn(batch)`` (called once) when the input
+            was taken from the batch, else the user's ``tokens_fn`` (applied to a fixed input) or ``None``.
     """
 
     example: Any
     from_batch: bool
     batch_size: int | None
-    tokens: Any
     tokens_fn: Callable[[Any], Any] | None
 
 
@@ -416,5 +414,5 @@ def prepare_input(
         batch_size = call_user("batch_size_fn", batch_size_fn, batch)
     if tokens_fn is not None and from_batch:
         tokens = call_user("tokens_fn", tokens_fn, batch)  # it describes the batch, not the input
-        return PreparedInput(example, from_batch, batch_size, tokens, lambda _: tokens)
-    return PreparedInput(example, from_batch, batch_size, None, tokens_fn)
+        return PreparedInput(example, from_batch, batch_size, lambda _: tokens)
+    return PreparedInput(example, from_batch, batch_size, tokens_fn)
