@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from lightning_flops.report import CounterResult, Gap, Uncounted
+from lightning_flops.types import is_within
 from lightning_flops.vocabulary import CONVENTION_UNCOUNTED, CORE_OPERATORS, NO_FORMULA
 
 __all__ = ["apply_rules", "attribute_gap", "compute_gaps", "relative_gap"]
@@ -42,10 +43,6 @@ def _ancestors(name: str) -> list[str]:
     return out
 
 
-def _is_within(name: str, root: str) -> bool:
-    return root == "" or name == root or name.startswith(root + ".")
-
-
 def apply_rules(module_operators: ModuleOperators, rule_macs: Mapping[str, int]) -> dict[str, dict[str, int]]:
     """Replace each ruled module's subtree count by its rule's MACs (operator ``custom``).
 
@@ -61,7 +58,7 @@ def apply_rules(module_operators: ModuleOperators, rule_macs: Mapping[str, int])
     outermost = [m for m in rule_macs if not any(a in rule_macs for a in _ancestors(m))]
     for module in outermost:
         old = result.get(module, {})
-        for name in [n for n in result if n != module and _is_within(n, module)]:
+        for name in [n for n in result if n != module and is_within(n, module)]:
             del result[name]
         for ancestor in _ancestors(module):
             ops = result.setdefault(ancestor, {})
@@ -123,7 +120,7 @@ def attribute_gap(
         diffs = {kid: total(a, kid) - total(b, kid) for kid in kids}
         own = (total(a, current) - total(b, current)) - sum(diffs.values())
         best = max(kids, key=lambda kid: abs(diffs[kid]), default=None)
-        blind = [kid for kid in kids if any(_is_within(m, kid) for m in unknown)]
+        blind = [kid for kid in kids if any(is_within(m, kid) for m in unknown)]
         if blind and best not in blind:
             if len(blind) == 1:  # MACs nobody measured outrank the measured difference next to them
                 current = blind[0]
@@ -136,7 +133,7 @@ def attribute_gap(
     ops_b = _restricted(b.get(current, {}), core_only)
     op_diffs = {op: ops_a.get(op, 0) - ops_b.get(op, 0) for op in {*ops_a, *ops_b}}
     operators = tuple(op for op, d in sorted(op_diffs.items(), key=lambda kv: (-abs(kv[1]), kv[0])) if d != 0)
-    inside = [u for u in uncounted if _is_within(u.module, current) and u.operator not in operators]
+    inside = [u for u in uncounted if is_within(u.module, current) and u.operator not in operators]
     inside.sort(key=lambda u: not u.reason.startswith(NO_FORMULA))  # what nobody measured first
     missed = dict.fromkeys(
         f"{u.operator} (uncounted)" for u in inside if not (core_only and u.reason.endswith(CONVENTION_UNCOUNTED))

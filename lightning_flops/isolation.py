@@ -172,8 +172,9 @@ def preserved_rng() -> Iterator[None]:
 def preserved_generators(model: nn.Module) -> Iterator[None]:
     """Restore the state of every ``torch.Generator`` that the model's modules hold as attributes on exit.
 
-    A structural copy shares them with the model (they are not tensors), so a forward counted or timed in place
-    draws from the model's own generator.
+    For a forward run on the model itself (``profile_generate``), and as a guard around ``profile_model``: its
+    structural copies already draw from copies of these generators (:func:`_own_generator`), but a module shared
+    into a copy as it is (a ScriptModule, which has no structural copy) keeps the model's.
     """
     generators = {
         id(value): value
@@ -193,12 +194,8 @@ _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an i
 
 
 def _checkable(tensor: Any) -> bool:
-    from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
-
     return (
-        isinstance(tensor, torch.Tensor)
-        and not isinstance(tensor, (UninitializedParameter, UninitializedBuffer))
-        and type(tensor) in (torch.Tensor, nn.Parameter)
+        type(tensor) in (torch.Tensor, nn.Parameter)  # exactly: not a subclass (uninitialized, DTensor, ...)
         and tensor.layout == torch.strided
         and not tensor.is_meta
         and not tensor.is_quantized

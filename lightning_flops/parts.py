@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_flops.errors import FlopsConfigError, did_you_mean
 from lightning_flops.report import CounterResult, ParamCount, PartCount
+from lightning_flops.types import is_within
 
 __all__ = ["count_parts", "resolve_parts", "validate_parts"]
 
@@ -59,12 +60,8 @@ def resolve_parts(model: nn.Module, parts: Parts | None) -> dict[str, tuple[str,
                 "(qualified names such as 'backbone.layer1' work too)"
             )
         unique = tuple(dict.fromkeys(listed))
-        resolved[label] = tuple(n for n in unique if not any(_within(n, other) for other in unique if other != n))
+        resolved[label] = tuple(n for n in unique if not any(is_within(n, other) for other in unique if other != n))
     return resolved
-
-
-def _within(name: str, root: str) -> bool:
-    return root == "" or name.startswith(root + ".")
 
 
 def count_parts(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_flops.counters.base import flops_from_macs
 from lightning_flops.errors import ReportFormatError
 from lightning_flops.schema import check_report_dict, parse_json
-from lightning_flops.types import OpTime, Uncounted
+from lightning_flops.types import OpTime, Uncounted, is_within
 from lightning_flops.vocabulary import CORE_OPERATORS
 
 if TYPE_CHECKING:
@@ -204,10 +204,6 @@ class Gap:
         return f"{self.a}_vs_{self.b}"
 
 
-def _in_module(name: str, module: str) -> bool:
-    return module == "" or name == module or name.startswith(module + ".")
-
-
 @dataclass(frozen=True)
 class TimingReport:
     """Where the time of one forward goes: median wall time of plain forwards, and a split by (module, operator).
@@ -263,7 +259,7 @@ class TimingReport:
         matching = sum(
             op.seconds
             for op in self.operators
-            if (operator is None or op.operator == operator) and (module is None or _in_module(op.module, module))
+            if (operator is None or op.operator == operator) and (module is None or is_within(op.module, module))
         )
         return matching / total
 

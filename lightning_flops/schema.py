@@ -241,11 +241,10 @@ _TIMING = _object_or_none(
         "note": _text_or_none,
     }
 )
+_PARAMS = _object({"total": _count, "trainable": _count, "active": _count_or_none, "active_per_token": _count_or_none})
 _TOP_LEVEL: dict[str, Check] = {
     "model": _text,
-    "params": _object(
-        {"total": _count, "trainable": _count, "active": _count_or_none, "active_per_token": _count_or_none}
-    ),
+    "params": _PARAMS,
     "counters": _object(values=_counter),
     "batch_size": _count,
     "mode": _one_of(MODES),
@@ -270,9 +269,7 @@ _TOP_LEVEL: dict[str, Check] = {
             {
                 "modules": _array(_text),
                 "macs": _object(values=_count_or_none),
-                "params": _object(
-                    {"total": _count, "trainable": _count, "active": _count_or_none, "active_per_token": _count_or_none}
-                ),
+                "params": _PARAMS,
                 "batch_size": _count,
             }
         )

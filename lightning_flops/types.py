@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning_flops.vocabulary import CORE_OPERATORS, OPERATORS
 
-__all__ = ["OpTime", "RawCount", "Uncounted"]
+__all__ = ["OpTime", "RawCount", "Uncounted", "is_within"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,13 @@ class OpTime:
     def zero_mac(self) -> bool:
         """Whether the operator counts no MACs (not a multiplying operator, none booked, not ``uncounted``)."""
         return self.macs == 0 and self.operator not in CORE_OPERATORS and not self.uncounted
+
+
+def is_within(name: str, root: str) -> bool:
+    """Whether the module ``name`` is ``root`` or inside it (``named_modules()`` names; ``""``, the root, holds all).
+
+    Example::
+
+        assert is_within("backbone.layer1", "backbone") and not is_within("backbone2", "backbone")
+    """
+    return root == "" or name == root or name.startswith(root + ".")

@@ -631,7 +631,6 @@ PRIVATE_APIS: tuple[tuple[str, str, str, str], ...] = (
     ("torch", "torch._subclasses", "FakeTensor", "torch 2.13"),
     ("torch", "torch._ops", "OpOverload", "torch 2.13"),
     ("torch", "instance:OpOverload", "_schema", "torch 2.13"),
-    ("torch", "instance:OpOverload", "_op_dk", "torch 2.13"),
     ("torch", "source:torch.utils.flop_counter", "r = func.decompose(*args, **kwargs)", "torch 2.13"),
     ("torch", "instance:OptimizedModule", "_orig_mod", "torch 2.13"),
     ("torch", "source:torch.distributed.fsdp._fully_shard._fully_shard", "_orig_cls_mro_index", "torch 2.13"),
