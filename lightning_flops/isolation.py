@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import random
 import sys
 import types
@@ -56,12 +57,19 @@ __all__ = [
     "ValueCheck",
     "WriteWatch",
     "meta_copy",
+    "model_device",
     "preserved_generators",
     "preserved_rng",
     "restored_scripts",
     "shared_copy",
     "unwrap_compiled",
 ]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter, else of its first buffer; the CPU for a model without either."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ from lightning_flops.isolation import (
     ValueCheck,
     WriteWatch,
     meta_copy,
+    model_device,
     restored_scripts,
     shared_copy,
 )
@@ -52,13 +53,6 @@ def _called_modules(model: nn.Module, sink: set[str]) -> Iterator[None]:
 
     with module_hooks_of_this_count(pre=seen):
         yield
-
-
-def _model_device(model: nn.Module) -> str:
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return str(tensor.device) if tensor is not None else "cpu"
 
 
 def _batch_coupled(model: nn.Module, mode: str) -> bool:
@@ -238,7 +232,7 @@ class CountSession:
             with fast_meta_kernels():
                 raw, _ = self._meta_pass(args, kwargs, run, shared=True)
             return raw, rule_macs, "meta"
-        return self.in_place(run, args, kwargs, counter.name), rule_macs, _model_device(self.model)
+        return self.in_place(run, args, kwargs, counter.name), rule_macs, str(model_device(self.model))
 
     def in_place(self, run: Callable[[nn.Module, tuple, dict], _T], args: tuple, kwargs: dict, name: str) -> _T:
         """``run(copy, args, kwargs)`` on an in-place copy of the model (its real tensors shared, those the forward

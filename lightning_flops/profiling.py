@@ -242,8 +242,8 @@ def profile_model(
     parameter_model = session.parameter_model()
     params = param_count(parameter_model)
     if called is not None:  # active: the parameters the torch counter's operators read, else those of called modules
-        reads = read_parameters({n: session.reads[n] for n in order if results[n].ok and n in session.reads})
-        recorder = next((session.reads[n] for n in order if results[n].ok and n in session.reads), None)
+        recorded = {n: session.reads[n] for n in order if results[n].ok and n in session.reads}
+        reads, recorder = read_parameters(recorded), next(iter(recorded.values()), None)
         params = dataclasses.replace(
             params,
             active=active_parameters(parameter_model, called, reads),

@@ -482,12 +482,12 @@ def publish(
             log_image(loggers, f"{prefix}/time/where_the_time_goes", image, step)
     path = write_report(report, directory)
     owner = next((type(lg).__name__ for lg in loggers if logger_directory(lg) == str(directory)), "default_root_dir")
-    attached = attach_to_trackers(report, loggers, path)
+    written = ReportFile(path, owner, attach_to_trackers(report, loggers, path))
     print_summary(report)
-    rank_zero_info(report_location_line(ReportFile(path, owner, attached), several=len(loggers) > 1))
+    rank_zero_info(report_location_line(written, several=len(loggers) > 1))
     if refused is not None:
-        raise SinkError(str(refused), ReportFile(path, owner, attached))
-    return ReportFile(path, owner, attached)
+        raise SinkError(str(refused), written)
+    return written
 
 
 def report_location_line(file: ReportFile, several: bool) -> str:

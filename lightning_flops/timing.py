@@ -27,6 +27,7 @@ the split is skipped and :attr:`TimingReport.note` says why.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import threading
 import time
@@ -42,6 +43,7 @@ from torch.profiler import ProfilerActivity, profile
 from lightning_flops._compat import DeviceType, profiler_enabled
 from lightning_flops.errors import CounterError, FlopsConfigError, error_text
 from lightning_flops.explain import own_counts
+from lightning_flops.isolation import model_device
 from lightning_flops.report import CounterResult, OpTime, TimingReport
 from lightning_flops.vocabulary import CORE_OPERATORS, operator_of_call
 
@@ -263,11 +265,10 @@ def _join(calls: _Calls, torch_result: CounterResult | None) -> tuple[tuple[OpTi
     return tuple(rows), int(unjoined)
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    tensors = [*model.parameters(), *model.buffers()]
-    device = tensors[0].device if tensors else torch.device("cpu")
-    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
-    return device, dtype
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer; float32 for a model without one."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def time_forward(
@@ -277,7 +278,7 @@ def time_forward(
 
     The caller has made ``target`` a private copy on the model's own device, set its mode and entered ``no_grad``.
     """
-    device, dtype = _model_device_dtype(target)
+    device, dtype = model_device(target), _model_dtype(target)
     if device.type == "meta":
         raise ValueError("the model is on the meta device: it has no weights to time")
     sync = _synchronizer(device)

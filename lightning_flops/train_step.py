@@ -29,7 +29,6 @@ outside any module: ``""``); :class:`StepObserver` registers no hook, so its ent
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -39,7 +38,7 @@ from lightning_flops._compat import fast_meta_kernels
 from lightning_flops.counters.engine import StepCounting
 from lightning_flops.counters.tracing import ModuleStack
 from lightning_flops.inputs import iter_tensors, map_tensors, split_input
-from lightning_flops.isolation import ModelSnapshot, meta_copy, preserved_rng, unwrap_compiled
+from lightning_flops.isolation import ModelSnapshot, meta_copy, model_device, preserved_rng, unwrap_compiled
 from lightning_flops.on_meta import fixed_devices_on_meta
 from lightning_flops.report import FlopsReport
 from lightning_flops.types import Uncounted
@@ -198,12 +197,6 @@ def _runs_unlike_meta(model: nn.Module, device: torch.device) -> bool:
     return any(isinstance(module, _CPU_FUSED_MODULES) for module in model.modules())
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer; CPU for a model without either."""
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def train_step_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs (2 x MACs) of forward + backward of ``model`` on ``example_input``, for the whole batch.
 
@@ -243,7 +236,7 @@ def train_step_count(model: nn.Module, example_input: Any) -> tuple[int, tuple[U
     """
     model = unwrap_compiled(model)
     args, kwargs = split_input(example_input)
-    device = _model_device(model)
+    device = model_device(model)
     if not _runs_unlike_meta(model, device):  # else the meta copy would count kernels other than the device's
         with preserved_rng():
             try:
