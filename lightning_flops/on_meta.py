@@ -18,13 +18,12 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_flops._compat import TorchFunctionMode, on_this_thread, torch_checked
+from lightning_flops._compat import TorchFunctionMode, on_this_thread
 
 __all__ = ["FAILED_WHERE", "fixed_devices_on_meta", "locate_failure"]
 
@@ -90,16 +89,11 @@ class _FixedDevicesToMeta(TorchFunctionMode):
             raise
 
 
-@contextlib.contextmanager
-def fixed_devices_on_meta() -> Iterator[None]:
+def fixed_devices_on_meta() -> contextlib.AbstractContextManager[None]:
     """While active on this thread (and carried into fvcore's trace thread), tensors the forward makes on a fixed
     device are made on meta. A no-op outside the torch versions checked (:func:`lightning_flops._compat.
     torch_checked`)."""
-    if not torch_checked():
-        yield
-        return
-    with on_this_thread(_FixedDevicesToMeta):
-        yield
+    return on_this_thread(_FixedDevicesToMeta)
 
 
 def locate_failure(err: BaseException, model: nn.Module) -> None:

@@ -370,7 +370,7 @@ _aten = torch.ops.aten
 _LOCAL = threading.local()
 
 
-def _active_factories() -> list[tuple[Callable[[], contextlib.AbstractContextManager[Any]], bool]]:
+def _active_factories() -> list[Callable[[], contextlib.AbstractContextManager[Any]]]:
     factories = getattr(_LOCAL, "factories", None)
     if factories is None:
         factories = _LOCAL.factories = []
@@ -378,25 +378,26 @@ def _active_factories() -> list[tuple[Callable[[], contextlib.AbstractContextMan
 
 
 @contextlib.contextmanager
-def on_this_thread(
-    factory: Callable[[], contextlib.AbstractContextManager[Any]], carried: bool = True
-) -> Iterator[None]:
-    """Enter ``factory()`` (a mode) on this thread; with ``carried``, record it so that :func:`carried_modes` enters
-    the same in a worker thread this thread waits for (fvcore's trace runs on a fresh stack)."""
-    entry = (factory, carried)
+def on_this_thread(factory: Callable[[], contextlib.AbstractContextManager[Any]]) -> Iterator[None]:
+    """Enter ``factory()`` (a mode) on this thread and record it, so that :func:`carried_modes` enters the same in a
+    worker thread this thread waits for (fvcore's trace runs on a fresh stack). Does nothing outside
+    :data:`TORCH_CHECKED` (the modes stand in for torch 2.13's own paths; another torch takes those)."""
+    if not torch_checked():
+        yield
+        return
     factories = _active_factories()
-    factories.append(entry)
+    factories.append(factory)
     try:
         with factory():
             yield
     finally:
-        factories.remove(entry)
+        factories.remove(factory)
 
 
 def carried_modes() -> Callable[[], contextlib.AbstractContextManager[None]]:
     """A context manager factory that enters, on another thread, the carried counting modes active on this one
     (outermost first, as here); nothing when none is active."""
-    factories = tuple(factory for factory, carried in _active_factories() if carried)
+    factories = tuple(_active_factories())
 
     @contextlib.contextmanager
     def enter() -> Iterator[None]:
@@ -504,8 +505,7 @@ class _TraceableConvolution(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def traceable_meta_convolution() -> Iterator[None]:
+def traceable_meta_convolution() -> contextlib.AbstractContextManager[None]:
     """While active on this thread, convolutions on meta tensors run as on real ones, so a JIT trace records them.
 
     Checked against torch 2.13: ``aten::convolution`` is in the JIT tracer's "do not record" list (it records the
@@ -524,11 +524,7 @@ def traceable_meta_convolution() -> Iterator[None]:
         with torch.no_grad(), traceable_meta_convolution():
             FlopCountAnalysis(meta_model, meta_input).total()
     """
-    if not torch_checked():
-        yield
-        return
-    with on_this_thread(_TraceableConvolution):
-        yield
+    return on_this_thread(_TraceableConvolution)
 
 
 def torch_meta_kernel(op: Any) -> Callable[..., Any] | None:
@@ -572,8 +568,7 @@ def _fast_kernel_mode() -> _KernelMode:
     return _KernelMode(_fast_kernels())
 
 
-@contextlib.contextmanager
-def fast_meta_kernels() -> Iterator[None]:
+def fast_meta_kernels() -> contextlib.AbstractContextManager[None]:
     """While active on this thread, the operators of :data:`lightning_flops._meta_kernels.SHAPE_ONLY_KERNELS`
     (``addmm``, elementwise operators, norms, ``cat``, ...) compute their output on meta tensors from shapes and
     dtypes directly (the same shape, dtype and strides as torch's kernel, ``tests/test_meta_kernels.py``) instead of
@@ -585,16 +580,12 @@ def fast_meta_kernels() -> Iterator[None]:
     kernels.
     Counts do not change: every counter reads shapes. Does nothing outside :data:`TORCH_CHECKED`.
     """
-    if not torch_checked():
-        yield
-        return
-    with on_this_thread(_fast_kernel_mode):  # carried into fvcore's trace thread: the trace records the same nodes
-        yield
+    return on_this_thread(_fast_kernel_mode)  # carried into fvcore's trace thread: it records the same nodes
 
 
 def fast_meta_kernels_active() -> bool:
     """Whether :func:`fast_meta_kernels` is active on this thread."""
-    return any(factory is _fast_kernel_mode for factory, _ in _active_factories())
+    return _fast_kernel_mode in _active_factories()
 
 
 # (library, where, name, checked against): every private name this module relies on. `where` is a module path, or
